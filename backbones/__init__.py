@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import warnings
 
+from backbones.base import FrozenBackbone
 from backbones.dinov2 import DINOV2_SPECS, DinoVisionBackbone, build_dinov2, load_official_weights, official_filename, official_url
+from backbones.dinov3 import DINOV3_FILES, Dinov3Backbone, build_dinov3, load_dinov3
 from backbones.padding import center_pad
 from backbones.weights import CheckpointError, WeightsNotFoundError, resolve_checkpoint
 
@@ -13,12 +15,14 @@ __all__ = [
     "BACKBONE_NAMES",
     "CheckpointError",
     "DinoVisionBackbone",
+    "Dinov3Backbone",
+    "FrozenBackbone",
     "WeightsNotFoundError",
     "center_pad",
     "load_backbone",
 ]
 
-BACKBONE_NAMES: tuple[str, ...] = tuple(DINOV2_SPECS)
+BACKBONE_NAMES: tuple[str, ...] = (*DINOV2_SPECS, *DINOV3_FILES)
 
 
 def load_backbone(
@@ -28,13 +32,13 @@ def load_backbone(
     random_fallback: bool = False,
     sha256: str | None = None,
     **arch_overrides: int | None,
-) -> DinoVisionBackbone:
+) -> FrozenBackbone:
     """Build a frozen backbone by its official hub name and load its weights.
 
     Args:
-        name: ``dinov2_vit{s,b,l,g}14`` or its ``_reg`` twin (4 registers).
+        name: ``dinov2_vit{s,b,l,g}14`` or its ``_reg`` twin (4 registers); ``dinov3_vit{s,b,l}16``.
         checkpoint: path to an official ``*_pretrain.pth`` file. Without it: the torch.hub cache, then
-            the official URL when ``download`` is True.
+            the official URL when ``download`` is True (DINOv2 only: DINOv3 files are sent on request).
         download: allow downloading the official file (progress bar, atomic write into the hub cache).
         random_fallback: when no weights can be found, warn loudly and keep random weights instead of failing.
         sha256: expected SHA-256 of a downloaded file.
@@ -43,15 +47,18 @@ def load_backbone(
     Returns:
         A frozen module (eval mode, no gradients).
     """
-    if name not in DINOV2_SPECS:
+    if name not in BACKBONE_NAMES:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}.")
     overrides = {k: v for k, v in arch_overrides.items() if v is not None}
     unknown = set(overrides) - {"embed_dim", "depth", "num_heads"}
     if unknown:
         raise ValueError(f"Unknown architecture overrides {sorted(unknown)}; only embed_dim, depth and num_heads can change.")
-    backbone = build_dinov2(name, **overrides)
+    if name in DINOV3_FILES:
+        filename, url, build = DINOV3_FILES[name][1], None, build_dinov3
+    else:
+        filename, url, build = official_filename(name), official_url(name), build_dinov2
     try:
-        path = resolve_checkpoint(checkpoint, official_filename(name), official_url(name), download, sha256, f"{name} backbone")
+        path = resolve_checkpoint(checkpoint, filename, url, download, sha256, f"{name} backbone")
     except WeightsNotFoundError as err:
         if not random_fallback:
             raise
@@ -59,6 +66,9 @@ def load_backbone(
             f"\n{'!' * 78}\nUSING RANDOM WEIGHTS for {name}: features are meaningless.\n{err}\n{'!' * 78}",
             stacklevel=2,
         )
-        return backbone
+        return build(name, **overrides)
+    if name in DINOV3_FILES:
+        return load_dinov3(name, path, **overrides)
+    backbone = build_dinov2(name, **overrides)
     load_official_weights(backbone, path)
     return backbone

@@ -5,8 +5,7 @@ The transformer blocks, the final norm and the checkpoint key conversion are tim
 the position embedding by a scale factor ``(n + 0.1) / 37`` (plain models) rather than to an output
 size, and timm's resize is about 3% off at 224x224, which the released heads notice.
 
-Shapes: images ``(B, 3, H, W)``; patch grid ``h, w = ceil(H / 14), ceil(W / 14)`` (inputs are
-centre-padded); tokens ``(B, 1 + R + h*w, C)`` ordered class token, R registers, patches.
+Shapes as in ``backbones.base``, with patch size 14.
 """
 
 from __future__ import annotations
@@ -20,9 +19,9 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
-from torch import Tensor, nn
+from torch import Tensor
 
-from backbones.padding import center_pad
+from backbones.base import FrozenBackbone
 from backbones.weights import CheckpointError, check_state_dict, load_state_dict_file
 
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -81,36 +80,24 @@ def swiglu_mlp_ratio(embed_dim: int, mlp_ratio: float = 4.0) -> float:
     return (2 * hidden + 0.5) / embed_dim
 
 
-class DinoVisionBackbone(nn.Module):
-    """A frozen DINOv2 ViT with the official hub model's methods and attributes.
-
-    Attributes:
-        embed_dim: channels C of every token.
-        patch_size: 14.
-        num_register_tokens: R (0 or 4).
-        n_blocks: number of transformer blocks.
-    """
+class DinoVisionBackbone(FrozenBackbone):
+    """A frozen DINOv2 ViT: timm's blocks, the official token preparation."""
 
     def __init__(self, vit: VisionTransformer, interpolate_offset: float, interpolate_antialias: bool) -> None:
         super().__init__()
         self.vit = vit
+        self.norm = vit.norm
         self.embed_dim = vit.embed_dim
         self.patch_size = vit.patch_embed.patch_size[0]
         self.num_register_tokens = vit.num_reg_tokens
         self.n_blocks = len(vit.blocks)
         self.interpolate_offset = interpolate_offset
         self.interpolate_antialias = interpolate_antialias
-        self.autocast_dtype = torch.bfloat16
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> "DinoVisionBackbone":
-        """The backbone is frozen: it stays in eval mode whatever the caller asks."""
-        return super().train(False)
+        self.freeze()
 
     def _patch_pos_embed(self, h: int, w: int) -> Tensor:
-        """Position embedding of the patches for an ``h x w`` grid, ``(1, h*w, C)``, as the official code resizes it."""
-        pos = self.vit.pos_embed[:, self.vit.num_prefix_tokens if not self.vit.no_embed_class else 0 :]
+        """Position embedding of the patches for an ``h x w`` grid, ``(1, h*w, C)``, resized as the official code does."""
+        pos = self.vit.pos_embed[:, 0 if self.vit.no_embed_class else 1 :]
         m = int(math.sqrt(pos.shape[1]))
         if (h, w) == (m, m):
             return pos
@@ -123,7 +110,7 @@ class DinoVisionBackbone(nn.Module):
         return grid.permute(0, 2, 3, 1).reshape(1, h * w, -1).to(pos.dtype)
 
     def prepare_tokens(self, x: Tensor) -> Tensor:
-        """Images ``(B, 3, H, W)`` (multiples of the patch size) -> tokens ``(B, 1 + R + h*w, C)``."""
+        """Images ``(B, 3, h*14, w*14)`` -> tokens ``(B, 1 + R + h*w, C)`` before the first block."""
         b, _, height, width = x.shape
         h, w = height // self.patch_size, width // self.patch_size
         patches = self.vit.patch_embed.proj(x).flatten(2).transpose(1, 2)
@@ -136,72 +123,13 @@ class DinoVisionBackbone(nn.Module):
             tokens.append(self.vit.reg_token.expand(b, -1, -1))
         return torch.cat(tokens + [patches], dim=1)
 
-    def _block_outputs(self, x: Tensor, indices: Sequence[int]) -> tuple[list[Tensor], tuple[int, int]]:
-        """Centre-pad, run the blocks up to the last wanted one; return the wanted blocks' tokens and the grid."""
-        x = center_pad(x, self.patch_size)
-        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
-        tokens = self.prepare_tokens(x)
-        wanted, outputs = set(indices), []
+    def block_tokens(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        tokens, outputs, wanted = self.prepare_tokens(x), [], set(indices)
         for i, block in enumerate(self.vit.blocks[: max(indices) + 1]):
             tokens = block(tokens)
             if i in wanted:
                 outputs.append(tokens)
-        return outputs, grid
-
-    def _autocast(self, x: Tensor) -> torch.autocast:
-        return torch.autocast("cuda", dtype=self.autocast_dtype, enabled=x.is_cuda)
-
-    @torch.no_grad()
-    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        """Official ``forward_features``: normed class ``(B, C)``, registers ``(B, R, C)``, patches ``(B, h*w, C)``, pre-norm tokens."""
-        with self._autocast(x):
-            (tokens,), _ = self._block_outputs(x, [self.n_blocks - 1])
-            normed = self.vit.norm(tokens)
-        r = 1 + self.num_register_tokens
-        return {
-            "x_norm_clstoken": normed[:, 0].float(),
-            "x_norm_regtokens": normed[:, 1:r].float(),
-            "x_norm_patchtokens": normed[:, r:].float(),
-            "x_prenorm": tokens.float(),
-        }
-
-    @torch.no_grad()
-    def get_intermediate_layers(
-        self,
-        x: Tensor,
-        n: int | Sequence[int] = 1,
-        reshape: bool = False,
-        return_class_token: bool = False,
-        norm: bool = True,
-    ) -> tuple[Tensor, ...] | tuple[tuple[Tensor, Tensor], ...]:
-        """Official ``get_intermediate_layers``: the patch tokens of some blocks.
-
-        Args:
-            x: images ``(B, 3, H, W)``, centre-padded to multiples of the patch size.
-            n: an int takes the last ``n`` blocks; a sequence takes those block indices.
-            reshape: patches as maps ``(B, C, h, w)`` instead of ``(B, h*w, C)``.
-            return_class_token: pair every output with its class token ``(B, C)``.
-            norm: apply the final LayerNorm to every output.
-        """
-        indices = list(range(self.n_blocks - n, self.n_blocks)) if isinstance(n, int) else list(n)
-        if not indices or min(indices) < 0 or max(indices) >= self.n_blocks:
-            raise ValueError(f"Block indices {n} are out of range for a backbone with {self.n_blocks} blocks.")
-        with self._autocast(x):
-            outputs, (h, w) = self._block_outputs(x, sorted(set(indices)))
-            by_index = dict(zip(sorted(set(indices)), outputs))
-            outputs = [self.vit.norm(by_index[i]) if norm else by_index[i] for i in indices]
-        r = 1 + self.num_register_tokens
-        class_tokens = [out[:, 0].float() for out in outputs]
-        patches = [out[:, r:].float() for out in outputs]
-        if reshape:
-            patches = [p.reshape(p.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous() for p in patches]
-        if return_class_token:
-            return tuple(zip(patches, class_tokens))
-        return tuple(patches)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """The normed class token ``(B, C)``, as the official hub model returns without a head."""
-        return self.forward_features(x)["x_norm_clstoken"]
+        return outputs
 
 
 def build_dinov2(name: str, **arch_overrides: int) -> DinoVisionBackbone:

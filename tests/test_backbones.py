@@ -134,4 +134,26 @@ def test_every_official_name_builds(name: str, tmp_path: Path, monkeypatch: pyte
         model = backbones.load_backbone(name, random_fallback=True, embed_dim=32, depth=2, num_heads=2)
     out = model.forward_features(torch.randn(1, 3, 42, 28))
     assert out["x_norm_patchtokens"].shape == (1, 6, 32)
-    assert out["x_norm_regtokens"].shape == (1, 4 if name.endswith("_reg") else 0, 32)
+    registers = 4 if name.endswith("_reg") or name.startswith("dinov3") else 0
+    assert out["x_norm_regtokens"].shape == (1, registers, 32)
+
+
+def test_dinov3_wraps_timm_faithfully(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DINOv3 family is timm's Eva; our API must return exactly its tokens, and its weights must round-trip."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.warns(UserWarning):
+        model = backbones.load_backbone("dinov3_vits16", random_fallback=True, embed_dim=32, depth=3, num_heads=2)
+    x = torch.randn(2, 3, 50, 70)
+    timm_tokens = model.eva.forward_features(backbones.center_pad(x, 16))
+    features = model.forward_features(x)
+    torch.testing.assert_close(features["x_norm_clstoken"], timm_tokens[:, 0])
+    torch.testing.assert_close(features["x_norm_patchtokens"], timm_tokens[:, 5:])
+    first, last = model.get_intermediate_layers(x, n=[0, 2], reshape=True, return_class_token=True)
+    assert first[0].shape == (2, 32, 4, 5)
+    torch.testing.assert_close(last[0].flatten(2).transpose(1, 2), timm_tokens[:, 5:])
+    path = tmp_path / "dinov3_tiny.pth"
+    torch.save(model.eva.state_dict(), path)
+    reloaded = backbones.load_backbone("dinov3_vits16", checkpoint=path, embed_dim=32, depth=3, num_heads=2)
+    torch.testing.assert_close(reloaded(x), model(x))
+    with pytest.raises(backbones.WeightsNotFoundError, match="no public URL"):
+        backbones.load_backbone("dinov3_vits16", download=True)

@@ -1,0 +1,65 @@
+"""DINOv3 ViT-S/B/L/16 through timm's Eva implementation, behind the same frozen-backbone API.
+
+timm runs the whole model (RoPE position encoding, 4 register tokens); this module only maps the
+official DINOv3 names and files onto it. The official weights need a licence agreement, so there is
+no public URL: a local file or the torch.hub cache, where ``torch.hub.load("facebookresearch/dinov3")``
+puts the file you were sent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import timm
+import torch
+from timm.models.eva import Eva, checkpoint_filter_fn
+from torch import Tensor
+
+from backbones.base import FrozenBackbone
+from backbones.weights import check_state_dict, load_state_dict_file
+
+DINOV3_FILES = {
+    "dinov3_vits16": ("vit_small_patch16_dinov3", "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"),
+    "dinov3_vitb16": ("vit_base_patch16_dinov3", "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth"),
+    "dinov3_vitl16": ("vit_large_patch16_dinov3", "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"),
+}
+
+
+class Dinov3Backbone(FrozenBackbone):
+    """A frozen DINOv3 ViT (timm ``Eva``); tokens are class, 4 registers, patches."""
+
+    def __init__(self, eva: Eva) -> None:
+        super().__init__()
+        self.eva = eva
+        self.norm = eva.norm
+        self.embed_dim = eva.embed_dim
+        self.patch_size = eva.patch_embed.patch_size[0]
+        self.num_register_tokens = eva.num_prefix_tokens - 1
+        self.n_blocks = len(eva.blocks)
+        self.freeze()
+
+    def block_tokens(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        outputs = self.eva.forward_intermediates(
+            x, indices=list(indices), return_prefix_tokens=True, norm=False, stop_early=True,
+            output_fmt="NLC", intermediates_only=True,
+        )
+        return [torch.cat([prefix, patches], dim=1) for patches, prefix in outputs]
+
+
+def build_dinov3(name: str, qkv_bias: bool = False, **arch_overrides: int) -> Dinov3Backbone:
+    """A randomly initialised DINOv3 backbone ``name``; ``qkv_bias`` picks timm's variant with attention biases."""
+    timm_name = DINOV3_FILES[name][0] + ("_qkvb" if qkv_bias else "")
+    return Dinov3Backbone(timm.create_model(timm_name, pretrained=False, num_classes=0, **arch_overrides))
+
+
+def load_dinov3(name: str, path: Path, **arch_overrides: int) -> Dinov3Backbone:
+    """Build ``name`` and load an official DINOv3 checkpoint (or a timm-format one), checking keys and shapes."""
+    state_dict = load_state_dict_file(path)
+    bias = state_dict.get("blocks.0.attn.qkv.bias")
+    backbone = build_dinov3(name, qkv_bias=bias is not None and bool(bias.abs().sum() > 0), **arch_overrides)
+    converted = checkpoint_filter_fn(state_dict, backbone.eva)
+    hint = f"The model has embed_dim={backbone.embed_dim}, depth={backbone.n_blocks}: pick the name and sizes that match the file."
+    check_state_dict(converted, backbone.eva.state_dict(), path, hint)
+    backbone.eva.load_state_dict(converted)
+    return backbone
