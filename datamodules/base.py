@@ -1,0 +1,125 @@
+"""LightningDataModule shared by the semantic segmentation datasets; subclasses say where the files are."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from .datasets import PredictImages, Sample, SegmentationDataset
+from .errors import DatasetError
+from .files import list_images
+from .transforms import eval_transform, train_transform
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Semantic segmentation batches; train on the training split, validate and test on the validation split.
+
+    Batches:
+        train:    {"image": (B, 3, crop, crop) float32, "label": (B, crop, crop) int64, "path": [str] * B}
+        val/test: {"image": (1, 3, h, w) float32, "label": (1, H, W) int64 at the file's resolution, "path": [str]}
+        predict:  {"image": (1, 3, h, w) float32, "size": (1, 2) int64 original (H, W), "path": [str]}
+    Labels hold class ids 0..K-1 and 255 = ignore. Images are fitted in the (4 * short_side, short_side) box,
+    times r ~ U(scale_range) for training: mmseg's (2048, 512) at the default short_side.
+    """
+
+    name: ClassVar[str]
+    class_names: ClassVar[tuple[str, ...]]
+    palette: ClassVar[np.ndarray]  # (K, 3) uint8 RGB, one colour per class
+    dirname: ClassVar[str]  # folder under root whose presence means the dataset is there
+    layout: ClassVar[str]  # the expected files under root, for error messages
+    how_to_get: ClassVar[str]
+
+    def __init__(
+        self,
+        root: str,
+        num_classes: int | None = None,
+        batch_size: int = 16,
+        num_workers: int = 4,
+        crop_size: int = 512,
+        scale_range: Sequence[float] = (0.5, 2.0),
+        short_side: int = 512,
+        cat_max_ratio: float = 0.75,
+        download: bool = False,
+        predict_dir: str | None = None,
+    ):
+        super().__init__()
+        if num_classes is not None and num_classes != len(self.class_names):
+            raise DatasetError(
+                f"{self.name} has {len(self.class_names)} classes but data.num_classes={num_classes}: "
+                f"set data.num_classes={len(self.class_names)} or leave it out."
+            )
+        self.root = Path(root).expanduser()
+        self.num_classes = len(self.class_names)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.crop_size, self.scale_range = crop_size, (float(scale_range[0]), float(scale_range[1]))
+        self.short_side, self.cat_max_ratio = short_side, cat_max_ratio
+        self.download = download
+        self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
+
+    def _samples(self, split: str) -> list[Sample]:
+        """(image, label, label map) of split "train" or "val", sorted."""
+        raise NotImplementedError
+
+    def _download(self) -> None:
+        """Fetch and unpack the dataset under root."""
+        raise NotImplementedError
+
+    def _require(self, *folders: Path) -> None:
+        """Raise the 'dataset not found' error, with the expected layout, if a folder is missing."""
+        for folder in folders:
+            if not folder.is_dir():
+                raise DatasetError(
+                    f"{self.name} not found: {folder} does not exist. Expected under data.root={self.root}:\n"
+                    f"{self.layout}\n{self.how_to_get}"
+                )
+
+    def prepare_data(self) -> None:
+        if self.download and not (self.root / self.dirname).is_dir():
+            self._download()
+
+    def setup(self, stage: str) -> None:
+        if stage == "predict":
+            if self.predict_dir is None:
+                raise DatasetError("Prediction needs a folder of images: set data.predict_dir=<folder>.")
+            self.predict_set = PredictImages(list_images(self.predict_dir), eval_transform(self.short_side))
+            return
+        if stage == "fit":
+            # albumentations ignores global seeds: tie it to torch's so that seed_everything makes runs repeatable
+            seed = torch.initial_seed() % 2**32
+            transform = train_transform(self.crop_size, self.scale_range, self.short_side, self.cat_max_ratio, seed)
+            self.train_set = SegmentationDataset(self._samples("train"), transform)
+        self.eval_set = SegmentationDataset(self._samples("val"), eval_transform(self.short_side), keep_label_size=True)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_set, 1)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_set, 1)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, 1)
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=_seed_worker,
+        )
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream (each would otherwise copy the same albumentations RNG)."""
+    info = get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**32)

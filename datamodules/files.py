@@ -1,0 +1,103 @@
+"""Finding and reading dataset files: RGB images and label PNGs, checked as they are read."""
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from .errors import DatasetError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class LabelMap(NamedTuple):
+    """How a dataset's label values become class ids.
+
+    lut: (256,) int16, raw value -> class id, 255 = ignore, -1 = not a valid value.
+    valid: the valid raw values in words, for error messages.
+    """
+
+    lut: np.ndarray
+    valid: str
+
+
+def make_label_map(mapping: dict[int, int], valid: str) -> LabelMap:
+    """LabelMap sending each raw value in mapping to its class id (or 255); every other value is invalid."""
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[list(mapping)] = list(mapping.values())
+    return LabelMap(lut, valid)
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB; grey, palette, RGBA and 16-bit images are converted."""
+    try:
+        with Image.open(path) as img:
+            if img.mode.startswith("I"):
+                # PIL's convert() clips 16-bit values to 255 instead of rescaling them
+                img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise DatasetError(
+            f"Cannot read image {path} ({e}). The file is missing, truncated or not an image: "
+            "restore it from the original archive, or delete it together with its label file."
+        ) from None
+
+
+def load_label(path: Path, label_map: LabelMap, image_path: Path, image_hw: tuple[int, int]) -> np.ndarray:
+    """Read a single-channel label PNG as (H, W) uint8 class ids (255 = ignore), checking it against its image."""
+    try:
+        with Image.open(path) as img:
+            raw = np.asarray(img)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"Cannot read label {path} ({e}): restore it from the original archive.") from None
+    if raw.ndim != 2:
+        raise DatasetError(
+            f"Label {path} has {raw.shape[2]} channels; labels must be single-channel (palette or greyscale) PNGs "
+            "holding class ids, not colour-coded images."
+        )
+    if raw.shape != image_hw:
+        raise DatasetError(
+            f"Label {path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {image_path} is "
+            f"{image_hw[1]}x{image_hw[0]}; a label must have its image's size. Replace the label with the original one."
+        )
+    values = np.unique(raw)
+    bad = [int(v) for v in values if v >= label_map.lut.size or label_map.lut[v] < 0]
+    if bad:
+        raise DatasetError(
+            f"Label {path} holds value(s) {bad[:10]} outside the dataset's classes (valid values: {label_map.valid}). "
+            "The file is corrupt or from another dataset: replace it with the original."
+        )
+    return label_map.lut[raw].astype(np.uint8)
+
+
+def pair_files(image_dir: Path, image_suffix: str, label_dir: Path, label_suffix: str) -> list[tuple[Path, Path]]:
+    """Sorted (image, label) pairs under two folders (recursive), matched by relative path minus suffix."""
+    images, labels = _index(image_dir, image_suffix), _index(label_dir, label_suffix)
+    if not images:
+        raise DatasetError(f"No *{image_suffix} images in {image_dir}: the folder is empty; re-extract the dataset.")
+    if orphans := sorted(images.keys() - labels.keys()):
+        raise DatasetError(
+            f"Image {images[orphans[0]]} has no label file {label_dir / (orphans[0] + label_suffix)} "
+            f"({len(orphans)} image(s) lack one). Restore the labels or remove those images."
+        )
+    if orphans := sorted(labels.keys() - images.keys()):
+        raise DatasetError(
+            f"Label {labels[orphans[0]]} has no image file {image_dir / (orphans[0] + image_suffix)} "
+            f"({len(orphans)} label(s) lack one). Restore the images or remove those labels."
+        )
+    return [(images[key], labels[key]) for key in sorted(images)]
+
+
+def _index(folder: Path, suffix: str) -> dict[str, Path]:
+    return {p.relative_to(folder).as_posix()[: -len(suffix)]: p for p in folder.rglob("*" + suffix)}
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Sorted image files (jpg, jpeg, png, bmp, webp) directly in folder."""
+    if not folder.is_dir():
+        raise DatasetError(f"data.predict_dir={folder} is not a folder: point it at a folder of images.")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"data.predict_dir={folder} holds no {'/'.join(IMAGE_SUFFIXES)} images.")
+    return files
