@@ -1,0 +1,68 @@
+"""Every config composes, and every `_target_` names something importable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose configs/train.yaml as `python train.py OVERRIDES` would, with the run directory at `output_dir`."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(output_dir)
+        cfg.paths.output_dir = str(output_dir / "run")
+        del cfg.hydra
+    return cfg
+
+
+def targets(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["_target_"]] if "_target_" in node else []
+        return found + [t for v in node.values() for t in targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in targets(v)]
+    return []
+
+
+@pytest.mark.parametrize("group", ["backbone", "head", "data", "trainer", "experiment"])
+def test_every_option_composes(group: str, tmp_path: Path) -> None:
+    for option in group_options(group):
+        cfg = compose_train([f"{group}={option}"], tmp_path)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        for target in targets(resolved):
+            assert get_object(target) is not None, target
+
+
+def test_backbone_overrides_reach_the_loader(tmp_path: Path) -> None:
+    cfg = compose_train(["backbone=dinov2_vitb14_reg", "backbone.checkpoint=/x.pth", "backbone.embed_dim=64", "backbone.depth=4", "backbone.num_heads=4"], tmp_path)
+    assert cfg.backbone.name == "dinov2_vitb14_reg"
+    assert (cfg.backbone.checkpoint, cfg.backbone.embed_dim, cfg.backbone.depth, cfg.backbone.num_heads) == ("/x.pth", 64, 4, 4)
+
+
+def test_official_protocol_is_the_default(tmp_path: Path) -> None:
+    cfg = compose_train([], tmp_path)
+    assert (cfg.head.lr, cfg.head.weight_decay, cfg.head.warmup_steps, cfg.head.max_steps) == (1e-3, 1e-4, 1500, 40000)
+    assert (cfg.data.batch_size, cfg.data.crop_size, cfg.head.stride, cfg.head.blocks) == (16, 512, 341, 1)
+    ms = compose_train(["head=linear_seg_ms"], tmp_path)
+    assert ms.head.blocks == 4 and ms.head.tta_flip and list(ms.head.tta_scales) == [1.0, 1.32, 1.73, 2.28, 3.0]
+    short = compose_train(["experiment=short_schedule"], tmp_path)
+    assert short.head.max_steps == 4000
+
+
+def test_unknown_option_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="backbone.embeddim"):
+        compose_train(["backbone.embeddim=64"], tmp_path)

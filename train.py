@@ -1,0 +1,105 @@
+"""Train and evaluate a head on a frozen backbone: `python train.py head=linear_seg data=ade20k`.
+
+Data flows datamodules/ -> backbones/ -> heads/ -> metrics and logs. Hydra composes configs/train.yaml;
+every object is built from its config's `_target_`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from backbones import CheckpointError
+from datamodules import DatasetError
+
+USER_ERRORS = (CheckpointError, DatasetError)
+
+
+def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
+    """The Lightning trainer with the configured loggers and callbacks, plus best/last checkpointing on `monitor`."""
+    checkpoint = ModelCheckpoint(
+        dirpath=Path(cfg.paths.output_dir) / "checkpoints",
+        filename="best-{step}",
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    callbacks = [checkpoint, *instantiate(cfg.get("callbacks") or {}).values()]
+    loggers = list(instantiate(cfg.get("logger") or {}).values())
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A two-column text table of metric names and values."""
+    width = max(len(k) for k in metrics)
+    rows = [f"{name:<{width}}  {value:.4f}" for name, value in sorted(metrics.items())]
+    rule = "-" * (width + 10)
+    return "\n".join([rule, *rows, rule])
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Fit (unless `train=false`), test the best checkpoint, predict a folder if asked; return the metrics."""
+    output_dir = Path(cfg.paths.output_dir)
+    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+    backbone = instantiate(cfg.backbone)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.head, backbone=backbone, palette=datamodule.palette)
+    trainer = build_trainer(cfg, model.monitor, model.monitor_mode)
+    checkpoint = trainer.checkpoint_callback
+
+    metrics: dict[str, float] = {}
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    if cfg.test:
+        best = "best" if cfg.train and checkpoint.best_model_path else None
+        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best)
+        metrics.update({k: float(v) for k, v in results.items()})
+    if cfg.data.get("predict_dir"):
+        trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        print(f"Predicted label maps written to {cfg.head.predict_dir_out}")
+
+    if metrics:
+        write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2))
+        print(format_metrics(metrics))
+    print(f"Run directory: {output_dir}")
+    return metrics
+
+
+def user_message(err: Exception) -> str:
+    """The user's part of an error; errors re-raised from loader workers carry the worker traceback first."""
+    text = str(err).strip()
+    return text.rsplit("\n", 1)[-1].split(": ", 1)[-1] if "Original Traceback" in text else text
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except USER_ERRORS as err:
+        print(f"\nError: {user_message(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
