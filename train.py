@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import hydra
@@ -22,6 +23,9 @@ from backbones import CheckpointError
 from datamodules import DatasetError
 
 USER_ERRORS = (CheckpointError, DatasetError)
+
+# The frozen backbone stays in eval mode on purpose; Lightning warns about every such module.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:

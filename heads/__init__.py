@@ -1,6 +1,6 @@
 """Task heads trained on frozen DINOv2 features."""
 
-from heads.checkpoint import CheckpointError
+from backbones.weights import CheckpointError
 from heads.linear_seg import LinearSegHead, load_official_head
 from heads.segmentation import SegmentationProbe
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heads.checkpoint import CheckpointError, read_decode_head, state_mismatches
+from backbones.weights import check_state_dict, load_state_dict_file
 
 _VIT_WIDTHS = {384: "ViT-S", 768: "ViT-B", 1024: "ViT-L", 1536: "ViT-g"}
 
@@ -45,17 +46,12 @@ def load_official_head(path: str | os.PathLike, head: LinearSegHead) -> LinearSe
     """Load a released DINOv2 segmentation head (`dinov2_*_{linear,ms}_head.pth`) into `head`.
 
     Raises:
-        CheckpointError: keys or shapes of the file do not fit `head`; the message names the
-            file, the first mismatches and how to fix them.
+        backbones.CheckpointError: keys or shapes of the file do not fit `head`; the message names
+            the file, the first mismatches and how to fix them.
     """
-    state = read_decode_head(path)
-    problems = state_mismatches(state, head.state_dict())
-    if problems:
-        more = f" and {len(problems) - 6} more" if len(problems) > 6 else ""
-        raise CheckpointError(
-            f"{os.fspath(path)} does not fit LinearSegHead(in_channels={head.conv_seg.in_channels}, "
-            f"num_classes={head.conv_seg.out_channels}): {'; '.join(problems[:6])}{more}. {_fix_hint(state, head)}"
-        )
+    path = Path(path)
+    state = {key.removeprefix("decode_head."): value for key, value in load_state_dict_file(path).items()}
+    check_state_dict(state, head.state_dict(), path, _fix_hint(state, head))
     head.load_state_dict(state)
     return head
 

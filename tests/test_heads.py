@@ -163,8 +163,8 @@ def test_wrong_shapes_raise_checkpoint_error(tmp_path: Path) -> None:
     message = str(error.value)
     assert isinstance(error.value, ValueError)
     assert "dinov2_vitb14_ade20k_ms_head.pth" in message
-    assert "bn.weight: (3072,) in the file vs (384,) in the model" in message
-    assert "conv_seg.weight: (150, 3072, 1, 1) in the file vs (150, 384, 1, 1) in the model" in message
+    assert "bn.weight: file (3072,) vs model (384,)" in message
+    assert "conv_seg.weight: file (150, 3072, 1, 1) vs model (150, 384, 1, 1)" in message
     assert "ViT-B (768) x 4 blocks" in message and "ViT-S (384) x 1 block" in message
 
 
@@ -172,7 +172,7 @@ def test_missing_keys_and_class_count_are_reported(tmp_path: Path) -> None:
     path = tmp_path / "voc_head.pth"
     state = {f"decode_head.{k}": v for k, v in LinearSegHead(8, 21).state_dict().items() if k != "bn.running_var"}
     torch.save({"state_dict": state, "meta": {}}, path)
-    with pytest.raises(CheckpointError, match=r"voc_head\.pth.*missing key 'bn.running_var'.*num_classes=21"):
+    with pytest.raises(CheckpointError, match=r"voc_head\.pth.*missing keys: bn.running_var.*num_classes=21"):
         load_official_head(path, LinearSegHead(8, 150))
 
 
