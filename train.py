@@ -1,7 +1,8 @@
 """Train and evaluate a head on a frozen backbone: `python train.py head=linear_seg data=ade20k`.
 
 Data flows datamodules/ -> backbones/ -> heads/ -> metrics and logs. Hydra composes configs/train.yaml;
-every object is built from its config's `_target_`.
+every object is built from its config's `_target_`, and a head's config names what it is built on
+(`backbone: ${backbone}`), so this file knows no head in particular.
 """
 
 from __future__ import annotations
@@ -65,9 +66,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
-    backbone = instantiate(cfg.backbone)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.head, backbone=backbone, palette=datamodule.palette)
+    model = instantiate(cfg.head)
     trainer = build_trainer(cfg, model.monitor, model.monitor_mode)
     checkpoint = trainer.checkpoint_callback
 

@@ -40,7 +40,6 @@ class SegmentationProbe(L.LightningModule):
         ignore_index: label value left out of the loss and the metrics.
         crop_size, stride: slide inference windows at evaluation.
         tta_scales, tta_flip: evaluation views ("+ms": (1.0, 1.32, 1.73, 2.28, 3.0) and flip).
-        palette: `(K, 3)` RGB colours of the PNGs written by `predict`.
         predict_dir_out: where `predict` writes `<image stem>.png` label maps; None writes nothing.
     """
 
@@ -64,13 +63,12 @@ class SegmentationProbe(L.LightningModule):
         stride: int = 341,
         tta_scales: Sequence[float] = (1.0,),
         tta_flip: bool = False,
-        palette: Sequence[Sequence[int]] | np.ndarray | None = None,
         predict_dir_out: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
         # Plain lists (not OmegaConf or numpy), so that checkpoints load with torch.load(weights_only=True).
-        self.hparams.update({key: np.asarray(self.hparams[key]).tolist() for key in ("blocks", "tta_scales", "palette")})
+        self.hparams.update({key: np.asarray(self.hparams[key]).tolist() for key in ("blocks", "tta_scales")})
         self.backbone = backbone.eval().requires_grad_(False)
         blocks = self.hparams.blocks
         self.head = LinearSegHead(backbone.embed_dim * (blocks if isinstance(blocks, int) else len(blocks)), num_classes)
@@ -151,7 +149,10 @@ class SegmentationProbe(L.LightningModule):
         return preds
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """Label map `(H, W)` at the original size (uint8 when K <= 256); written as PNG if `predict_dir_out`."""
+        """Label map `(H, W)` at the original size (uint8 when K <= 256); written as PNG if `predict_dir_out`.
+
+        The PNG is colour-coded with the datamodule's `palette` `(K, 3)` when it has one.
+        """
         # `size` collates to a (1, 2) tensor or to two (1,) tensors, depending on the dataset's type for it.
         height, width = torch.cat([torch.as_tensor(side).reshape(-1) for side in batch["size"]]).tolist()
         dtype = torch.uint8 if self.hparams.num_classes <= 256 else torch.int64
@@ -159,7 +160,8 @@ class SegmentationProbe(L.LightningModule):
         if self.hparams.predict_dir_out is not None:
             out_dir = Path(self.hparams.predict_dir_out)
             out_dir.mkdir(parents=True, exist_ok=True)
-            save_label_png(labels, out_dir / f"{Path(batch['path'][0]).stem}.png", self.hparams.palette)
+            palette = getattr(self.trainer.datamodule, "palette", None)
+            save_label_png(labels, out_dir / f"{Path(batch['path'][0]).stem}.png", palette)
         return labels
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -246,10 +246,21 @@ def test_miou_against_hand_computed_confusion_matrix() -> None:
     assert per_class[3].isnan()
 
 
+class PaletteData(L.LightningDataModule):
+    """A predict loader with a palette, as the segmentation datamodules have."""
+
+    def __init__(self, loader: DataLoader, palette: list[list[int]]) -> None:
+        super().__init__()
+        self.loader, self.palette = loader, np.asarray(palette, dtype=np.uint8)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader
+
+
 def test_fit_validate_test_predict(tmp_path: Path) -> None:
     train, evaluation, predict = loaders()
     palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
-    probe = make_probe(blocks=[1, 3], tta_scales=(1.0, 1.5), tta_flip=True, palette=palette, predict_dir_out=str(tmp_path / "pred"))
+    probe = make_probe(blocks=[1, 3], tta_scales=(1.0, 1.5), tta_flip=True, predict_dir_out=str(tmp_path / "pred"))
     backbone_before = {k: v.clone() for k, v in probe.backbone.state_dict().items()}
     head_before = probe.head.conv_seg.weight.clone()
     trainer = make_trainer(tmp_path, fast_dev_run=2)
@@ -265,7 +276,7 @@ def test_fit_validate_test_predict(tmp_path: Path) -> None:
     assert probe.monitor in val and probe.monitor_mode == "max"
     assert all(0 <= value <= 1 for value in [*val.values(), *test.values()])
     assert probe.per_class_iou.shape == (NUM_CLASSES,)
-    labels = trainer.predict(probe, predict)
+    labels = trainer.predict(probe, datamodule=PaletteData(predict, palette))
     assert [label.shape for label in labels] == [(45, 60), (45, 60)] and labels[0].dtype == torch.uint8
     png = Image.open(tmp_path / "pred" / "img_0.png")
     assert png.mode == "P" and png.getpalette()[:12] == sum(palette, [])
@@ -275,7 +286,7 @@ def test_fit_validate_test_predict(tmp_path: Path) -> None:
 def test_checkpoint_has_no_backbone_and_resumes(tmp_path: Path) -> None:
     train, evaluation, _ = loaders()
     # Hydra passes OmegaConf lists; the checkpoint must still load with torch.load(weights_only=True).
-    probe = make_probe(blocks=ListConfig([2, 3]), tta_scales=ListConfig([1.0]), palette=np.zeros((4, 3), np.uint8))
+    probe = make_probe(blocks=ListConfig([2, 3]), tta_scales=ListConfig([1.0]))
     trainer = make_trainer(tmp_path / "first", max_steps=2, limit_val_batches=1)
     trainer.fit(probe, train, evaluation)
     path = tmp_path / "probe.ckpt"
