@@ -1,0 +1,79 @@
+"""Reading photographs for the visualisation tools and turning them into backbone inputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InputError(ValueError):
+    """A bad image or option given to a visualisation tool; the message names it and the fix."""
+
+
+def require_files(paths: list[str]) -> None:
+    """InputError naming the first path that is not a file, before any slow work starts."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise InputError(f"Image {path} does not exist. Check the path.")
+
+
+def load_rgb(path: str | Path, patch_size: int) -> Image.Image:
+    """Read an image as 8-bit RGB; grey, palette, RGBA and 16-bit images are converted, with a note on stderr.
+
+    Raises:
+        InputError: the file is missing, not an image, or smaller than one patch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Image {path} does not exist. Check the path.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise InputError(f"Cannot read image {path} ({err}). Is it a truncated or non-image file? Pass a JPEG or PNG photograph.") from None
+    if img.width < patch_size or img.height < patch_size:
+        raise InputError(
+            f"Image {path} is {img.width}x{img.height} pixels, smaller than one {patch_size}x{patch_size} patch "
+            f"of the backbone. Pass an image at least {patch_size} pixels on each side."
+        )
+    if img.mode == "RGB":
+        return img
+    print(f"Note: {path} is a {img.mode} image; converted to 8-bit RGB.", file=sys.stderr)
+    if img.mode.startswith("I"):
+        # PIL's convert() clips 16-bit values at 255 instead of rescaling them
+        img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def snap_to_patches(size: int, patch_size: int) -> int:
+    """``size`` rounded to the nearest positive multiple of the patch size, with a note on stderr when it changes."""
+    snapped = max(patch_size, round(size / patch_size) * patch_size)
+    if snapped != size:
+        print(f"Note: --size {size} is not a multiple of the patch size {patch_size}; using {snapped}.", file=sys.stderr)
+    return snapped
+
+
+def input_size(width: int, height: int, short_side: int, patch_size: int) -> tuple[int, int]:
+    """``(H, W)`` with the shorter side ``short_side`` and the longer side the multiple of the patch size nearest the aspect ratio."""
+    scale = short_side / min(width, height)
+    return (
+        max(patch_size, round(height * scale / patch_size) * patch_size),
+        max(patch_size, round(width * scale / patch_size) * patch_size),
+    )
+
+
+def to_input(image: Image.Image, size: tuple[int, int]) -> Tensor:
+    """An RGB image -> the normalised backbone input ``(3, H, W)`` at ``size = (H, W)`` (bicubic, antialiased)."""
+    x = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+    x = TF.resize(x, list(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
+    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+
