@@ -38,13 +38,43 @@ def targets(node: object) -> list[str]:
     return []
 
 
+# Every head with the data it is meant for; each data option also appears with a head.
+PAIRS = [
+    ("linear_seg", "ade20k"),
+    ("linear_seg", "voc2012"),
+    ("linear_seg_ms", "cityscapes"),
+    ("depth_linear", "nyu"),
+    ("depth_linear4", "kitti"),
+    ("depth_dpt", "nyu"),
+    ("fewshot", "imagefolder"),
+    ("knn", "imagefolder"),
+    ("linear_probe", "imagefolder"),
+    ("sam_box", "coco"),
+]
+
+
+def assert_targets_import(node: object) -> None:
+    for target in targets(OmegaConf.to_container(node, resolve=True)):
+        assert get_object(target) is not None, target
+
+
 @pytest.mark.parametrize("group", ["backbone", "head", "data", "trainer", "experiment"])
 def test_every_option_composes(group: str, tmp_path: Path) -> None:
+    """Each option composes; heads and data need their partner to resolve, so they resolve in PAIRS below."""
     for option in group_options(group):
         cfg = compose_train([f"{group}={option}"], tmp_path)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        for target in targets(resolved):
-            assert get_object(target) is not None, target
+        if group not in ("head", "data"):
+            assert_targets_import(cfg)
+
+
+def test_pairs_cover_every_head_and_data_option() -> None:
+    assert {head for head, _ in PAIRS} == set(group_options("head"))
+    assert {data for _, data in PAIRS} == set(group_options("data"))
+
+
+@pytest.mark.parametrize(("head", "data"), PAIRS)
+def test_head_and_data_pairs_resolve(head: str, data: str, tmp_path: Path) -> None:
+    assert_targets_import(compose_train([f"head={head}", f"data={data}"], tmp_path))
 
 
 def test_backbone_overrides_reach_the_loader(tmp_path: Path) -> None:

@@ -1,0 +1,171 @@
+"""Zero-shot instance segmentation with SAM as a Lightning test loop: box prompts -> masks -> COCO mask AP."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from scipy.ndimage import distance_transform_edt
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.detection import MeanAveragePrecision
+
+from heads.sam import SamBoxPredictor, clip_boxes
+from heads.sam_overlay import save_overlay
+
+AP_NAMES = {"map": "mask_AP", "map_50": "mask_AP50", "map_75": "mask_AP75", "map_small": "mask_APs",
+            "map_medium": "mask_APm", "map_large": "mask_APl"}  # fmt: skip
+
+
+def mask_centres(masks: np.ndarray) -> np.ndarray:
+    """Masks `(N, H, W)` bool -> `(N, 2)` xy of each mask's point farthest from its boundary (image edge included)."""
+    points = np.zeros((len(masks), 2), dtype=np.float32)
+    for i, mask in enumerate(masks):
+        distance = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(distance.argmax(), distance.shape)
+        points[i] = x, y
+    return points
+
+
+def mask_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU `(N,)` of paired masks `a`, `b` `(N, H, W)` bool; two empty masks count as 1."""
+    inter = (a & b).sum((1, 2))
+    union = (a | b).sum((1, 2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def encode_results(image_id: int, masks: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    """COCO results entries `{image_id, category_id, segmentation (RLE), score}` for masks `(N, H, W)` bool."""
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))) if len(masks) else []
+    return [
+        {"image_id": image_id, "category_id": int(label), "score": float(score),
+         "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}}
+        for rle, label, score in zip(rles, labels, scores)
+    ]  # fmt: skip
+
+
+class SamBoxEvaluator(L.LightningModule):
+    """SAM prompted with each image's boxes (ground truth or a detector's); nothing is trained.
+
+    Test batches are `datamodules.coco.CocoInstances` items (one image). Boxes are clipped to the image
+    (counted) and boxes with no area after clipping are skipped (counted); every other box gets a mask.
+    A mask's score is the detector's score, or SAM's predicted IoU for ground-truth boxes.
+
+    Metrics (test/): mask_AP, mask_AP50, mask_AP75, mask_APs/m/l (COCO protocol, pycocotools), box_mIoU
+    (ground-truth boxes: each mask against its instance), point_mIoU (one point at each instance's centre,
+    SAM's most confident of three masks: the SAM paper's single-point evaluation), and the box counts.
+
+    Args:
+        sam: a `segment_anything` Sam model (see `heads.sam.load_sam`).
+        chunk_size: prompts per mask-decoder call.
+        point_prompts: also run the single-point evaluation.
+        results_file: where to write the COCO results JSON of RLE masks; None writes nothing.
+        overlays: how many images get an overlay picture in `overlay_dir`.
+    """
+
+    monitor = "test/mask_AP"
+    """The metric that picks the best checkpoint, and whether higher is better ("max")."""
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        sam: nn.Module,
+        chunk_size: int = 64,
+        point_prompts: bool = True,
+        results_file: str | None = None,
+        overlays: int = 0,
+        overlay_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["sam"])
+        self.sam = sam.eval().requires_grad_(False)
+        self.predictor = SamBoxPredictor(self.sam, chunk_size)
+        self.mask_ap = MeanAveragePrecision(iou_type="segm", backend="pycocotools")
+        self.box_miou, self.point_miou = MeanMetric(), MeanMetric()
+        self.counts: Counter[str] = Counter()
+        self.results: list[dict[str, Any]] = []
+
+    def segment(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
+        """One image's box prompts -> masks `(K, H, W)` bool, scores `(K,)`, labels `(K,)`, boxes `(K, 4)`
+        for its K valid boxes, and `valid` `(N,)` bool over all its N boxes."""
+        image = item["image"]
+        boxes, clipped, valid = clip_boxes(item["prompt_boxes"], *image.shape[:2])
+        self.counts.update(boxes=len(boxes), boxes_clipped=int(clipped.sum()), boxes_degenerate=int((~valid).sum()))
+        self.predictor.set_image(image)
+        masks, sam_scores = self.predictor.predict(None, boxes[valid])
+        scores = sam_scores if item["prompt_scores"] is None else item["prompt_scores"][valid]
+        return {"masks": masks, "scores": scores, "labels": item["prompt_labels"][valid], "boxes": boxes[valid], "valid": valid}
+
+    def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
+        out = self.segment(item)
+        self.mask_ap.update(
+            [{"masks": torch.from_numpy(out["masks"]), "scores": torch.from_numpy(out["scores"]),
+              "labels": torch.from_numpy(out["labels"])}],
+            [{"masks": torch.from_numpy(item["gt_masks"]), "labels": torch.from_numpy(item["gt_labels"]),
+              "iscrowd": torch.from_numpy(item["gt_iscrowd"]), "area": torch.from_numpy(item["gt_areas"])}],
+        )  # fmt: skip
+        non_crowd = item["gt_iscrowd"] == 0
+        if item["prompt_scores"] is None and out["valid"].any():
+            paired = item["gt_masks"][non_crowd][out["valid"]]
+            self.box_miou.update(torch.from_numpy(mask_ious(out["masks"], paired)))
+        if self.hparams.point_prompts:
+            self.point_prompt_step(item["gt_masks"][non_crowd])
+        if self.hparams.results_file is not None:
+            self.results += encode_results(item["image_id"], out["masks"], out["labels"], out["scores"])
+        if batch_idx < self.hparams.overlays and self.hparams.overlay_dir is not None:
+            path = Path(self.hparams.overlay_dir) / f"{Path(item['path']).stem}.png"
+            save_overlay(path, item["image"], out["masks"], out["boxes"], out["scores"])
+
+    def point_prompt_step(self, gt_masks: np.ndarray) -> None:
+        """Prompt with one point at the centre of each non-empty instance `(M, H, W)` bool; update point_mIoU."""
+        gt_masks = gt_masks[gt_masks.any((1, 2))]
+        if len(gt_masks):
+            masks, _ = self.predictor.predict_points(None, mask_centres(gt_masks))
+            self.point_miou.update(torch.from_numpy(mask_ious(masks, gt_masks)))
+
+    def on_test_epoch_start(self) -> None:
+        self.counts.clear()
+        self.results = []
+
+    def on_test_epoch_end(self) -> None:
+        ap = self.mask_ap.compute()
+        self.mask_ap.reset()
+        metrics = {f"test/{name}": ap[key] for key, name in AP_NAMES.items()}
+        for name, metric in (("box_mIoU", self.box_miou), ("point_mIoU", self.point_miou)):
+            if metric.update_count:
+                metrics[f"test/{name}"] = metric.compute()
+            metric.reset()
+        metrics |= {f"test/{name}": float(n) for name, n in self.counts.items()}
+        self.log_dict(metrics)
+        if self.counts["boxes_clipped"] or self.counts["boxes_degenerate"]:
+            warnings.warn(
+                f"Of {self.counts['boxes']} prompt boxes, {self.counts['boxes_clipped']} reached outside their image "
+                f"and were clipped to it, and {self.counts['boxes_degenerate']} had zero width or height (after "
+                "clipping) and were skipped; every other box got a mask.",
+                stacklevel=1,
+            )
+        if self.hparams.results_file is not None:
+            write_json_atomic(Path(self.hparams.results_file), self.results)
+
+    def predict_step(self, item: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """COCO results entries (RLE masks) of one image's box prompts."""
+        out = self.segment(item)
+        return encode_results(item["image_id"], out["masks"], out["labels"], out["scores"])
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON through a temporary file and a rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
