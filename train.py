@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in results.items()})
     if cfg.data.get("predict_dir"):
         trainer.predict(model, datamodule=datamodule, return_predictions=False)
-        print(f"Predicted label maps written to {cfg.head.predict_dir_out}")
+        print(f"Predictions written to {cfg.head.predict_dir_out}")
 
     if metrics:
         write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2))

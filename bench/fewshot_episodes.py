@@ -1,0 +1,45 @@
+"""How long 600 few-shot episodes take per method on the CPU, on cached features: `python bench/fewshot_episodes.py`.
+
+Prints one row per (method, K): seconds for all episodes and per episode. Features are random (D = ViT-S/14's 384),
+since only the episode loop is timed; feature extraction runs once per image before it (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from datamodules.episodes import sample_episodes
+from heads.classification import evaluate_episodes
+from heads.fewshot import centre_and_project, cosine_knn, logistic_regression
+
+METHODS = {"centre_and_project": centre_and_project, "knn": cosine_knn, "logistic_regression": logistic_regression}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--n-way", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    features = torch.randn(args.classes * args.per_class, args.dim)
+    labels = np.repeat(np.arange(args.classes), args.per_class)
+    print(f"{'method':>20}  {'K':>2}  {'total s':>8}  {'ms/episode':>10}")
+    for k_shot in (1, 5):
+        episodes = sample_episodes(labels, args.n_way, k_shot, args.queries, args.episodes, seed=0)
+        for name, method in METHODS.items():
+            start = time.perf_counter()
+            evaluate_episodes(features, episodes, {name: method})
+            seconds = time.perf_counter() - start
+            print(f"{name:>20}  {k_shot:>2}  {seconds:8.2f}  {1000 * seconds / len(episodes):10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Classifiers over frozen features, as pure functions: support features and labels + query features -> scores.
+
+Every method takes support `(S, C)`, support labels `(S,)` in 0..n_classes-1, query `(M, C)` and returns scores
+`(M, n_classes)` whose argmax is the prediction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+from torch import Tensor
+
+
+def centre_and_project(support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, mean: Tensor | None = None) -> Tensor:
+    """SimpleShot (CL2N): subtract `mean` (the support set's when None), L2-normalise, nearest class centroid.
+
+    Returns minus the Euclidean distance of each query to each centroid of the normalised support features.
+    """
+    mean = support.mean(0) if mean is None else mean
+    support, query = F.normalize(support - mean, dim=-1), F.normalize(query - mean, dim=-1)
+    one_hot = F.one_hot(support_labels, n_classes).T.to(support.dtype)
+    centroids = one_hot @ support / one_hot.sum(1, keepdim=True)
+    return -torch.cdist(query, centroids)
+
+
+def cosine_topk(bank: Tensor, query: Tensor, k: int, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """The k most cosine-similar rows of bank `(N, C)` for each query `(M, C)`: similarities and indices, both `(M, k)`."""
+    bank = F.normalize(bank, dim=-1)
+    found = [torch.topk(F.normalize(chunk, dim=-1) @ bank.T, k, dim=1) for chunk in query.split(chunk_size)]
+    return torch.cat([f.values for f in found]), torch.cat([f.indices for f in found])
+
+
+def weighted_votes(similarities: Tensor, neighbour_labels: Tensor, n_classes: int, temperature: float) -> Tensor:
+    """DINOv2's k-NN votes: each neighbour adds exp(similarity / T) to its class. `(M, k)` twice -> `(M, n_classes)`."""
+    votes = torch.zeros(similarities.shape[0], n_classes, dtype=similarities.dtype, device=similarities.device)
+    return votes.scatter_add_(1, neighbour_labels, (similarities / temperature).exp())
+
+
+def cosine_knn(support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, k: int = 10, temperature: float = 0.07) -> Tensor:
+    """Weighted k-NN on cosine similarity (k capped at the support size); scores are each class's share of the votes."""
+    similarities, indices = cosine_topk(support, query, min(k, len(support)))
+    votes = weighted_votes(similarities, support_labels[indices], n_classes, temperature)
+    return votes / votes.sum(1, keepdim=True)
+
+
+def logistic_regression(support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, C: float = 1.0, max_iter: int = 1000) -> Tensor:
+    """scikit-learn's multinomial logistic regression on the L2-normalised features; scores are class probabilities."""
+    model = LogisticRegression(C=C, max_iter=max_iter).fit(F.normalize(support, dim=-1).cpu().numpy(), support_labels.cpu().numpy())
+    probs = np.zeros((len(query), n_classes), dtype=np.float32)
+    probs[:, model.classes_] = model.predict_proba(F.normalize(query, dim=-1).cpu().numpy())
+    return torch.from_numpy(probs)
+
+
+def mean_confidence_interval(accuracies: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean of per-episode accuracies and the half-width of its normal confidence interval: z * std(ddof=1) / sqrt(n)."""
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    return float(np.mean(accuracies)), float(z * stats.sem(accuracies))
