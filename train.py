@@ -8,9 +8,7 @@ every object is built from its config's `_target_`, and a head's config names wh
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from backbones import CheckpointError
 from datamodules import DatasetError
+from utils.atomic import write_text
 
 USER_ERRORS = (CheckpointError, DatasetError)
 
@@ -44,15 +43,6 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def format_metrics(metrics: dict[str, float]) -> str:
     """A two-column text table of metric names and values."""
     width = max(len(k) for k in metrics)
@@ -64,7 +54,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit (unless `train=false`), test the best checkpoint, predict a folder if asked; return the metrics."""
     output_dir = Path(cfg.paths.output_dir)
-    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.head)
@@ -84,7 +74,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         print(f"Predictions written to {cfg.head.predict_dir_out}")
 
     if metrics:
-        write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2))
+        write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2))
         print(format_metrics(metrics))
     print(f"Run directory: {output_dir}")
     return metrics

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
+
+from utils.atomic import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -42,28 +43,20 @@ def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
 def download_to_cache(url: str, sha256: str | None = None) -> Path:
     """Download ``url`` into the torch.hub cache with a progress bar, atomically.
 
-    The file is written under a temporary name in the cache folder and renamed only after the
-    optional SHA-256 check passed, so an interrupted download never leaves a truncated checkpoint.
+    The file only gets its cache name after the optional SHA-256 check passed, so an interrupted or
+    corrupt download never leaves a checkpoint behind.
     """
-    target = hub_checkpoint_path(url.rsplit("/", 1)[-1])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+
+    def download(tmp: Path) -> None:
         torch.hub.download_url_to_file(url, str(tmp), progress=True)
-        if sha256 is not None:
-            got = sha256_of(tmp)
-            if got != sha256.lower():
-                raise CheckpointError(
-                    f"Downloaded {url} but its SHA-256 is {got}, not the expected {sha256}. "
-                    "The download is corrupt or the file changed upstream; nothing was saved. "
-                    "Retry, or pass a local file."
-                )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        if sha256 is not None and (got := sha256_of(tmp)) != sha256.lower():
+            raise CheckpointError(
+                f"Downloaded {url} but its SHA-256 is {got}, not the expected {sha256}. "
+                "The download is corrupt or the file changed upstream; nothing was saved. "
+                "Retry, or pass a local file."
+            )
+
+    return atomic_write(hub_checkpoint_path(url.rsplit("/", 1)[-1]), download)
 
 
 def resolve_checkpoint(

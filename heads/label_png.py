@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
+
+from utils.atomic import atomic_write
 
 
 def save_label_png(labels: Tensor, path: str | os.PathLike, palette: Sequence[Sequence[int]] | np.ndarray | None = None) -> None:
@@ -20,7 +21,4 @@ def save_label_png(labels: Tensor, path: str | os.PathLike, palette: Sequence[Se
     image = Image.fromarray(labels.cpu().numpy().astype(np.uint8))
     if palette is not None:
         image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -5,19 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text through a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from utils.atomic import write_text
 
 
 def write_rows(rows: list[dict[str, Any]], stem: Path) -> None:
@@ -26,5 +17,5 @@ def write_rows(rows: list[dict[str, Any]], stem: Path) -> None:
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(stem.with_suffix(".csv"), table.getvalue())
-    write_atomic(stem.with_suffix(".json"), json.dumps(rows, indent=2))
+    write_text(stem.with_suffix(".csv"), table.getvalue())
+    write_text(stem.with_suffix(".json"), json.dumps(rows, indent=2))

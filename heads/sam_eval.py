@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -21,6 +19,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from heads.sam import SamBoxPredictor, clip_boxes
 from heads.sam_overlay import save_overlay
+from utils.atomic import write_text
 
 AP_NAMES = {"map": "mask_AP", "map_50": "mask_AP50", "map_75": "mask_AP75", "map_small": "mask_APs",
             "map_medium": "mask_APm", "map_large": "mask_APl"}  # fmt: skip
@@ -154,18 +153,9 @@ class SamBoxEvaluator(L.LightningModule):
                 stacklevel=1,
             )
         if self.hparams.results_file is not None:
-            write_json_atomic(Path(self.hparams.results_file), self.results)
+            write_text(self.hparams.results_file, json.dumps(self.results))
 
     def predict_step(self, item: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """COCO results entries (RLE masks) of one image's box prompts."""
         out = self.segment(item)
         return encode_results(item["image_id"], out["masks"], out["labels"], out["scores"])
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` as JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)

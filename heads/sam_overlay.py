@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+
+from utils.atomic import atomic_write  # noqa: E402
 
 
 def save_overlay(
@@ -40,9 +40,5 @@ def save_overlay(
         ax.scatter(points[:, 0], points[:, 1], marker="*", s=40, c="yellow", edgecolors="black", linewidths=0.5)
     ax.set_axis_off()
     fig.subplots_adjust(0, 0, 1, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
 
 import torch
 from matplotlib.figure import Figure
@@ -16,6 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from backbones import BACKBONE_NAMES, CheckpointError, FrozenBackbone, load_backbone
+from utils.atomic import atomic_write
 from visualize.images import InputError, input_size, load_rgb, require_files, snap_to_patches, to_input
 
 USER_ERRORS = (InputError, CheckpointError)
@@ -76,21 +74,6 @@ def load_inputs(paths: Sequence[str], short_side: int, patch_size: int) -> tuple
     return images, inputs
 
 
-def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = True) -> None:
-    """Create ``path`` (and its folder) through a temporary file and a rename, so a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def check_figure_path(path: Path) -> None:
     """InputError unless matplotlib can write a figure of ``path``'s type."""
     formats = Figure().canvas.get_supported_filetypes()
@@ -100,7 +83,7 @@ def check_figure_path(path: Path) -> None:
 
 def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
     """Save a figure atomically; the format follows the suffix."""
-    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lower().lstrip("."), dpi=dpi, bbox_inches="tight"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=dpi, bbox_inches="tight"))
 
 
 def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from visualize.cli import add_common_args, atomic_write, backbone_label, check_figure_path, load_from_args, load_inputs, run, save_figure
+from visualize.cli import add_common_args, backbone_label, check_figure_path, load_from_args, load_inputs, run, save_figure
 from visualize.features import patch_maps
 from visualize.figures import match_figure
+from utils.atomic import write_text
 from visualize.images import InputError
 from visualize.matching import mutual_matches, patch_centres, spread_matches
 from visualize.pca_maps import foreground_masks
@@ -72,7 +73,7 @@ def make_match_figure(args: argparse.Namespace) -> None:
             for pa, pb, s in zip(*points, kept.similarity)
         ],
     }
-    atomic_write(json_path, lambda f: json.dump(record, f, indent=2), binary=False)
+    write_text(json_path, json.dumps(record, indent=2))
     print(f"Wrote {args.out} and {json_path} ({len(kept)} of {len(matches)} mutual matches)")
 
 

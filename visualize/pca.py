@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from visualize.cli import add_common_args, atomic_write, backbone_label, check_figure_path, load_from_args, load_inputs, run, save_figure
+from utils.atomic import atomic_write
+from visualize.cli import add_common_args, backbone_label, check_figure_path, load_from_args, load_inputs, run, save_figure
 from visualize.features import patch_maps
 from visualize.figures import pca_figure
 from visualize.images import InputError
@@ -48,7 +49,7 @@ def make_pca_figure(args: argparse.Namespace) -> None:
     if args.save_features:
         for k, (path, components) in enumerate(zip(args.images, maps.components)):
             target = args.out.with_name(f"{args.out.stem}_{k}_{Path(path).stem}.npy")
-            atomic_write(target, lambda f, c=components: np.save(f, c.numpy()))
+            atomic_write(target, lambda tmp, c=components: np.save(tmp, c.numpy()))
             print(f"Wrote {target} {tuple(components.shape)}")
 
 
