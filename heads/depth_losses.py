@@ -1,0 +1,43 @@
+"""Training losses of the official DINOv2 depth evaluation (AdaBins' SigLoss and MegaDepth's gradient loss).
+
+Inputs are `pred`, `target` `(B, 1, H, W)` in metres at the same size; target pixels <= 0 are invalid.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+EPS = 1e-3
+"""Added to both depths before the log, as the official losses do, to keep gradients finite."""
+
+
+def sig_loss(pred: Tensor, target: Tensor, warm_up: bool = False, variance_focus: float = 0.15) -> Tensor:
+    """Scale-invariant log loss over all valid pixels of the batch: sqrt(Var(g) + 0.15 mean(g)^2), g = log ratio.
+
+    With `warm_up` only the mean term is used, sqrt(0.15 mean(g)^2), as the official loss does for its
+    first 100 iterations. Var is the unbiased variance (torch's default, as the official loss).
+    """
+    valid = target > 0
+    g = torch.log(pred[valid] + EPS) - torch.log(target[valid] + EPS)
+    mean_term = variance_focus * g.mean() ** 2
+    return torch.sqrt(mean_term if warm_up else g.var() + mean_term)
+
+
+def gradient_loss(pred: Tensor, target: Tensor, strides: tuple[int, ...] = (1, 2, 4, 6)) -> Tensor:
+    """Multi-scale gradient matching of the log depth difference, summed over scales.
+
+    At each scale (every `stride`-th pixel), the absolute differences of `log(pred) - log(target)` between
+    pixels two apart vertically and horizontally, over pairs of valid pixels, divided by the number of
+    valid pixels. The official loss slices the first two dimensions of its `(B, 1, H, W)` inputs (batch
+    and channel instead of height and width); here the slices go over height and width as intended.
+    """
+    total = pred.new_zeros(())
+    for stride in strides:
+        p, t = pred[..., ::stride, ::stride], target[..., ::stride, ::stride]
+        valid = (t > 0).to(p.dtype)
+        diff = (torch.log(p + EPS) - torch.log(t + EPS)) * valid
+        v = (diff[..., :-2, :] - diff[..., 2:, :]).abs() * valid[..., :-2, :] * valid[..., 2:, :]
+        h = (diff[..., :, :-2] - diff[..., :, 2:]).abs() * valid[..., :, :-2] * valid[..., :, 2:]
+        total = total + (v.sum() + h.sum()) / valid.sum().clamp(min=1)
+    return total
