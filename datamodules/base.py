@@ -4,18 +4,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .datasets import PredictImages, Sample, SegmentationDataset
 from .errors import DatasetError
 from .files import list_images
+from .loaders import DenseDataModule
 from .transforms import eval_transform, train_transform
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(DenseDataModule):
     """Semantic segmentation batches; train on the training split, validate and test on the validation split.
 
     Batches:
@@ -93,33 +92,3 @@ class SegmentationDataModule(L.LightningDataModule):
             transform = train_transform(self.crop_size, self.scale_range, self.short_side, self.cat_max_ratio, seed)
             self.train_set = SegmentationDataset(self._samples("train"), transform)
         self.eval_set = SegmentationDataset(self._samples("val"), eval_transform(self.short_side), keep_label_size=True)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, 1)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, 1)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, 1)
-
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=_seed_worker,
-        )
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream (each would otherwise copy the same albumentations RNG)."""
-    info = get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)

@@ -7,16 +7,19 @@ from pathlib import Path
 from typing import ClassVar
 
 import albumentations as A
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .base import _seed_worker
 from .datasets import PredictImages
 from .depth_files import load_depth
-from .depth_transforms import depth_eval_transform, depth_predict_transform, depth_train_transform
+from .depth_transforms import (
+    depth_eval_transform,
+    depth_predict_transform,
+    depth_train_transform,
+)
 from .errors import DatasetError
 from .files import list_images, load_image
+from .loaders import DenseDataModule
 
 
 class DepthDataset(Dataset):
@@ -51,7 +54,7 @@ class DepthDataset(Dataset):
         return {"image": out["image"], "depth": torch.as_tensor(out["mask"])[None].float(), "path": str(image_path)}
 
 
-class DepthDataModule(L.LightningDataModule):
+class DepthDataModule(DenseDataModule):
     """Monocular depth batches: train on the training split, validate and test on the test split.
 
     Batches:
@@ -120,27 +123,3 @@ class DepthDataModule(L.LightningDataModule):
             transform = depth_train_transform(self.crop_size, self.rotate_degrees, seed)
             self.train_set = DepthDataset(self._samples("train"), self.depth_scale, transform, self.top_crop)
         self.eval_set = DepthDataset(self._samples("test"), self.depth_scale, depth_eval_transform(), self.top_crop)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, 1)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, 1)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, 1)
-
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=_seed_worker,
-        )
