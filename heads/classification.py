@@ -21,7 +21,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from heads.fewshot import cosine_topk, mean_confidence_interval, weighted_votes
-from heads.linear_probe import OFFICIAL_LEARNING_RATES, grid_accuracy, probe_grid, train_grid
+from heads.linear_probe import (
+    OFFICIAL_LEARNING_RATES,
+    grid_accuracy,
+    probe_grid,
+    train_grid,
+)
 from heads.results import write_rows
 
 FEATURE_KINDS = ("cls", "avgpool", "cls+avgpool")

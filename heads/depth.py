@@ -16,7 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.dinov2 import DINOV2_BASE_URL
-from backbones.weights import CheckpointError, check_state_dict, load_state_dict_file, resolve_checkpoint
+from backbones.weights import (
+    CheckpointError,
+    check_state_dict,
+    load_state_dict_file,
+    resolve_checkpoint,
+)
 from heads.depth_heads import DPTDepthHead, LinearDepthHead
 
 KINDS = ("linear", "linear4", "dpt")

@@ -18,9 +18,10 @@ from heads.depth import DepthModel, build_depth_head, default_out_index
 from heads.depth_losses import gradient_loss, sig_loss
 from heads.depth_metrics import depth_metrics
 from heads.depth_png import save_depth_color, save_depth_png
+from heads.frozen import FrozenModulesMixin
 
 
-class DepthProbe(L.LightningModule):
+class DepthProbe(FrozenModulesMixin, L.LightningModule):
     """A depth head trained on the features of a frozen DINOv2 backbone, as the official depth evaluation.
 
     Batches (dicts; depth in metres, 0 = no ground truth):
@@ -48,8 +49,8 @@ class DepthProbe(L.LightningModule):
         colormap, colorbar: the matplotlib colormap of the colour PNG, and whether to draw a colour bar.
     """
 
-    monitor = "val/RMSE"
-    """The metric that picks the best checkpoint, and whether higher is better ("max")."""
+    frozen_modules = ("model.backbone",)
+    monitor = "val/RMSE"  # the metric that picks the best checkpoint
     monitor_mode = "min"
 
     def __init__(
@@ -91,12 +92,6 @@ class DepthProbe(L.LightningModule):
         metrics = depth_metrics(min_depth, max_depth, eval_crop)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-
-    def train(self, mode: bool = True) -> DepthProbe:
-        """Set the head's mode; the frozen backbone always stays in eval mode."""
-        super().train(mode)
-        self.model.backbone.eval()
-        return self
 
     def forward(self, images: Tensor) -> Tensor:
         """Images `(B, 3, H, W)` -> depth `(B, 1, H, W)` metres, averaged with the mirrored view when `flip_test`."""
@@ -162,15 +157,3 @@ class DepthProbe(L.LightningModule):
             milestones=[warmup],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen backbone (up to GBs) out of checkpoints."""
-        checkpoint["state_dict"] = {
-            key: value for key, value in checkpoint["state_dict"].items() if not key.startswith("model.backbone.")
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put the live backbone's weights back, so that the head's keys still load strictly."""
-        checkpoint["state_dict"].update(
-            {f"model.backbone.{key}": value for key, value in self.model.backbone.state_dict().items()}
-        )

@@ -8,9 +8,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from segment_anything import SamPredictor, sam_model_registry
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
 
-from backbones.weights import CheckpointError, check_state_dict, load_state_dict_file, resolve_checkpoint, sha256_of
+from backbones.weights import (
+    CheckpointError,
+    check_state_dict,
+    load_state_dict_file,
+    resolve_checkpoint,
+    sha256_of,
+)
 
 URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 # The hex in the file names is not a SHA-256 prefix; these are the files' full SHA-256 digests.

@@ -16,13 +16,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from heads.frozen import FrozenModulesMixin
 from heads.inference import multiscale_flip_probs
 from heads.label_png import save_label_png
 from heads.linear_seg import LinearSegHead, load_official_head
 from heads.schedule import warmup_poly
 
 
-class SegmentationProbe(L.LightningModule):
+class SegmentationProbe(FrozenModulesMixin, L.LightningModule):
     """A `LinearSegHead` trained on the features of a frozen DINOv2 backbone.
 
     Batches (dicts; labels are class ids with `ignore_index` for unlabelled pixels):
@@ -43,8 +44,7 @@ class SegmentationProbe(L.LightningModule):
         predict_dir_out: where `predict` writes `<image stem>.png` label maps; None writes nothing.
     """
 
-    monitor = "val/mIoU"
-    """The metric that picks the best checkpoint, and whether higher is better ("max")."""
+    monitor = "val/mIoU"  # the metric that picks the best checkpoint
     monitor_mode = "max"
 
     def __init__(
@@ -88,12 +88,6 @@ class SegmentationProbe(L.LightningModule):
         )
         self.per_class_iou: Tensor | None = None
         """IoU per class `(K,)` of the last test run, NaN for classes absent from the split."""
-
-    def train(self, mode: bool = True) -> SegmentationProbe:
-        """Set the head's mode; the frozen backbone always stays in eval mode."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
 
     def extract(self, images: Tensor) -> tuple[Tensor, ...]:
         """Images `(B, 3, H, W)` -> the chosen blocks' normed patch maps, each `(B, C, H/14, W/14)`."""
@@ -173,13 +167,3 @@ class SegmentationProbe(L.LightningModule):
             power=self.hparams.poly_power,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen backbone (up to GBs) out of checkpoints."""
-        checkpoint["state_dict"] = {
-            key: value for key, value in checkpoint["state_dict"].items() if not key.startswith("backbone.")
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put the live backbone's weights back, so that the head's keys still load strictly."""
-        checkpoint["state_dict"].update({f"backbone.{key}": value for key, value in self.backbone.state_dict().items()})
