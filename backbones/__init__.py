@@ -5,14 +5,23 @@ from __future__ import annotations
 import os
 import warnings
 
-from backbones.base import FrozenBackbone
-from backbones.dinov2 import DINOV2_SPECS, DinoVisionBackbone, build_dinov2, load_official_weights, official_filename, official_url
+from backbones.base import COMPILE_MODES, WEIGHT_DTYPES, FrozenBackbone
+from backbones.dinov2 import (
+    DINOV2_SPECS,
+    DinoVisionBackbone,
+    build_dinov2,
+    load_official_weights,
+    official_filename,
+    official_url,
+)
 from backbones.dinov3 import DINOV3_FILES, Dinov3Backbone, build_dinov3, load_dinov3
 from backbones.padding import center_pad
 from backbones.weights import CheckpointError, WeightsNotFoundError, resolve_checkpoint
 
 __all__ = [
     "BACKBONE_NAMES",
+    "COMPILE_MODES",
+    "WEIGHT_DTYPES",
     "CheckpointError",
     "DinoVisionBackbone",
     "Dinov3Backbone",
@@ -31,6 +40,9 @@ def load_backbone(
     download: bool = False,
     random_fallback: bool = False,
     sha256: str | None = None,
+    dtype: str = "float32",
+    compile: bool | str | None = None,
+    fused_attention: bool = True,
     **arch_overrides: int | None,
 ) -> FrozenBackbone:
     """Build a frozen backbone by its official hub name and load its weights.
@@ -42,6 +54,8 @@ def load_backbone(
         download: allow downloading the official file (progress bar, atomic write into the hub cache).
         random_fallback: when no weights can be found, warn loudly and keep random weights instead of failing.
         sha256: expected SHA-256 of a downloaded file.
+        dtype, compile, fused_attention: speed options, see ``FrozenBackbone.configure_speed``
+            (``bfloat16`` weights, ``torch.compile`` mode, fused attention).
         arch_overrides: ``embed_dim``, ``depth``, ``num_heads`` for smaller models; ``None`` values are ignored.
 
     Returns:
@@ -52,7 +66,9 @@ def load_backbone(
     overrides = {k: v for k, v in arch_overrides.items() if v is not None}
     unknown = set(overrides) - {"embed_dim", "depth", "num_heads"}
     if unknown:
-        raise ValueError(f"Unknown architecture overrides {sorted(unknown)}; only embed_dim, depth and num_heads can change.")
+        raise ValueError(
+            f"Unknown architecture overrides {sorted(unknown)}; only embed_dim, depth and num_heads can change."
+        )
     if name in DINOV3_FILES:
         filename, url, build = DINOV3_FILES[name][1], None, build_dinov3
     else:
@@ -66,9 +82,11 @@ def load_backbone(
             f"\n{'!' * 78}\nUSING RANDOM WEIGHTS for {name}: features are meaningless.\n{err}\n{'!' * 78}",
             stacklevel=2,
         )
-        return build(name, **overrides)
-    if name in DINOV3_FILES:
-        return load_dinov3(name, path, **overrides)
-    backbone = build_dinov2(name, **overrides)
-    load_official_weights(backbone, path)
-    return backbone
+        backbone = build(name, **overrides)
+    else:
+        if name in DINOV3_FILES:
+            backbone = load_dinov3(name, path, **overrides)
+        else:
+            backbone = build_dinov2(name, **overrides)
+            load_official_weights(backbone, path)
+    return backbone.configure_speed(dtype, compile, fused_attention)
