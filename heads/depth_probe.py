@@ -6,47 +6,58 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-from heads.depth import DepthModel, build_depth_head, default_out_index
+from heads.depth import KINDS, DepthModel, build_depth_head, default_out_index
 from heads.depth_losses import gradient_loss, sig_loss
 from heads.depth_metrics import depth_metrics
 from heads.depth_png import save_depth_color, save_depth_png
 from heads.frozen import FrozenModulesMixin
+from heads.grid import HeadGridModule, block_choice, cached_features, lr_choices, make_grid, to_plain, union_blocks
+
+Features = dict[int, tuple[Tensor, Tensor]]
+"""By block: un-normed patch map `(B, C, h, w)` and class token `(B, C)`."""
 
 
-class DepthProbe(FrozenModulesMixin, L.LightningModule):
-    """A depth head trained on the features of a frozen DINOv2 backbone, as the official depth evaluation.
+class DepthProbe(FrozenModulesMixin, HeadGridModule):
+    """A depth head trained on the features of a frozen DINOv2 backbone, as the official depth evaluation, or a
+    grid of heads (`heads.grid`).
 
     Batches (dicts; depth in metres, 0 = no ground truth):
-        train: `image` `(B, 3, h, w)`, `depth` `(B, 1, h, w)`, `path` `[str]`.
+        train: `image` `(B, 3, h, w)`, `depth` `(B, 1, h, w)`, `path` `[str]`; or, from a feature cache,
+            `tokens` {block index: un-normed patch map `(B, C, h/14, w/14)`} and `class_tokens` {block index:
+            `(B, C)`} instead of `image` (any float dtype).
         val / test: `image` `(1, 3, H, W)`, `depth` `(1, 1, H, W)`, `path` `[str]`.
         predict: `image` `(1, 3, h, w)`, `size` the original `(H, W)`, `path` `[str]`.
     Maps without any valid depth are skipped, named in a warning and counted (`*/skipped_maps`).
+
+    A grid (`lr` a list and/or `out_index_choices`) trains one head per (blocks, lr) pair on one backbone pass,
+    logs `val/<metric>/<head name>` per head and `val/<metric>` of the best head on `val/RMSE`, and tests and
+    predicts with that head (remembered in checkpoints). Gradients are clipped per head.
 
     Args:
         backbone: frozen DINOv2 (`embed_dim`, `n_blocks`, `get_intermediate_layers`).
         kind: "linear" (last block), "linear4" (4 blocks) or "dpt".
         out_index: blocks fed to the head; default the official ones (`heads.depth.default_out_index`).
+        out_index_choices: several `out_index` lists, one head each; replaces `out_index`.
         checkpoint: a released head (`dinov2_*_{nyu,kitti}_{kind}_head.pth`: a path, or the bare file
             name to look up in the torch.hub cache and, with `download`, at its official URL).
         min_depth, max_depth: the dataset's depth range: the linear heads' bins, the output clamp and
             the evaluated pixels (NYU 0.001-10 m, KITTI 0.001-80 m).
         eval_crop: "eigen" (NYU), "garg" (KITTI) or None.
         channels: DPT width (the released heads: 256).
-        lr, weight_decay: AdamW over the head.
+        lr, weight_decay: AdamW over the head; a list of lrs trains one head per lr.
         warmup_steps, max_steps: linear warm-up from lr / 1000, then cosine decay to 0 at `max_steps`.
         sigloss_warmup_steps: steps that train on the SigLoss mean term only (official: 100).
         gradient_loss_weight: weight of the multi-scale gradient loss (official: 0.5 for the linear heads, 0 for DPT).
         flip_test: average the prediction with that of the mirrored image at evaluation and prediction.
         predict_dir_out: where `predict` writes `<stem>_depth.png` (uint16 mm) and `<stem>_depth_color.png`.
         colormap, colorbar: the matplotlib colormap of the colour PNG, and whether to draw a colour bar.
+        results_dir: where a grid writes `head_grid.csv` / `.json` (every head's val metrics); None writes none.
     """
 
     frozen_modules = ("model.backbone",)
@@ -58,13 +69,14 @@ class DepthProbe(FrozenModulesMixin, L.LightningModule):
         backbone: nn.Module,
         kind: str = "linear4",
         out_index: Sequence[int] | None = None,
+        out_index_choices: Sequence[Sequence[int]] | None = None,
         checkpoint: str | None = None,
         download: bool = False,
         min_depth: float = 1e-3,
         max_depth: float = 10.0,
         eval_crop: str | None = "eigen",
         channels: int = 256,
-        lr: float = 5e-3,
+        lr: float | Sequence[float] = 5e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 1500,
         max_steps: int = 40000,
@@ -74,31 +86,100 @@ class DepthProbe(FrozenModulesMixin, L.LightningModule):
         predict_dir_out: str | None = None,
         colormap: str = "magma_r",
         colorbar: bool = False,
+        results_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
-        if out_index is not None:
-            # a plain list (not OmegaConf), so that checkpoints load with torch.load(weights_only=True)
-            self.hparams.out_index = np.asarray(out_index).tolist()
+        # Plain lists (not OmegaConf), so that checkpoints load with torch.load(weights_only=True).
+        self.hparams.update({key: to_plain(self.hparams[key]) for key in ("out_index", "out_index_choices", "lr")})
         backbone = backbone.eval().requires_grad_(False)
-        if checkpoint is None:
-            head = build_depth_head(kind, backbone.embed_dim, min_depth, max_depth, channels)
-            blocks = self.hparams.out_index or default_out_index(kind, backbone.n_blocks)
-            self.model = DepthModel(backbone, head, blocks, min_depth, max_depth)
+        owner = type(self).__name__
+        lrs = lr_choices(self.hparams.lr, owner)
+        if out_index_choices is None:
+            choices = [("", self.hparams.out_index or default_out_index(kind, backbone.n_blocks))]
         else:
-            self.model = DepthModel.from_official(
-                backbone, checkpoint, kind, min_depth, max_depth, self.hparams.out_index, download
+            choices = [block_choice(choice, backbone.n_blocks, owner) for choice in self.hparams.out_index_choices]
+        if not choices:
+            raise ValueError(
+                f"{owner}: out_index_choices is empty. Fix: list at least one list of block indices, or drop it."
             )
+        for _, blocks in choices:
+            self._check_block_count(kind, blocks)
+        self.grid = make_grid(choices, lrs, owner)
+        if len(self.grid) == 1:
+            if checkpoint is None:
+                head = build_depth_head(kind, backbone.embed_dim, min_depth, max_depth, channels)
+                self.model = DepthModel(backbone, head, self.grid[0].blocks, min_depth, max_depth)
+            else:
+                self.model = DepthModel.from_official(
+                    backbone, checkpoint, kind, min_depth, max_depth, self.hparams.out_index, download
+                )
+        elif checkpoint is not None:
+            raise ValueError(
+                f"{owner}: checkpoint={checkpoint} is one released head, but the grid has {len(self.grid)} heads. "
+                "Fix: give a single lr and out_index (no out_index_choices) with a checkpoint."
+            )
+        else:
+            heads = [build_depth_head(kind, backbone.embed_dim, min_depth, max_depth, channels) for _ in self.grid]
+            self.model = nn.ModuleDict({"backbone": backbone, "heads": nn.ModuleList(heads)})
         metrics = depth_metrics(min_depth, max_depth, eval_crop)
-        self.val_metrics = metrics.clone(prefix="val/")
+        self.init_grid_metrics(metrics)
         self.test_metrics = metrics.clone(prefix="test/")
 
+    @staticmethod
+    def _check_block_count(kind: str, blocks: Sequence[int]) -> None:
+        needed = 1 if kind == "linear" else 4
+        if kind in KINDS and len(blocks) != needed:
+            raise ValueError(
+                f"DepthProbe: out_index {list(blocks)} has {len(blocks)} blocks, but a {kind!r} head reads {needed}. "
+                f"Fix: give {needed} block indices per choice (or null for the official ones)."
+            )
+
+    @property
+    def grid_heads(self) -> list[nn.Module]:
+        """The heads, in grid order."""
+        return [self.model.head] if len(self.grid) == 1 else list(self.model.heads)
+
+    def _blocks(self, images: Tensor, blocks: Sequence[int]) -> Features:
+        """Images `(B, 3, H, W)` -> {block: (patch map `(B, C, h, w)`, class token `(B, C)`)}, un-normed, in one pass."""
+        with torch.no_grad():
+            features = self.model.backbone.get_intermediate_layers(
+                images, n=list(blocks), reshape=True, return_class_token=True, norm=False
+            )
+        return dict(zip(blocks, features))
+
+    def features(self, batch: dict[str, Any], keep: Tensor | None = None) -> Features:
+        """The features of every block a head reads, float32, of the samples `keep` (bool `(B,)`; default all): the
+        batch's cached `tokens` and `class_tokens` when it has them, else one backbone pass over its `image`."""
+        if "tokens" in batch:
+            features = cached_features(batch, self.grid, class_tokens=True, owner=type(self).__name__)
+            return features if keep is None else {i: (patch[keep], cls[keep]) for i, (patch, cls) in features.items()}
+        return self._blocks(batch["image"] if keep is None else batch["image"][keep], union_blocks(self.grid))
+
+    def _decode(self, index: int, features: Features) -> Tensor:
+        """Head `index`'s raw depth `(B, 1, h', w')` (unclamped: for losses) from the features of its blocks."""
+        return self.grid_heads[index]([features[i] for i in self.grid[index].blocks])
+
+    def depths(self, images: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        """Images `(B, 3, H, W)` -> depth `(B, 1, H, W)` metres of each head in `indices`, clamped to the depth range
+        and averaged with the mirrored view when `flip_test`; one backbone pass per view for all of them."""
+        blocks = sorted({i for index in indices for i in self.grid[index].blocks})
+        views = [images, images.flip(-1)] if self.hparams.flip_test else [images]
+        per_view = []
+        for flipped, view in enumerate(views):
+            features = self._blocks(view, blocks)
+            depths = []
+            for index in indices:
+                depth = self._decode(index, features).clamp(self.hparams.min_depth, self.hparams.max_depth)
+                depth = F.interpolate(depth, size=images.shape[-2:], mode="bilinear", align_corners=False)
+                depths.append(depth.flip(-1) if flipped else depth)
+            per_view.append(depths)
+        return [sum(view_depths) / len(views) for view_depths in zip(*per_view)]
+
     def forward(self, images: Tensor) -> Tensor:
-        """Images `(B, 3, H, W)` -> depth `(B, 1, H, W)` metres, averaged with the mirrored view when `flip_test`."""
-        depth = self.model(images)
-        if self.hparams.flip_test:
-            depth = (depth + self.model(images.flip(-1)).flip(-1)) / 2
-        return depth
+        """Images `(B, 3, H, W)` -> the chosen head's depth `(B, 1, H, W)` metres, averaged with the mirrored view
+        when `flip_test`."""
+        return self.depths(images, [self.best_head])[0]
 
     def _keep_valid(self, batch: dict[str, Any], stage: str) -> Tensor:
         """Bool `(B,)`: the maps with some ground truth; warn about and count the others."""
@@ -106,35 +187,48 @@ class DepthProbe(FrozenModulesMixin, L.LightningModule):
         skipped = [path for path, ok in zip(batch["path"], valid.tolist()) if not ok]
         for path in skipped:
             rank_zero_warn(f"The depth map of {path} has no valid pixel (all 0): skipped.")
-        self.log(f"{stage}/skipped_maps", float(len(skipped)), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+        self.log(
+            f"{stage}/skipped_maps", float(len(skipped)), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1
+        )
         return valid
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         valid = self._keep_valid(batch, "train")
         if not valid.any():
             return None
-        images, depth = batch["image"][valid], batch["depth"][valid]
-        pred = F.interpolate(self.model.decode(images), size=depth.shape[-2:], mode="bilinear", align_corners=False)
-        loss = sig_loss(pred, depth, warm_up=self.global_step < self.hparams.sigloss_warmup_steps)
-        self.log("train/sigloss", loss, batch_size=len(images))
-        if self.hparams.gradient_loss_weight:
-            grad = gradient_loss(pred, depth)
-            self.log("train/gradient_loss", grad, batch_size=len(images))
-            loss = loss + self.hparams.gradient_loss_weight * grad
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        depth = batch["depth"][valid]
+        features = self.features(batch, valid)
+        warm_up = self.global_step < self.hparams.sigloss_warmup_steps
+        losses = []
+        for index in range(len(self.grid)):
+            pred = F.interpolate(
+                self._decode(index, features), size=depth.shape[-2:], mode="bilinear", align_corners=False
+            )
+            loss = sig_loss(pred, depth, warm_up=warm_up)
+            self.log(self.head_key("train/sigloss", index), loss, batch_size=len(depth))
+            if self.hparams.gradient_loss_weight:
+                grad = gradient_loss(pred, depth)
+                self.log(self.head_key("train/gradient_loss", index), grad, batch_size=len(depth))
+                loss = loss + self.hparams.gradient_loss_weight * grad
+            if len(self.grid) > 1:
+                self.log(self.head_key("train/loss", index), loss, batch_size=len(depth))
+            losses.append(loss)
+        loss = torch.stack(losses).sum()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(depth))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+        valid = self._keep_valid(batch, "val")
+        if valid.any():
+            depth = batch["depth"][valid]
+            for metrics, pred in zip(self.val_metrics, self.depths(batch["image"][valid], range(len(self.grid)))):
+                metrics.update(pred, depth)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
-
-    def _evaluate(self, batch: dict[str, Any], metrics: Any, stage: str) -> None:
-        valid = self._keep_valid(batch, stage)
+        valid = self._keep_valid(batch, "test")
         if valid.any():
-            metrics.update(self(batch["image"][valid]), batch["depth"][valid])
-            self.log_dict(metrics, batch_size=int(valid.sum()))
+            self.test_metrics.update(self(batch["image"][valid]), batch["depth"][valid])
+            self.log_dict(self.test_metrics, batch_size=int(valid.sum()))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Depth `(H, W)` metres at the original size; written as PNGs when `predict_dir_out` is set."""
@@ -149,11 +243,14 @@ class DepthProbe(FrozenModulesMixin, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.model.head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=self.grid[0].lr, weight_decay=hp.weight_decay)
         warmup = max(hp.warmup_steps, 1)
         schedule = SequentialLR(
             optimizer,
-            [LinearLR(optimizer, 1e-3, 1.0, total_iters=warmup), CosineAnnealingLR(optimizer, max(hp.max_steps - warmup, 1))],
+            [
+                LinearLR(optimizer, 1e-3, 1.0, total_iters=warmup),
+                CosineAnnealingLR(optimizer, max(hp.max_steps - warmup, 1)),
+            ],
             milestones=[warmup],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,31 +15,49 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from heads.frozen import FrozenModulesMixin
+from heads.grid import (
+    HeadGridModule,
+    block_choice,
+    cached_features,
+    lr_choices,
+    make_grid,
+    shared_windows,
+    to_plain,
+    union_blocks,
+)
 from heads.inference import multiscale_flip_probs
 from heads.label_png import save_label_png
 from heads.linear_seg import LinearSegHead, load_official_head
+from heads.losses import upsample_cross_entropy
 from heads.schedule import warmup_poly
 
 
-class SegmentationProbe(FrozenModulesMixin, L.LightningModule):
-    """A `LinearSegHead` trained on the features of a frozen DINOv2 backbone.
+class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
+    """A `LinearSegHead` trained on the features of a frozen DINOv2 backbone, or a grid of them (`heads.grid`).
 
     Batches (dicts; labels are class ids with `ignore_index` for unlabelled pixels):
-        train: `image` `(B, 3, H, W)`, `label` `(B, H, W)`.
+        train: `image` `(B, 3, H, W)`, `label` `(B, H, W)`; or, from a feature cache, `tokens` instead of
+            `image`: {block index: normed patch map `(B, C, H/14, W/14)`} (any float dtype).
         val / test: `image` `(1, 3, h, w)` at eval size, `label` `(1, H, W)` at the original size.
         predict: `image` `(1, 3, h, w)`, `size` the original `(H, W)`, `path` `[str]`.
 
+    A grid (`lr` a list and/or `block_choices`) trains one head per (block choice, lr) pair on one backbone pass,
+    logs `val/<metric>/<head name>` per head and `val/<metric>` of the best head on `val/mIoU`, and tests and
+    predicts with that head (remembered in checkpoints).
+
     Args:
-        backbone: frozen DINOv2 with `embed_dim` and `get_intermediate_layers`.
+        backbone: frozen DINOv2 with `embed_dim`, `n_blocks` and `get_intermediate_layers`.
         num_classes: K (ADE20K 150, VOC2012 21).
         blocks: last n blocks (1: "linear" probe, 4: "ms" probe) or a list of block indices.
-        checkpoint: a released head (`dinov2_*_{linear,ms}_head.pth`) to start from.
-        lr, weight_decay: AdamW over the head.
+        block_choices: several `blocks` values (each an int or a list of indices), one head each; replaces `blocks`.
+        checkpoint: a released head (`dinov2_*_{linear,ms}_head.pth`) to start from (a single head only).
+        lr, weight_decay: AdamW over the head; a list of lrs trains one head per lr.
         warmup_steps, max_steps, poly_power: per-step linear warm-up then poly decay to 0.
         ignore_index: label value left out of the loss and the metrics.
         crop_size, stride: slide inference windows at evaluation.
         tta_scales, tta_flip: evaluation views ("+ms": (1.0, 1.32, 1.73, 2.28, 3.0) and flip).
         predict_dir_out: where `predict` writes `<image stem>.png` label maps; None writes nothing.
+        results_dir: where a grid writes `head_grid.csv` / `.json` (every head's val metrics); None writes none.
     """
 
     monitor = "val/mIoU"  # the metric that picks the best checkpoint
@@ -52,8 +68,9 @@ class SegmentationProbe(FrozenModulesMixin, L.LightningModule):
         backbone: nn.Module,
         num_classes: int,
         blocks: int | Sequence[int] = 1,
+        block_choices: Sequence[int | Sequence[int]] | None = None,
         checkpoint: str | None = None,
-        lr: float = 1e-3,
+        lr: float | Sequence[float] = 1e-3,
         weight_decay: float = 1e-4,
         warmup_steps: int = 1500,
         max_steps: int = 40000,
@@ -64,16 +81,33 @@ class SegmentationProbe(FrozenModulesMixin, L.LightningModule):
         tta_scales: Sequence[float] = (1.0,),
         tta_flip: bool = False,
         predict_dir_out: str | None = None,
+        results_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
         # Plain lists (not OmegaConf or numpy), so that checkpoints load with torch.load(weights_only=True).
-        self.hparams.update({key: np.asarray(self.hparams[key]).tolist() for key in ("blocks", "tta_scales")})
+        self.hparams.update(
+            {key: to_plain(self.hparams[key]) for key in ("blocks", "block_choices", "lr", "tta_scales")}
+        )
         self.backbone = backbone.eval().requires_grad_(False)
-        blocks = self.hparams.blocks
-        self.head = LinearSegHead(backbone.embed_dim * (blocks if isinstance(blocks, int) else len(blocks)), num_classes)
-        if checkpoint is not None:
-            load_official_head(checkpoint, self.head)
+        owner = type(self).__name__
+        choices = [self.hparams.blocks] if block_choices is None else self.hparams.block_choices
+        if not choices:
+            raise ValueError(f"{owner}: block_choices is empty. Fix: list at least one block choice, or drop it.")
+        blocks = [block_choice(choice, backbone.n_blocks, owner) for choice in choices]
+        self.grid = make_grid(blocks, lr_choices(self.hparams.lr, owner), owner)
+        heads = [LinearSegHead(backbone.embed_dim * len(spec.blocks), num_classes) for spec in self.grid]
+        if len(heads) == 1:
+            self.head = heads[0]
+            if checkpoint is not None:
+                load_official_head(checkpoint, self.head)
+        elif checkpoint is not None:
+            raise ValueError(
+                f"{owner}: checkpoint={checkpoint} is one released head, but the grid has {len(heads)} heads. "
+                "Fix: give a single lr and blocks (no block_choices) with a checkpoint."
+            )
+        else:
+            self.heads = nn.ModuleList(heads)
         # Macro Jaccard skips classes absent from both predictions and labels over the split: mmseg's nanmean.
         metrics = MetricCollection(
             {
@@ -81,7 +115,7 @@ class SegmentationProbe(FrozenModulesMixin, L.LightningModule):
                 "aAcc": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index),
             }
         )
-        self.val_metrics = metrics.clone(prefix="val/")
+        self.init_grid_metrics(metrics)
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_class_iou = MulticlassJaccardIndex(
             num_classes, average="none", ignore_index=ignore_index, zero_division="nan"
@@ -89,23 +123,61 @@ class SegmentationProbe(FrozenModulesMixin, L.LightningModule):
         self.per_class_iou: Tensor | None = None
         """IoU per class `(K,)` of the last test run, NaN for classes absent from the split."""
 
-    def extract(self, images: Tensor) -> tuple[Tensor, ...]:
-        """Images `(B, 3, H, W)` -> the chosen blocks' normed patch maps, each `(B, C, H/14, W/14)`."""
+    @property
+    def grid_heads(self) -> list[nn.Module]:
+        """The heads, in grid order."""
+        return [self.head] if len(self.grid) == 1 else list(self.heads)
+
+    def _blocks(self, images: Tensor, blocks: Sequence[int]) -> dict[int, Tensor]:
+        """Images `(B, 3, H, W)` -> {block: normed patch map `(B, C, H/14, W/14)`} for `blocks`, in one backbone pass."""
         with torch.no_grad():
-            return self.backbone.get_intermediate_layers(images, n=self.hparams.blocks, reshape=True, norm=True)
+            maps = self.backbone.get_intermediate_layers(images, n=list(blocks), reshape=True, norm=True)
+        return dict(zip(blocks, maps))
+
+    def features(self, batch: dict[str, Any]) -> dict[int, Tensor]:
+        """{block: patch map `(B, C, H/14, W/14)` float32} for every block a head reads: the batch's cached
+        `tokens` when it has them, else one backbone pass over its `image`."""
+        if "tokens" in batch:
+            return cached_features(batch, self.grid, class_tokens=False, owner=type(self).__name__)
+        return self._blocks(batch["image"], union_blocks(self.grid))
+
+    def extract(self, images: Tensor) -> tuple[Tensor, ...]:
+        """Images `(B, 3, H, W)` -> the chosen head's blocks' normed patch maps, each `(B, C, H/14, W/14)`."""
+        blocks = self.grid[self.best_head].blocks
+        maps = self._blocks(images, blocks)
+        return tuple(maps[index] for index in blocks)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Images `(B, 3, H, W)` -> logits `(B, K, H/14, W/14)`."""
-        return self.head(self.extract(images))
+        """Images `(B, 3, H, W)` -> the chosen head's logits `(B, K, H/14, W/14)`."""
+        return self.grid_heads[self.best_head](self.extract(images))
 
     def window_logits(self, windows: Tensor) -> Tensor:
         """Slide-inference windows `(N, 3, h, w)` -> logits `(N, K, h, w)` at the window size."""
         return F.interpolate(self(windows), size=windows.shape[-2:], mode="bilinear", align_corners=False)
 
+    def grid_window_logits(self, windows: Tensor) -> list[Tensor]:
+        """Slide-inference windows `(N, 3, h, w)` -> every head's logits `(N, K, h, w)`, from one backbone pass."""
+        maps = self._blocks(windows, union_blocks(self.grid))
+        return [
+            F.interpolate(
+                head([maps[i] for i in spec.blocks]), size=windows.shape[-2:], mode="bilinear", align_corners=False
+            )
+            for head, spec in zip(self.grid_heads, self.grid)
+        ]
+
     def segment(self, images: Tensor, size: Sequence[int]) -> Tensor:
-        """Images `(B, 3, h, w)` -> class probabilities `(B, K, *size)`: slide inference, plus the TTA views."""
+        """Images `(B, 3, h, w)` -> class probabilities `(B, K, *size)` of the chosen head: slide inference, plus TTA."""
+        return self._slide(self.window_logits, images, size)
+
+    def segment_grid(self, images: Tensor, size: Sequence[int]) -> list[Tensor]:
+        """Images `(B, 3, h, w)` -> every head's class probabilities `(B, K, *size)`, one backbone pass per window."""
+        copies = len(self.grid)
+        predict = shared_windows(self.grid_window_logits, copies, images.shape[0])
+        return list(self._slide(predict, images.repeat(copies, 1, 1, 1), size).chunk(copies))
+
+    def _slide(self, predict_fn: Callable[[Tensor], Tensor], images: Tensor, size: Sequence[int]) -> Tensor:
         return multiscale_flip_probs(
-            self.window_logits,
+            predict_fn,
             images,
             self.hparams.num_classes,
             size,
@@ -115,16 +187,25 @@ class SegmentationProbe(FrozenModulesMixin, L.LightningModule):
             stride=self.hparams.stride,
         )
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        labels = batch["label"].long()
-        logits = F.interpolate(self(batch["image"]), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        # Mean over all pixels, ignored ones included, as mmseg 0.x's default (avg_non_ignore=False).
-        loss = F.cross_entropy(logits, labels, ignore_index=self.hparams.ignore_index, reduction="none").mean()
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        labels = batch["label"]
+        maps = self.features(batch)
+        losses = []
+        for index, (head, spec) in enumerate(zip(self.grid_heads, self.grid)):
+            logits = head([maps[i] for i in spec.blocks])
+            # Mean over all pixels, ignored ones included, as mmseg 0.x's default (avg_non_ignore=False).
+            loss = upsample_cross_entropy(logits, labels, self.hparams.ignore_index, reduction="sum") / labels.numel()
+            if len(self.grid) > 1:
+                self.log(self.head_key("train/loss", index), loss, batch_size=labels.shape[0])
+            losses.append(loss)
+        loss = torch.stack(losses).sum()
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+        labels = batch["label"]
+        for metrics, probs in zip(self.val_metrics, self.segment_grid(batch["image"], labels.shape[-2:])):
+            metrics.update(probs.argmax(1), labels)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         preds = self._evaluate(batch, self.test_metrics)
@@ -135,7 +216,7 @@ class SegmentationProbe(FrozenModulesMixin, L.LightningModule):
         self.test_class_iou.reset()
 
     def _evaluate(self, batch: dict[str, Tensor], metrics: MetricCollection) -> Tensor:
-        """Update `metrics` with the batch's predictions `(B, H, W)` at the label size, and return them."""
+        """Update `metrics` with the chosen head's predictions `(B, H, W)` at the label size, and return them."""
         labels = batch["label"]
         preds = self.segment(batch["image"], labels.shape[-2:]).argmax(1)
         metrics.update(preds, labels)
@@ -159,11 +240,14 @@ class SegmentationProbe(FrozenModulesMixin, L.LightningModule):
         return labels
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=self.grid[0].lr, weight_decay=self.hparams.weight_decay)
         schedule = partial(
             warmup_poly,
             warmup_steps=self.hparams.warmup_steps,
             max_steps=self.hparams.max_steps,
             power=self.hparams.poly_power,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"},
+        }

@@ -43,9 +43,11 @@ PAIRS = [
     ("linear_seg", "ade20k"),
     ("linear_seg", "voc2012"),
     ("linear_seg_ms", "cityscapes"),
+    ("linear_seg_grid", "ade20k"),
     ("depth_linear", "nyu"),
     ("depth_linear4", "kitti"),
     ("depth_dpt", "nyu"),
+    ("depth_linear4_grid", "nyu"),
     ("fewshot", "imagefolder"),
     ("knn", "imagefolder"),
     ("linear_probe", "imagefolder"),
@@ -78,9 +80,23 @@ def test_head_and_data_pairs_resolve(head: str, data: str, tmp_path: Path) -> No
 
 
 def test_backbone_overrides_reach_the_loader(tmp_path: Path) -> None:
-    cfg = compose_train(["backbone=dinov2_vitb14_reg", "backbone.checkpoint=/x.pth", "backbone.embed_dim=64", "backbone.depth=4", "backbone.num_heads=4"], tmp_path)
+    cfg = compose_train(
+        [
+            "backbone=dinov2_vitb14_reg",
+            "backbone.checkpoint=/x.pth",
+            "backbone.embed_dim=64",
+            "backbone.depth=4",
+            "backbone.num_heads=4",
+        ],
+        tmp_path,
+    )
     assert cfg.backbone.name == "dinov2_vitb14_reg"
-    assert (cfg.backbone.checkpoint, cfg.backbone.embed_dim, cfg.backbone.depth, cfg.backbone.num_heads) == ("/x.pth", 64, 4, 4)
+    assert (cfg.backbone.checkpoint, cfg.backbone.embed_dim, cfg.backbone.depth, cfg.backbone.num_heads) == (
+        "/x.pth",
+        64,
+        4,
+        4,
+    )
 
 
 def test_official_protocol_is_the_default(tmp_path: Path) -> None:
