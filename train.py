@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from backbones import CheckpointError
 from datamodules import DatasetError
+from datamodules.feature_cache import find_backbone
 from utils.atomic import write_text
 
 USER_ERRORS = (CheckpointError, DatasetError)
@@ -52,12 +54,21 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Fit (unless `train=false`), test the best checkpoint, predict a folder if asked; return the metrics."""
+    """Fit (unless `train=false`), test the best checkpoint, predict a folder if asked; return the metrics.
+
+    With a `feature_cache` node, the head trains on cached tokens, extracted first if no cache has the run's key.
+    """
     output_dir = Path(cfg.paths.output_dir)
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.head)
+    if cfg.train and cfg.get("feature_cache"):
+        # the extraction runs on the training run's devices, without its loggers and checkpoints
+        extraction_trainer = partial(
+            instantiate, cfg.trainer, logger=False, enable_checkpointing=False, use_distributed_sampler=False
+        )
+        datamodule = instantiate(cfg.feature_cache).prepare(datamodule, find_backbone(model), extraction_trainer)
     trainer = build_trainer(cfg, model.monitor, model.monitor_mode)
     checkpoint = trainer.checkpoint_callback
 

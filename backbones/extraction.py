@@ -1,0 +1,38 @@
+"""A LightningModule whose predict loop turns images into the tokens a head reads, for the feature cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+from torch import Tensor
+
+from backbones.base import FrozenBackbone
+
+
+class FeatureExtractor(L.LightningModule):
+    """Frozen backbone -> float16 tokens on the CPU, ready to be written to disk by a prediction writer.
+
+    ``predict_step``: a batch ``{"image": (B, 3, H, W), ...}`` ->
+    ``{"tokens": {block: (B, C, H/p, W/p) float16}, "class_tokens": {block: (B, C) float16}}``,
+    with ``class_tokens`` empty unless asked for. Blocks are absolute indices; ``norm`` applies the final norm.
+    Under CUDA the backbone runs in its autocast dtype (bf16), as it does when a head trains on images.
+    """
+
+    def __init__(self, backbone: FrozenBackbone, blocks: Sequence[int], norm: bool = True, class_tokens: bool = False):
+        super().__init__()
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.blocks = [int(b) for b in blocks]
+        self.norm, self.class_tokens = norm, class_tokens
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, dict[int, Tensor]]:
+        outputs = self.backbone.get_intermediate_layers(
+            batch["image"], n=self.blocks, reshape=True, return_class_token=True, norm=self.norm
+        )
+        return {
+            "tokens": {b: patches.half().cpu() for b, (patches, _) in zip(self.blocks, outputs)},
+            "class_tokens": {b: cls.half().cpu() for b, (_, cls) in zip(self.blocks, outputs)}
+            if self.class_tokens
+            else {},
+        }

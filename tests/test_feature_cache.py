@@ -1,0 +1,288 @@
+"""Feature cache: exact round trip, resumption after a kill, keys that change with their inputs, training from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+import train
+from backbones import FrozenBackbone, load_backbone
+from datamodules import ADE20kDataModule
+from datamodules.feature_cache import (
+    CachedFeatures,
+    CacheError,
+    ExtractionData,
+    FeatureCache,
+    ImageViews,
+    _OpenShard,
+    fixed_view_transform,
+)
+from datamodules.nyu import NYUDataModule
+from datamodules.synthetic import write_ade20k_like
+from tests.conftest import TINY
+from tests.test_configs import compose_train
+
+CROP = 42
+
+
+@pytest.fixture(scope="module")
+def ade_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ade")
+    write_ade20k_like(root, n_train=5, n_val=2, size_range=((40, 60), (50, 70)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_checkpoint: Path) -> FrozenBackbone:
+    return load_backbone("dinov2_vits14", tiny_checkpoint, **TINY)
+
+
+def datamodule(root: Path, crop: int = CROP) -> ADE20kDataModule:
+    return ADE20kDataModule(str(root), batch_size=2, num_workers=0, crop_size=crop, short_side=crop)
+
+
+def make_trainer(**kwargs: object) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        **kwargs,
+    )
+
+
+def cache(root: Path, **kwargs: object) -> FeatureCache:
+    options = {"backbone": "dinov2_vits14", "blocks": 1, "samples_per_shard": 3, "batch_size": 2, "num_workers": 0}
+    return FeatureCache(str(root), **(options | kwargs))
+
+
+def build(settings: FeatureCache, root: Path, backbone: FrozenBackbone) -> Path:
+    return settings.prepare(datamodule(root), backbone, make_trainer).directory
+
+
+def test_cached_tokens_equal_the_backbone_tokens_in_fp16(
+    tmp_path: Path, ade_root: Path, backbone: FrozenBackbone
+) -> None:
+    # one image per batch: the reference below runs one image at a time, and CPU kernels may round differently
+    # for other batch sizes
+    settings = cache(tmp_path, blocks=[1, 3], class_tokens=True, batch_size=1)
+    directory = build(settings, ade_root, backbone)
+    data = datamodule(ade_root)
+    data.setup("fit")
+    cached = CachedFeatures(directory)
+    data.train_set.transform = fixed_view_transform(data)  # the one view of views=0
+    source = ImageViews(data.train_set, views=0, seed=0)
+    assert len(cached) == len(source) == 5
+    for index in range(len(cached)):
+        item, expected = cached[index], source[index]
+        outputs = backbone.get_intermediate_layers(
+            expected["image"][None], n=[1, 3], reshape=True, return_class_token=True, norm=True
+        )
+        for block, (patches, cls) in zip([1, 3], outputs):
+            assert item["tokens"][block].dtype == torch.float16
+            assert torch.equal(item["tokens"][block], patches[0].half())
+            assert torch.equal(item["class_tokens"][block], cls[0].half())
+        assert torch.equal(item["label"], expected["label"]) and item["path"] == expected["path"]
+    assert item["tokens"][1].shape == (64, CROP // 14, CROP // 14) and item["label"].shape == (CROP, CROP)
+
+
+def test_augmented_views_are_seeded_per_sample_and_view(ade_root: Path) -> None:
+    data = datamodule(ade_root)
+    data.setup("fit")
+    views = ImageViews(data.train_set, views=2, seed=7)
+    assert len(views) == 10
+    first, again = views[3], ImageViews(data.train_set, views=2, seed=7)[3]
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["label"], again["label"])
+    assert first["path"] == views[2]["path"] and not torch.equal(views[2]["image"], first["image"])
+    assert not torch.equal(ImageViews(data.train_set, views=2, seed=8)[3]["image"], first["image"])
+
+
+def test_a_killed_extraction_resumes_to_the_same_bytes(
+    tmp_path: Path, ade_root: Path, backbone: FrozenBackbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = build(cache(tmp_path / "whole", views=2), ade_root, backbone)
+    commit, commits = _OpenShard.commit, []
+
+    def commit_then_die(self: _OpenShard) -> None:
+        commit(self)
+        commits.append(self.shard)
+        if len(commits) == 2:
+            raise RuntimeError("killed after two shards")
+
+    monkeypatch.setattr(_OpenShard, "commit", commit_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        build(cache(tmp_path / "killed", views=2), ade_root, backbone)
+    resumed_dir = tmp_path / "killed" / whole.name
+    assert not (resumed_dir / "manifest.json").exists()
+    (resumed_dir / "tokens_3_00002.npy.partial").write_bytes(b"half a shard")
+    done = {p.name: p.stat().st_mtime_ns for p in resumed_dir.glob("*_0000[01].npy")}
+
+    def commit_and_count(self: _OpenShard) -> None:
+        commit(self)
+        commits.append(self.shard)
+
+    commits.clear()
+    monkeypatch.setattr(_OpenShard, "commit", commit_and_count)
+    assert build(cache(tmp_path / "killed", views=2), ade_root, backbone) == resumed_dir
+    assert commits == [2, 3]  # 10 samples in shards of 3: the two finished ones were skipped
+    assert {p.name: p.stat().st_mtime_ns for p in resumed_dir.glob("*_0000[01].npy")} == done
+    assert not list(resumed_dir.glob("*.partial"))
+    names = sorted(p.name for p in whole.glob("*.npy"))
+    assert names == sorted(p.name for p in resumed_dir.glob("*.npy")) and len(names) == 8
+    for name in names:
+        assert (whole / name).read_bytes() == (resumed_dir / name).read_bytes(), name
+
+
+def test_a_complete_cache_is_reused_without_extracting(
+    tmp_path: Path, ade_root: Path, backbone: FrozenBackbone
+) -> None:
+    first = build(cache(tmp_path), ade_root, backbone)
+    stamp = (first / "manifest.json").stat().st_mtime_ns
+
+    def no_trainer(**kwargs: object) -> L.Trainer:
+        raise AssertionError("a complete cache was extracted again")
+
+    again = cache(tmp_path).prepare(datamodule(ade_root), backbone, no_trainer).directory
+    assert again == first and (first / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def key_of(settings: FeatureCache, root: Path, backbone: FrozenBackbone, crop: int = CROP) -> str:
+    data = datamodule(root, crop)
+    data.setup("fit")
+    return settings.key(backbone, data.train_set, data.crop_size).digest()
+
+
+def test_every_input_of_the_key_changes_it(
+    tmp_path: Path, ade_root: Path, backbone: FrozenBackbone, tiny_checkpoint: Path
+) -> None:
+    base = key_of(cache(tmp_path), ade_root, backbone)
+    assert key_of(cache(tmp_path), ade_root, backbone) == base
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["cls_token"] = state["cls_token"] + 1
+    torch.save(state, tmp_path / "changed.pth")
+    changed_weights = load_backbone("dinov2_vits14", tmp_path / "changed.pth", **TINY)
+    files = tmp_path / "ade_copy"
+    shutil.copytree(ade_root, files)
+    image = min((files / "ADEChallengeData2016" / "images" / "training").glob("*.jpg"))
+    image.unlink()
+    (files / "ADEChallengeData2016" / "annotations" / "training" / f"{image.stem}.png").unlink()
+    variants = {
+        "checkpoint": key_of(cache(tmp_path), ade_root, changed_weights),
+        "resolution": key_of(cache(tmp_path), ade_root, backbone, crop=56),
+        "blocks": key_of(cache(tmp_path, blocks=2), ade_root, backbone),
+        "norm": key_of(cache(tmp_path, norm=False), ade_root, backbone),
+        "views": key_of(cache(tmp_path, views=1), ade_root, backbone),
+        "file list": key_of(cache(tmp_path), files, backbone),
+    }
+    assert len({base, *variants.values()}) == len(variants) + 1, variants
+    assert key_of(cache(tmp_path, blocks=[3]), ade_root, backbone) == base  # the last block, named two ways
+
+
+def test_a_changed_resolution_extracts_into_its_own_folder(
+    tmp_path: Path, ade_root: Path, backbone: FrozenBackbone
+) -> None:
+    first = build(cache(tmp_path), ade_root, backbone)
+    second = cache(tmp_path).prepare(datamodule(ade_root, crop=28), backbone, make_trainer).directory
+    assert second != first and (second / "manifest.json").is_file()
+    assert CachedFeatures(second)[0]["tokens"][3].shape[-2:] == (2, 2)
+    assert CachedFeatures(first)[0]["tokens"][3].shape[-2:] == (3, 3)
+
+
+def test_a_damaged_or_foreign_key_file_is_an_error(tmp_path: Path, ade_root: Path, backbone: FrozenBackbone) -> None:
+    directory = build(cache(tmp_path), ade_root, backbone)
+    key_file = directory / "key.json"
+    stored = json.loads(key_file.read_text())
+    key_file.write_text(json.dumps(stored | {"blocks": [0]}))
+    with pytest.raises(CacheError, match="differing: blocks"):
+        build(cache(tmp_path), ade_root, backbone)
+    key_file.write_text("{not json")
+    with pytest.raises(CacheError, match="damaged"):
+        build(cache(tmp_path), ade_root, backbone)
+    key_file.unlink()
+    with pytest.raises(CacheError, match="no key.json"):
+        build(cache(tmp_path), ade_root, backbone)
+
+
+def test_an_incomplete_cache_is_not_read(tmp_path: Path) -> None:
+    (tmp_path / "partial").mkdir()
+    with pytest.raises(CacheError, match="run again to resume"):
+        CachedFeatures(tmp_path / "partial")
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_split_the_pending_shards_without_overlap(tmp_path: Path, ade_root: Path, world_size: int) -> None:
+    data = datamodule(ade_root)
+    data.setup("fit")
+    views = ImageViews(data.train_set, views=3, seed=0)  # 15 samples, shards of 4: 0-3, 4-7, 8-11, 12-14
+    (tmp_path / "shard_00001.json").write_text("{}")  # shard 1 is done
+    seen = []
+    for rank in range(world_size):
+        strategy = SimpleNamespace(broadcast=lambda obj, src: obj)
+        extraction = ExtractionData(views, tmp_path, samples_per_shard=4, batch_size=3, num_workers=0)
+        extraction.trainer = SimpleNamespace(strategy=strategy, global_rank=rank, world_size=world_size)
+        batches = list(extraction.predict_dataloader().batch_sampler)
+        assert all(len({i // 4 for i in batch}) == 1 for batch in batches)
+        seen += [i for batch in batches for i in batch]
+    assert sorted(seen) == [*range(4), *range(8, 15)]
+
+
+def cached_run(tmp_path: Path, checkpoint: Path) -> DictConfig:
+    """tests/test_train.py's tiny quickstart, trained from a feature cache."""
+    return compose_train(
+        [
+            "experiment=cached_quickstart",
+            f"backbone.checkpoint={checkpoint}",
+            *(f"backbone.{name}={value}" for name, value in TINY.items()),
+            f"data.root={tmp_path / 'ade'}",
+            "data.generate_n_train=6",
+            "data.generate_n_val=2",
+            "data.num_workers=0",
+            "data.batch_size=2",
+            "data.crop_size=56",
+            "data.short_side=56",
+            "head.stride=28",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "trainer.log_every_n_steps=1",
+            "feature_cache.samples_per_shard=4",
+        ],
+        tmp_path,
+    )
+
+
+def test_train_a_segmentation_head_from_the_cache(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    cfg = cached_run(tmp_path, tiny_checkpoint)
+    metrics = train.run(cfg)
+    assert 0.0 <= metrics["test/mIoU"] <= 1.0
+    (directory,) = Path(cfg.feature_cache.root).iterdir()
+    assert json.loads((directory / "key.json").read_text())["blocks"] == [3]
+    assert CachedFeatures(directory)[0]["tokens"][3].shape == (64, 4, 4)
+    assert np.load(directory / "label_00000.npy", mmap_mode="r").dtype == np.uint8
+    again = train.run(cached_run(tmp_path, tiny_checkpoint))
+    assert set(again) == set(metrics) and list(Path(cfg.feature_cache.root).iterdir()) == [directory]
+
+
+def test_depth_views_cache_class_tokens_and_depth_maps(tmp_path: Path, backbone: FrozenBackbone) -> None:
+    def nyu() -> NYUDataModule:
+        options = {"generate_n_train": 3, "generate_n_test": 1, "generate_size": (40, 50), "crop_size": (28, 42)}
+        return NYUDataModule(str(tmp_path / "nyu"), generate=True, batch_size=2, num_workers=0, **options)
+
+    for views in (0, 2):
+        settings = cache(tmp_path / "cache", blocks=[0, 3], norm=False, class_tokens=True, views=views)
+        item = CachedFeatures(settings.prepare(nyu(), backbone, make_trainer).directory)[views]
+        assert item["tokens"][0].shape == (64, 2, 3) and item["class_tokens"][3].shape == (64,)
+        assert item["depth"].shape == (1, 28, 42) and item["depth"].dtype == torch.float32
+    data = nyu()
+    data.setup("fit")
+    depth = ImageViews(data.train_set, views=2, seed=0)[2]["depth"]
+    assert torch.equal(item["depth"], depth.half().float())
