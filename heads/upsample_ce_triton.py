@@ -41,6 +41,19 @@ def _source_index(index, scale, size_in):
 
 
 @triton.jit
+def _row_logits(source, mask, y, scale_y, height_in, width_in, weight_x_t, PRECISION: tl.constexpr):
+    """Logits `(BLOCK_K, COLS)` of output row `y`: its two source rows blended, then spread over the columns.
+
+    Also returns the source rows `y0`, `y1` and the weight of `y1`.
+    """
+    y0, wy1 = _source_index(y, scale_y, height_in)
+    y1 = tl.minimum(y0 + 1, height_in - 1)
+    upper = tl.load(source + y0 * width_in, mask=mask, other=0.0).to(tl.float32)
+    lower = tl.load(source + y1 * width_in, mask=mask, other=0.0).to(tl.float32)
+    return tl.dot((1.0 - wy1) * upper + wy1 * lower, weight_x_t, input_precision=PRECISION), y0, y1, wy1
+
+
+@triton.jit
 def _upsample_ce_kernel(
     logits_ptr,
     labels_ptr,
@@ -94,8 +107,6 @@ def _upsample_ce_kernel(
     loss = tl.zeros([COLS], tl.float32)
     for r in range(ROWS):
         y = top + r
-        y0, wy1 = _source_index(y, scale_y, height_in)
-        y1 = tl.minimum(y0 + 1, height_in - 1)
         inside = x_in & (y < height)
         labels = tl.load(labels_ptr + y * width + x, mask=inside, other=ignore_index).to(tl.int32)
         running_max = tl.full([COLS], float("-inf"), tl.float32)
@@ -106,9 +117,7 @@ def _upsample_ce_kernel(
             k_in = k < num_classes
             source = logits_ptr + k[:, None] * plane + cols[None, :]
             mask = k_in[:, None] & col_in[None, :]
-            upper = tl.load(source + y0 * width_in, mask=mask, other=0.0).to(tl.float32)
-            lower = tl.load(source + y1 * width_in, mask=mask, other=0.0).to(tl.float32)
-            z = tl.dot((1.0 - wy1) * upper + wy1 * lower, weight_x_t, input_precision=PRECISION)  # (BLOCK_K, COLS)
+            z, _, _, _ = _row_logits(source, mask, y, scale_y, height_in, width_in, weight_x_t, PRECISION)
             z = tl.where(k_in[:, None], z, float("-inf"))
             new_max = tl.maximum(running_max, tl.max(z, axis=0))
             running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max[None, :]), axis=0)
@@ -130,18 +139,10 @@ def _upsample_ce_kernel(
             grad_rows = tl.zeros([NI, NJ, BLOCK_K], tl.float32)
             for r in range(ROWS):
                 y = top + r
-                y0, wy1 = _source_index(y, scale_y, height_in)
-                y1 = tl.minimum(y0 + 1, height_in - 1)
                 inside = x_in & (y < height)
                 labels = tl.load(labels_ptr + y * width + x, mask=inside, other=ignore_index).to(tl.int32)
                 log_norm = tl.load(log_norm_ptr + y * width + x, mask=inside, other=0.0)
-                upper = tl.load(source + y0 * width_in, mask=mask, other=0.0).to(tl.float32)
-                lower = tl.load(source + y1 * width_in, mask=mask, other=0.0).to(tl.float32)
-                z = tl.dot(
-                    (1.0 - wy1) * upper + wy1 * lower,
-                    weight_x_t,
-                    input_precision=PRECISION,
-                )
+                z, y0, y1, wy1 = _row_logits(source, mask, y, scale_y, height_in, width_in, weight_x_t, PRECISION)
                 grad_z = tl.exp(z - log_norm[None, :]) - tl.where(k[:, None] == labels[None, :], 1.0, 0.0)
                 valid = inside & (labels != ignore_index)
                 grad_z = tl.where(k_in[:, None] & valid[None, :], grad_z, 0.0)
