@@ -28,7 +28,7 @@ from datamodules.feature_cache import (
 from datamodules.nyu import NYUDataModule
 from datamodules.synthetic import write_ade20k_like
 from tests.conftest import TINY
-from tests.test_configs import compose_train
+from tests.test_train import tiny_run
 
 CROP = 42
 
@@ -238,25 +238,13 @@ def test_ranks_split_the_pending_shards_without_overlap(tmp_path: Path, ade_root
 
 def cached_run(tmp_path: Path, checkpoint: Path) -> DictConfig:
     """tests/test_train.py's tiny quickstart, trained from a feature cache."""
-    return compose_train(
-        [
-            "experiment=cached_quickstart",
-            f"backbone.checkpoint={checkpoint}",
-            *(f"backbone.{name}={value}" for name, value in TINY.items()),
-            f"data.root={tmp_path / 'ade'}",
-            "data.generate_n_train=6",
-            "data.generate_n_val=2",
-            "data.num_workers=0",
-            "data.batch_size=2",
-            "data.crop_size=56",
-            "data.short_side=56",
-            "head.stride=28",
-            "trainer.max_steps=4",
-            "trainer.val_check_interval=2",
-            "trainer.log_every_n_steps=1",
-            "feature_cache.samples_per_shard=4",
-        ],
+    return tiny_run(
         tmp_path,
+        checkpoint,
+        "data.generate_n_train=6",
+        "data.generate_n_val=2",
+        "feature_cache.samples_per_shard=4",
+        experiment="cached_quickstart",
     )
 
 
