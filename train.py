@@ -19,12 +19,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from backbones import CheckpointError
-from datamodules import DatasetError
 from datamodules.feature_cache import find_backbone
 from utils.atomic import write_text
-
-USER_ERRORS = (CheckpointError, DatasetError)
+from utils.errors import EXIT_USER_ERROR, exit_on_user_error, hydra_style
 
 # The frozen backbone stays in eval mode on purpose; Lightning warns about every such module.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -91,20 +88,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def user_message(err: Exception) -> str:
-    """The user's part of an error; errors re-raised from loader workers carry the worker traceback first."""
-    text = str(err).strip()
-    return text.rsplit("\n", 1)[-1].split(": ", 1)[-1] if "Original Traceback" in text else text
+_composed = False
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except USER_ERRORS as err:
-        print(f"\nError: {user_message(err)}", file=sys.stderr)
-        sys.exit(2)
+    global _composed
+    _composed = True
+    exit_on_user_error(lambda: run(cfg), hydra_style)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as stop:
+        # Hydra reports a bad override or config choice itself (one paragraph) and exits with 1; that is a
+        # user error too, so it gets the exit code of every other one.
+        sys.exit(EXIT_USER_ERROR if stop.code == 1 and not _composed else stop.code)

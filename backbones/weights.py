@@ -16,9 +16,10 @@ from typing import Mapping
 import torch
 
 from utils.atomic import atomic_write
+from utils.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable or does not fit the model it is loaded into."""
 
 

@@ -11,11 +11,13 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from utils.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """A bad image or option given to a visualisation tool; the message names it and the fix."""
 
 

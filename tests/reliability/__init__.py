@@ -1,0 +1,112 @@
+"""The table of bad inputs and faults that tests/test_reliability.py runs as a user would.
+
+Each module here holds one area's `CASES`. A case is one thing a user (or an adversary) does: a command line run
+in a fresh folder (`argv`), or a call of the Python API (`call`). What main did with it before issue 11 is kept in
+`before`, so the README's "Reliability" table is counted from this table, not written by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+TINY_CHECKPOINT = FIXTURES / "dinov2" / "tiny_vit14.pth"
+
+Before = Literal["traceback", "silent", "lost", "code", "clear"]
+"""What main did: a Python traceback, a silent NaN or wrong result, data lost or mixed, code run from a file, or
+already one clear paragraph (kept as a regression case)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished case: exit code (0 for an API call that returned) and everything it printed or raised."""
+
+    exit_code: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input or fault.
+
+    argv: the command after ``python``, run in a fresh folder ``{tmp}`` with an empty torch.hub cache and no
+        network: ``("train.py", "data.batch_size=0")``, ``("-m", "visualize.pca", ...)``. ``train.py`` is the
+        repository's. ``{tmp}``, ``{repo}`` and ``{tiny}`` (the tiny fixture backbone) are substituted.
+    call: instead of argv, a Python API call given ``tmp``; it must raise ``ValueError`` (exit code 2 here).
+    setup: makes the case's files in ``tmp`` first.
+    names: what the message must name (the file, option or value), after substitution.
+    absent: globs under ``tmp`` that must not exist afterwards (no partial output).
+    check: further assertions on the outcome (for cases whose fix is a correct result, not an error).
+    exit_code: 2 for a user error; 0 where the fix is that the command now does the right thing.
+    """
+
+    id: str
+    before: Before
+    argv: tuple[str, ...] = ()
+    call: Callable[[Path], object] | None = None
+    setup: Callable[[Path], None] | None = None
+    names: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+    check: Callable[[Path, Result], None] | None = None
+    exit_code: int = 2
+    needs_fixtures: bool = False
+    timeout: float = 240.0
+    env: dict[str, str] = field(default_factory=dict)
+
+
+# Train.py overrides that make any run take seconds: the tiny fixture backbone, 56 px crops, 2 steps.
+TINY_TRAIN = (
+    "experiment=quickstart",
+    "backbone.checkpoint={tiny}",
+    "backbone.embed_dim=64",
+    "backbone.depth=4",
+    "backbone.num_heads=4",
+    "data.root={tmp}/ade",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.crop_size=56",
+    "data.short_side=56",
+    "head.stride=28",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+)
+
+
+def substitute(text: str, tmp: Path) -> str:
+    return text.format(tmp=tmp, repo=REPO, tiny=TINY_CHECKPOINT)
+
+
+def offline_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a case: an empty hub cache under ``tmp`` and every URL routed to a closed port."""
+    env = dict(os.environ)
+    env.update(
+        TORCH_HOME=str(tmp / "torch_home"),
+        HTTP_PROXY="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        http_proxy="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+        NO_PROXY="",
+        no_proxy="",
+        PYTHONPATH=str(REPO),
+        HYDRA_FULL_ERROR="0",
+    )
+    env.update(extra or {})
+    return env
+
+
+def run_cli(argv: tuple[str, ...], tmp: Path, env: dict[str, str], timeout: float) -> Result:
+    args = [substitute(a, tmp) for a in argv]
+    if args and args[0] == "train.py":
+        args[0] = str(REPO / "train.py")
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=tmp, env=offline_env(tmp, env), capture_output=True, text=True, timeout=timeout
+    )
+    return Result(proc.returncode, proc.stdout + proc.stderr)
