@@ -1,14 +1,49 @@
 """Writing files atomically: a temporary file in the target folder, then a rename.
 
-A crash or a kill never leaves a half-written output, and readers only ever see whole files.
+A crash or a kill never leaves a half-written output, and readers only ever see whole files. A SIGKILL can
+leave the hidden temporary file itself; its name holds the writer's process id, so `remove_stale_temps` can
+tell a dead writer's leftovers from a live writer's work in progress.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+TEMP_MARK = ".tmp-"
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[^/]*$")
+
+
+def temp_prefix(path: Path) -> str:
+    """The prefix of ``path``'s temporary files: hidden, and naming this process."""
+    return f".{path.name}{TEMP_MARK}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``folder`` (not recursive); return them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -19,7 +54,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=path.suffix)
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)
