@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from functools import partial
 from pathlib import Path
 
@@ -22,9 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.feature_cache import find_backbone
 from utils.atomic import write_text
 from utils.errors import EXIT_USER_ERROR, exit_on_user_error, hydra_style
-
-# The frozen backbone stays in eval mode on purpose; Lightning warns about every such module.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+from utils.quiet import silence_unactionable_noise
 
 
 def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
@@ -95,6 +92,7 @@ _composed = False
 def main(cfg: DictConfig) -> None:
     global _composed
     _composed = True
+    silence_unactionable_noise()
     exit_on_user_error(lambda: run(cfg), hydra_style)
 
 

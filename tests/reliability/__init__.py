@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures"
 TINY_CHECKPOINT = FIXTURES / "dinov2" / "tiny_vit14.pth"
 
-Before = Literal["traceback", "silent", "lost", "code", "clear"]
-"""What main did: a Python traceback, a silent NaN or wrong result, data lost or mixed, code run from a file, or
-already one clear paragraph (kept as a regression case)."""
+Before = Literal["traceback", "wrapped", "silent", "lost", "code", "clear"]
+"""What main did: a Python traceback; the right message wrapped by Hydra ("Error in call to target ...", a repr,
+exit 1); a silent NaN or wrong result; data lost or mixed; code run from a file; or already one clear paragraph
+(kept as a regression case)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,22 @@
+"""Silence what a user cannot act on: Lightning's advertising tips and warnings about our own design choices."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+class _DropTips(logging.Filter):
+    """Lightning's rank-zero log advertises its cloud products ("💡 Tip: ..."); nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def silence_unactionable_noise() -> None:
+    """Install the filters; call once at start-up, before the trainer is built."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+    # The frozen backbone stays in eval mode on purpose; Lightning warns about every such module.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # Lightning 2.6's pytree helper uses a torch API that torch deprecated; the fix is Lightning's to make.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
