@@ -3,24 +3,14 @@ nothing half-written; or, where the fix is a correct result, that result."""
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 import traceback
 from pathlib import Path
 
 import pytest
 
-import tests.reliability as reliability
-from tests.reliability import Case, Result, offline_env, run_cli, substitute
-
-
-def all_cases() -> list[Case]:
-    cases: list[Case] = []
-    for module in pkgutil.iter_modules(reliability.__path__):
-        cases.extend(importlib.import_module(f"tests.reliability.{module.name}").CASES)
-    return cases
-
+from tests import reliability
+from tests.reliability import REPO, Case, Result, all_cases, offline_env, reliability_table, run_cli, substitute
 
 CASES = all_cases()
 
@@ -32,12 +22,17 @@ def run_call(case: Case, tmp: Path) -> Result:
         case.call(tmp)
     except ValueError as err:
         return Result(2, str(err))
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other exception is the failure this test reports
         return Result(1, traceback.format_exc())
     finally:
         os.environ.clear()
         os.environ.update(saved)
     return Result(0, "")
+
+
+def test_readme_table_counts_this_table() -> None:
+    """The README's "Reliability" table is `python -m tests.reliability`'s output, kept true by this test."""
+    assert reliability_table(CASES) in (REPO / "README.md").read_text()
 
 
 def test_case_ids_are_unique() -> None:

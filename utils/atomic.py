@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 TEMP_MARK = ".tmp-"
 _TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[^/]*$")
