@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from datamodules.synthetic import write_ade20k_like
 from tests.reliability import TINY_TRAIN, Case
 
 CASES = [
@@ -17,3 +20,21 @@ CASES = [
         needs_fixtures=True,
     ),
 ]
+
+
+def _ade_with_bad_validation_image(tmp: Path) -> None:
+    write_ade20k_like(tmp / "ade", 8, 4)
+    (tmp / "ade" / "ADEChallengeData2016" / "images" / "validation" / "ADE_val_00000001.jpg").write_text("garbage")
+
+
+CASES.append(
+    # Raised inside a loader worker process: the worker's traceback must not reach the user.
+    Case(
+        "train-bad-image-in-loader-worker",
+        "clear",
+        argv=("train.py", *TINY_TRAIN, "data.num_workers=2"),
+        setup=_ade_with_bad_validation_image,
+        names=("ADE_val_00000001.jpg",),
+        needs_fixtures=True,
+    )
+)
