@@ -8,6 +8,7 @@ every object is built from its config's `_target_`, and a head's config names wh
 from __future__ import annotations
 
 import json
+import re
 import sys
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.feature_cache import find_backbone
 from utils.atomic import write_text
-from utils.errors import EXIT_USER_ERROR, exit_on_user_error, hydra_style
+from utils.errors import EXIT_USER_ERROR, UserError, exit_on_user_error, find_user_error, hydra_style, option
 from utils.quiet import silence_unactionable_noise
 
 
@@ -36,7 +37,7 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     )
     callbacks = [checkpoint, *instantiate(cfg.get("callbacks") or {}).values()]
     loggers = list(instantiate(cfg.get("logger") or {}).values())
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    return build(cfg.trainer, callbacks=callbacks, logger=loggers)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -47,16 +48,66 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join([rule, *rows, rule])
 
 
+def check_run_options(cfg: DictConfig) -> None:
+    """UserError for run options that would otherwise fail deep inside Lightning or a schedule."""
+    import torch
+
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise UserError(f"{option('', 'seed', cfg.seed)} is not an integer; use e.g. seed=0.")
+    trainer = cfg.trainer
+    if cfg.train and not (isinstance(trainer.max_steps, int) and trainer.max_steps > 0):
+        raise UserError(
+            f"{option('trainer', 'max_steps', trainer.max_steps)}: training needs a positive number of steps (the "
+            "learning-rate schedule decays to 0 at max_steps); e.g. trainer.max_steps=4000, or train=false to "
+            "evaluate without training."
+        )
+    interval = trainer.get("val_check_interval")
+    if interval is not None and not (
+        (isinstance(interval, int) and interval > 0) or (isinstance(interval, float) and 0 < interval <= 1)
+    ):
+        raise UserError(
+            f"{option('trainer', 'val_check_interval', interval)}: validate every N steps (N >= 1) or every fraction "
+            "of an epoch (0 < f <= 1); e.g. trainer.val_check_interval=4000."
+        )
+    if str(trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"{option('trainer', 'accelerator', trainer.accelerator)} asks for a CUDA GPU, but torch sees none "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Run on the CPU with trainer=cpu, or "
+            "trainer=default, which uses a GPU only when there is one."
+        )
+
+
+def build(node: DictConfig, **kwargs: object) -> object:
+    """``instantiate(node)``; a value the built object refuses is reported as the user's to fix.
+
+    Constructors validate their arguments with ValueError (Lightning: MisconfigurationException), which Hydra
+    wraps in an InstantiationException naming the config key; the user gets the reason and the key to change.
+    """
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if find_user_error(err) is not None or not isinstance(cause, (ValueError, MisconfigurationException)):
+            raise
+        key = re.search(r"full_key: (\S+)", str(err))
+        where = f" (config key `{key.group(1)}`)" if key else ""
+        raise UserError(f"A configured value was refused{where}: {cause}") from err
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit (unless `train=false`), test the best checkpoint, predict a folder if asked; return the metrics.
 
     With a `feature_cache` node, the head trains on cached tokens, extracted first if no cache has the run's key.
     """
+    check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.head)
+    datamodule = build(cfg.data)
+    model = build(cfg.head)
     if cfg.train and cfg.get("feature_cache"):
         # the extraction runs on the training run's devices, without its loggers and checkpoints
         extraction_trainer = partial(

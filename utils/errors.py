@@ -30,7 +30,7 @@ class UserError(ValueError):
 
 
 OptionStyle = Callable[[str, str, object], str]
-"""``(owner, name, value) -> spelling``: owner is the config group (``backbone``, ``head``, ``data``, ...)."""
+"""``(owner, name, value) -> spelling``: owner is the config group (``backbone``, ``head``, ``data``, ...), or ``""``."""
 
 
 def _value_text(value: object) -> str:
@@ -45,8 +45,8 @@ def python_style(owner: str, name: str, value: object) -> str:
 
 
 def hydra_style(owner: str, name: str, value: object) -> str:
-    """``owner.name=value``: a train.py override."""
-    return f"{owner}.{name}={_value_text(value)}"
+    """``owner.name=value`` (``name=value`` for a top-level option): a train.py override."""
+    return f"{owner}.{name}={_value_text(value)}" if owner else f"{name}={_value_text(value)}"
 
 
 def cli_style(flags: Mapping[str, str] | None = None) -> OptionStyle:

@@ -38,3 +38,55 @@ CASES.append(
         needs_fixtures=True,
     )
 )
+
+CASES += [
+    Case(
+        "train-gpu-without-gpu",
+        "wrapped",
+        argv=("train.py", *TINY_TRAIN, "trainer=gpu"),
+        names=("trainer=cpu",),
+        needs_fixtures=True,
+    ),
+    Case(
+        "train-max-steps-zero",
+        "traceback",
+        argv=("train.py", *TINY_TRAIN, "trainer.max_steps=0"),
+        names=("trainer.max_steps=0",),
+        needs_fixtures=True,
+    ),
+    Case(
+        "train-val-interval-zero",
+        "traceback",
+        argv=("train.py", *TINY_TRAIN, "trainer.val_check_interval=0"),
+        names=("trainer.val_check_interval=0",),
+        needs_fixtures=True,
+    ),
+    Case(
+        "train-seed-not-int",
+        "traceback",
+        argv=("train.py", *TINY_TRAIN, "seed=abc"),
+        names=("seed=abc",),
+        needs_fixtures=True,
+    ),
+    Case(
+        "train-bad-precision",
+        "wrapped",
+        argv=("train.py", *TINY_TRAIN, "trainer.precision=bad"),
+        names=("trainer", "'bad'"),
+        needs_fixtures=True,
+    ),
+    Case(
+        "train-negative-lr",
+        "wrapped",
+        argv=("train.py", *TINY_TRAIN, "head.lr=-1"),
+        names=("lr=-1",),
+        needs_fixtures=True,
+    ),
+    Case(
+        "train-unknown-backbone-name",
+        "wrapped",
+        argv=("train.py", *TINY_TRAIN, "backbone.name=foo"),
+        names=("'foo'",),
+        needs_fixtures=True,
+    ),
+]
