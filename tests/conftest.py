@@ -13,7 +13,9 @@ TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
-        pytest.skip(f"conformance fixtures not found at {FIXTURES} (they sit in ../shared/fixtures beside the checkout)")
+        pytest.skip(
+            f"conformance fixtures not found at {FIXTURES} (they sit in ../shared/fixtures beside the checkout)"
+        )
     return FIXTURES
 
 

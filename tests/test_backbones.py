@@ -30,7 +30,9 @@ def test_matches_official_outputs(fixtures_dir: Path, fixture: str, name: str) -
             if expected.numel():
                 torch.testing.assert_close(features[key], expected, atol=1e-4, rtol=0, msg=f"{size} {key}")
         layers = model.get_intermediate_layers(images, n=4, reshape=True, return_class_token=True)
-        for (patches, cls), ref_patches, ref_cls in zip(layers, ref["intermediate"][size]["patch_nchw"], ref["intermediate"][size]["cls"]):
+        for (patches, cls), ref_patches, ref_cls in zip(
+            layers, ref["intermediate"][size]["patch_nchw"], ref["intermediate"][size]["cls"]
+        ):
             torch.testing.assert_close(patches, ref_patches, atol=1e-4, rtol=0, msg=size)
             torch.testing.assert_close(cls, ref_cls, atol=1e-4, rtol=0, msg=size)
 
@@ -85,7 +87,9 @@ def test_wrong_architecture_lists_mismatches(tiny_checkpoint: Path) -> None:
     with pytest.raises(backbones.CheckpointError) as err:
         backbones.load_backbone("dinov2_vits14", checkpoint=tiny_checkpoint, embed_dim=64, depth=6, num_heads=4)
     assert "tiny_vit14.pth" in str(err.value) and "missing keys: blocks.4" in str(err.value)
-    with pytest.raises(backbones.CheckpointError, match="shape mismatches: .*file \\(1, 1, 64\\) vs model \\(1, 1, 384\\)"):
+    with pytest.raises(
+        backbones.CheckpointError, match="shape mismatches: .*file \\(1, 1, 64\\) vs model \\(1, 1, 384\\)"
+    ):
         backbones.load_backbone("dinov2_vits14", checkpoint=tiny_checkpoint)
 
 
@@ -110,7 +114,9 @@ def test_hub_cache_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny
     torch.testing.assert_close(model(x), reference(x))
 
 
-def test_download_checks_hash_and_writes_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path) -> None:
+def test_download_checks_hash_and_writes_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     url = tiny_checkpoint.as_uri()
     with pytest.raises(backbones.CheckpointError, match="SHA-256"):

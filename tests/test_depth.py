@@ -29,10 +29,17 @@ def tiny_backbone(tiny_checkpoint: Path) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_released_heads_reproduce_the_official_depther(fixtures_dir: Path, tiny_backbone: torch.nn.Module, kind: str) -> None:
+def test_released_heads_reproduce_the_official_depther(
+    fixtures_dir: Path, tiny_backbone: torch.nn.Module, kind: str
+) -> None:
     ref = torch.load(fixtures_dir / f"tiny_vit14_depth_{kind}_ref.pt", weights_only=True)
     model = DepthModel.from_official(
-        tiny_backbone, fixtures_dir / f"tiny_vit14_depth_{kind}_head.pth", kind, ref["min_depth"], ref["max_depth"], ref["out_index"]
+        tiny_backbone,
+        fixtures_dir / f"tiny_vit14_depth_{kind}_head.pth",
+        kind,
+        ref["min_depth"],
+        ref["max_depth"],
+        ref["out_index"],
     )
     assert set(ref["inputs"]) == {"224x224", "150x200"}
     for key, images in ref["inputs"].items():
@@ -43,7 +50,9 @@ def test_released_heads_reproduce_the_official_depther(fixtures_dir: Path, tiny_
 
 
 @pytest.mark.parametrize(("file_kind", "kind"), [("linear", "linear4"), ("linear4", "dpt"), ("dpt", "linear")])
-def test_a_head_of_another_kind_is_refused(fixtures_dir: Path, tiny_backbone: torch.nn.Module, file_kind: str, kind: str) -> None:
+def test_a_head_of_another_kind_is_refused(
+    fixtures_dir: Path, tiny_backbone: torch.nn.Module, file_kind: str, kind: str
+) -> None:
     path = fixtures_dir / f"tiny_vit14_depth_{file_kind}_head.pth"
     with pytest.raises(CheckpointError, match=rf"{path.name}.*expected a '{kind}' head for a backbone of width 64"):
         DepthModel.from_official(tiny_backbone, path, kind)
@@ -51,11 +60,16 @@ def test_a_head_of_another_kind_is_refused(fixtures_dir: Path, tiny_backbone: to
 
 def test_a_head_for_another_backbone_is_refused(fixtures_dir: Path) -> None:
     wider = build_dinov2("dinov2_vits14", embed_dim=128, depth=4, num_heads=4)
-    with pytest.raises(CheckpointError, match="holds a 'dpt' head for a backbone of width 64; expected a 'dpt' head for a backbone of width 128"):
+    with pytest.raises(
+        CheckpointError,
+        match="holds a 'dpt' head for a backbone of width 64; expected a 'dpt' head for a backbone of width 128",
+    ):
         DepthModel.from_official(wider, fixtures_dir / "tiny_vit14_depth_dpt_head.pth", "dpt")
 
 
-def test_a_released_name_not_in_the_cache_says_how_to_get_it(tiny_backbone: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_released_name_not_in_the_cache_says_how_to_get_it(
+    tiny_backbone: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     url = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_nyu_linear4_head.pth"
     with pytest.raises(CheckpointError, match=url):
@@ -103,7 +117,10 @@ def test_eval_crops_are_the_official_boxes() -> None:
     kitti = torch.ones(1, 1, 375, 1242)
     rows, cols = np.nonzero(eval_mask(kitti, 1e-3, 80, "garg")[0, 0].numpy())
     assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (
-        int(0.40810811 * 375), int(0.99189189 * 375), int(0.03594771 * 1242), int(0.96405229 * 1242)
+        int(0.40810811 * 375),
+        int(0.99189189 * 375),
+        int(0.03594771 * 1242),
+        int(0.96405229 * 1242),
     )
 
 
@@ -118,7 +135,9 @@ def test_bad_depth_files_name_the_file_and_the_fix(tmp_path: Path) -> None:
         load_depth(small, 1000, image, (4, 6))
     root = write_nyu_like(tmp_path, n_train=2, n_test=1, size=(28, 28))
     (root / "train_01" / "sync_depth_00000.png").unlink()
-    with pytest.raises(DatasetError, match=r"train_01/sync_depth_00000\.png is missing, but .*nyu_train\.txt \(line 2\) lists it"):
+    with pytest.raises(
+        DatasetError, match=r"train_01/sync_depth_00000\.png is missing, but .*nyu_train\.txt \(line 2\) lists it"
+    ):
         read_split(root / "nyu_train.txt", root, root, "layout")
 
 
@@ -149,7 +168,9 @@ def tiny_depth_run(tmp_path: Path, checkpoint: Path, *overrides: str):
 
 @pytest.mark.parametrize("head", ["depth_linear", "depth_linear4", "depth_dpt"])
 def test_train_then_test_each_head(tmp_path: Path, tiny_checkpoint: Path, head: str) -> None:
-    cfg = tiny_depth_run(tmp_path, tiny_checkpoint, f"head={head}", *(["head.channels=16"] if head == "depth_dpt" else []))
+    cfg = tiny_depth_run(
+        tmp_path, tiny_checkpoint, f"head={head}", *(["head.channels=16"] if head == "depth_dpt" else [])
+    )
     metrics = train.run(cfg)
     assert {"test/AbsRel", "test/SqRel", "test/RMSE", "test/RMSE_log", "test/d1", "test/d2", "test/d3"} <= set(metrics)
     assert 0 <= metrics["test/d1"] <= metrics["test/d2"] <= metrics["test/d3"] <= 1 and metrics["test/RMSE"] > 0
@@ -159,7 +180,9 @@ def test_train_then_test_each_head(tmp_path: Path, tiny_checkpoint: Path, head: 
     assert saved and not any(k.startswith("model.backbone.") for k in saved)
 
 
-def test_released_head_evaluates_and_predicts_a_folder(tmp_path: Path, fixtures_dir: Path, tiny_checkpoint: Path) -> None:
+def test_released_head_evaluates_and_predicts_a_folder(
+    tmp_path: Path, fixtures_dir: Path, tiny_checkpoint: Path
+) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(photos / "room.jpg")

@@ -14,7 +14,14 @@ from sklearn.linear_model import LogisticRegression
 from datamodules.episodes import load_episodes, sample_episodes, save_episodes
 from datamodules.errors import DatasetError
 from heads.classification import evaluate_episodes
-from heads.fewshot import centre_and_project, cosine_knn, cosine_topk, logistic_regression, mean_confidence_interval, weighted_votes
+from heads.fewshot import (
+    centre_and_project,
+    cosine_knn,
+    cosine_topk,
+    logistic_regression,
+    mean_confidence_interval,
+    weighted_votes,
+)
 from heads.linear_probe import grid_accuracy, linear_input, probe_grid, train_grid
 
 N_CLASSES, PER_CLASS, DIM = 10, 30, 32
@@ -49,10 +56,16 @@ def test_classless_features_are_at_chance() -> None:
 
 def episode_tensors(features: torch.Tensor, episode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n_way, k_shot = episode.support.shape
-    return features[episode.support.ravel()], torch.arange(n_way).repeat_interleave(k_shot), features[episode.query.ravel()]
+    return (
+        features[episode.support.ravel()],
+        torch.arange(n_way).repeat_interleave(k_shot),
+        features[episode.query.ravel()],
+    )
 
 
-def numpy_centre_and_project(support: np.ndarray, labels: np.ndarray, query: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def numpy_centre_and_project(
+    support: np.ndarray, labels: np.ndarray, query: np.ndarray, mean: np.ndarray
+) -> np.ndarray:
     unit = lambda x: (x - mean) / np.linalg.norm(x - mean, axis=1, keepdims=True)
     centroids = np.stack([unit(support)[labels == c].mean(0) for c in range(labels.max() + 1)])
     return np.linalg.norm(unit(query)[:, None] - centroids[None], axis=2).argmin(1)
@@ -92,7 +105,9 @@ def test_knn_over_a_large_bank_matches_numpy_in_chunks() -> None:
     features, labels = class_features(noise=2.0)
     sims, idx = cosine_topk(features.double(), features[:37].double(), k=20, chunk_size=8)
     votes = weighted_votes(sims, torch.from_numpy(labels)[idx], N_CLASSES, 0.07).numpy()
-    np.testing.assert_allclose(votes, numpy_knn(features.double().numpy(), labels, features[:37].double().numpy(), 20, 0.07), rtol=1e-9)
+    np.testing.assert_allclose(
+        votes, numpy_knn(features.double().numpy(), labels, features[:37].double().numpy(), 20, 0.07), rtol=1e-9
+    )
 
 
 def test_confidence_interval_is_the_normal_one() -> None:

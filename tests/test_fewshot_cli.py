@@ -50,15 +50,27 @@ def tiny_run(tmp_path: Path, checkpoint: Path, *overrides: str) -> DictConfig:
 CLASSES = {f"class{c}": 6 for c in range(6)}
 
 
-def test_fewshot_prints_and_writes_every_method_and_k(tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fewshot_prints_and_writes_every_method_and_k(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
     make_class_folders(tmp_path / "images", CLASSES)
-    cfg = tiny_run(tmp_path, tiny_checkpoint, "head=fewshot", f"data.root={tmp_path / 'images'}", "data.k_shot=[1,2]", "data.n_queries=3", "data.n_episodes=20")
+    cfg = tiny_run(
+        tmp_path,
+        tiny_checkpoint,
+        "head=fewshot",
+        f"data.root={tmp_path / 'images'}",
+        "data.k_shot=[1,2]",
+        "data.n_queries=3",
+        "data.n_episodes=20",
+    )
     assert cfg.train is False
     metrics = train.run(cfg)
     run_dir = Path(cfg.paths.output_dir)
     rows = list(csv.DictReader((run_dir / "fewshot.csv").open()))
     assert rows == [{k: str(v) for k, v in row.items()} for row in json.loads((run_dir / "fewshot.json").read_text())]
-    assert [(r["method"], r["k_shot"]) for r in rows] == [(m, k) for k in "12" for m in ("centre_and_project", "knn", "logistic_regression")]
+    assert [(r["method"], r["k_shot"]) for r in rows] == [
+        (m, k) for k in "12" for m in ("centre_and_project", "knn", "logistic_regression")
+    ]
     for row in rows:
         key = f"test/{row['method']}/5way_{row['k_shot']}shot"
         assert float(row["accuracy"]) == pytest.approx(100 * metrics[key], abs=0.01)
@@ -66,15 +78,28 @@ def test_fewshot_prints_and_writes_every_method_and_k(tmp_path: Path, tiny_check
         assert row["episodes"] == "20" and row["n_queries"] == "3"
     assert "+-" in capsys.readouterr().out
 
-    replay = tiny_run(tmp_path / "replay", tiny_checkpoint, "head=fewshot", f"data.root={tmp_path / 'images'}",
-                      f"data.episodes_file={run_dir / 'episodes_5way_2shot.json'}", "data.k_shot=7")
+    replay = tiny_run(
+        tmp_path / "replay",
+        tiny_checkpoint,
+        "head=fewshot",
+        f"data.root={tmp_path / 'images'}",
+        f"data.episodes_file={run_dir / 'episodes_5way_2shot.json'}",
+        "data.k_shot=7",
+    )
     assert train.run(replay) == {k: v for k, v in metrics.items() if "2shot" in k}
 
 
 def test_predict_mode_writes_a_prediction_per_query(tmp_path: Path, tiny_checkpoint: Path) -> None:
     make_class_folders(tmp_path / "support", {"red": 2, "blue": 2})
     make_class_folders(tmp_path / "mixed", {"queries": 3})
-    cfg = tiny_run(tmp_path, tiny_checkpoint, "head=fewshot", "test=false", f"data.root={tmp_path / 'support'}", f"data.predict_dir={tmp_path / 'mixed' / 'queries'}")
+    cfg = tiny_run(
+        tmp_path,
+        tiny_checkpoint,
+        "head=fewshot",
+        "test=false",
+        f"data.root={tmp_path / 'support'}",
+        f"data.predict_dir={tmp_path / 'mixed' / 'queries'}",
+    )
     train.run(cfg)
     out = Path(cfg.head.predict_dir_out)
     rows = json.loads((out / "predictions.json").read_text())
@@ -88,11 +113,19 @@ def test_split_evaluations(tmp_path: Path, tiny_checkpoint: Path, head: str) -> 
     counts = {f"class{c}": 8 for c in range(3)}
     make_class_folders(tmp_path / "split" / "train", counts, seed=0)
     make_class_folders(tmp_path / "split" / "val", {k: 3 for k in counts}, seed=1)
-    cfg = tiny_run(tmp_path, tiny_checkpoint, f"head={head}", f"data.root={tmp_path / 'split'}", "head.epochs=2" if head == "linear_probe" else "head.ks=[1,5]")
+    cfg = tiny_run(
+        tmp_path,
+        tiny_checkpoint,
+        f"head={head}",
+        f"data.root={tmp_path / 'split'}",
+        "head.epochs=2" if head == "linear_probe" else "head.ks=[1,5]",
+    )
     metrics = train.run(cfg)
     rows = json.loads((Path(cfg.paths.output_dir) / f"{head}.json").read_text())
     if head == "knn":
-        assert [r["k"] for r in rows] == [1, 5] and metrics["test/knn_k1_top1"] == pytest.approx(rows[0]["top1"] / 100, abs=1e-4)
+        assert [r["k"] for r in rows] == [1, 5] and metrics["test/knn_k1_top1"] == pytest.approx(
+            rows[0]["top1"] / 100, abs=1e-4
+        )
     else:
         assert len(rows) == 2 * 2 * 13 and sum(r["best"] for r in rows) == 1
         best = next(r for r in rows if r["best"])
@@ -101,7 +134,9 @@ def test_split_evaluations(tmp_path: Path, tiny_checkpoint: Path, head: str) -> 
 
 
 def datamodule(root: Path, **kwargs) -> ImageFolderDataModule:
-    return ImageFolderDataModule(str(root), n_way=3, k_shot=2, n_queries=2, resize_size=28, crop_size=28, num_workers=0, **kwargs)
+    return ImageFolderDataModule(
+        str(root), n_way=3, k_shot=2, n_queries=2, resize_size=28, crop_size=28, num_workers=0, **kwargs
+    )
 
 
 def test_small_classes_are_skipped_with_a_warning_or_refused(tmp_path: Path) -> None:

@@ -38,7 +38,12 @@ class StubBackbone(nn.Module):
         self.requires_grad_(False)
 
     def get_intermediate_layers(
-        self, x: Tensor, n: int | list[int] = 1, reshape: bool = True, return_class_token: bool = False, norm: bool = True
+        self,
+        x: Tensor,
+        n: int | list[int] = 1,
+        reshape: bool = True,
+        return_class_token: bool = False,
+        norm: bool = True,
     ) -> tuple[Tensor, ...]:
         """`(B, 3, H, W)` -> maps `(B, C, ceil(H/14), ceil(W/14))` of the chosen blocks."""
         pad_h, pad_w = -x.shape[-2] % self.patch_size, -x.shape[-1] % self.patch_size
@@ -76,7 +81,8 @@ def loaders() -> tuple[DataLoader, DataLoader, DataLoader]:
     train = [{"image": torch.randn(3, 28, 28, generator=g), "label": random_label(28, 28, g)} for _ in range(4)]
     evaluation = [{"image": torch.randn(3, 30, 40, generator=g), "label": random_label(45, 60, g)} for _ in range(2)]
     predict = [
-        {"image": torch.randn(3, 30, 40, generator=g), "size": (45, 60), "path": f"images/img_{i}.jpg"} for i in range(2)
+        {"image": torch.randn(3, 30, 40, generator=g), "size": (45, 60), "path": f"images/img_{i}.jpg"}
+        for i in range(2)
     ]
     return (
         DataLoader(DictDataset(train), batch_size=2),
@@ -178,7 +184,12 @@ def test_missing_keys_and_class_count_are_reported(tmp_path: Path) -> None:
 
 def test_slide_windows_grid() -> None:
     assert slide_windows(10, 6, crop_size=4, stride=3) == [
-        (0, 4, 0, 4), (0, 4, 2, 6), (3, 7, 0, 4), (3, 7, 2, 6), (6, 10, 0, 4), (6, 10, 2, 6)
+        (0, 4, 0, 4),
+        (0, 4, 2, 6),
+        (3, 7, 0, 4),
+        (3, 7, 2, 6),
+        (6, 10, 0, 4),
+        (6, 10, 2, 6),
     ]
     assert slide_windows(3, 5, crop_size=8, stride=6) == [(0, 3, 0, 5)]
 
@@ -186,7 +197,9 @@ def test_slide_windows_grid() -> None:
 def test_slide_equals_forward_when_image_is_smaller_than_crop() -> None:
     probe = make_probe().eval()
     image = torch.randn(2, 3, 20, 27)
-    torch.testing.assert_close(slide_logits(probe.window_logits, image, NUM_CLASSES, 28, 14), probe.window_logits(image))
+    torch.testing.assert_close(
+        slide_logits(probe.window_logits, image, NUM_CLASSES, 28, 14), probe.window_logits(image)
+    )
 
 
 def test_slide_normalises_overlaps() -> None:
@@ -210,7 +223,9 @@ def test_multiscale_flip_averages_probabilities() -> None:
     torch.testing.assert_close(single, expected)
     scales = (1.0, 1.5)
     flipped = multiscale_flip_probs(lambda w: w, image, 3, (40, 60), scales, flip=True, crop_size=16, stride=10)
-    torch.testing.assert_close(flipped, multiscale_flip_probs(lambda w: w, image, 3, (40, 60), scales, crop_size=16, stride=10))
+    torch.testing.assert_close(
+        flipped, multiscale_flip_probs(lambda w: w, image, 3, (40, 60), scales, crop_size=16, stride=10)
+    )
     torch.testing.assert_close(flipped.sum(1), torch.ones(1, 40, 60))
 
 

@@ -46,7 +46,11 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
         pytest.skip(f"conformance fixtures not found at {reliability.FIXTURES}")
     if case.setup is not None:
         case.setup(tmp_path)
-    result = run_call(case, tmp_path) if case.call is not None else run_cli(case.argv, tmp_path, case.env, case.timeout)
+    result = (
+        run_call(case, tmp_path)
+        if case.call is not None
+        else run_cli(case.argv, tmp_path, case.env, case.timeout, case.fresh)
+    )
     assert "Traceback" not in result.text, result.text
     assert result.exit_code == case.exit_code, result.text
     for name in case.names:

@@ -12,7 +12,13 @@ from segment_anything import SamPredictor
 from backbones.weights import CheckpointError, WeightsNotFoundError
 from heads.sam import CHECKPOINTS, SamBoxPredictor, _size_hint, build_sam, clip_boxes, load_sam
 
-TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "prompt_embed_dim": 32, "image_size": 128}
+TINY_SAM = {
+    "encoder_embed_dim": 32,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "prompt_embed_dim": 32,
+    "image_size": 128,
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,9 @@ def test_point_prompts_keep_sam_predictors_most_confident_mask(tiny_sam: torch.n
     reference = SamPredictor(tiny_sam)
     reference.set_image(image)
     for point, mask, score in zip(points, masks, scores):
-        ref_masks, ref_scores, _ = reference.predict(point_coords=point[None], point_labels=np.ones(1), multimask_output=True)
+        ref_masks, ref_scores, _ = reference.predict(
+            point_coords=point[None], point_labels=np.ones(1), multimask_output=True
+        )
         best = ref_scores.argmax()
         assert iou(ref_masks[best], mask) >= 0.999 and abs(ref_scores[best] - score) <= 1e-4
 
@@ -86,7 +94,9 @@ def test_checkpoint_round_trip(tiny_sam: torch.nn.Module, tmp_path: Path) -> Non
 def test_checkpoint_of_another_architecture_lists_the_mismatches(tiny_sam: torch.nn.Module, tmp_path: Path) -> None:
     path = tmp_path / "tiny_sam.pth"
     torch.save(tiny_sam.state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"image_encoder\.blocks\.2.*missing keys|missing keys.*image_encoder\.blocks\.2"):
+    with pytest.raises(
+        CheckpointError, match=r"image_encoder\.blocks\.2.*missing keys|missing keys.*image_encoder\.blocks\.2"
+    ):
         load_sam("vit_b", checkpoint=str(path), **(TINY_SAM | {"encoder_depth": 3}))
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_sam("vit_b", checkpoint=str(path), **(TINY_SAM | {"encoder_embed_dim": 48}))

@@ -98,7 +98,9 @@ def test_results_file_evaluates_to_the_logged_ap(coco_root: Path, tmp_path: Path
     torch.manual_seed(0)
     results = tmp_path / "segm.json"
     overlays = tmp_path / "overlays"
-    model = SamBoxEvaluator(build_sam("vit_b", **TINY_SAM), results_file=str(results), overlays=2, overlay_dir=str(overlays))
+    model = SamBoxEvaluator(
+        build_sam("vit_b", **TINY_SAM), results_file=str(results), overlays=2, overlay_dir=str(overlays)
+    )
     dm = datamodule(coco_root)
     metrics = run_test(model, dm)
     entries = json.loads(results.read_text())
@@ -139,13 +141,21 @@ def test_detector_boxes_bad_ones_are_counted_and_the_rest_answered(coco_root: Pa
         metrics = run_test(model, dm)
     assert (metrics["test/boxes"], metrics["test/boxes_clipped"], metrics["test/boxes_degenerate"]) == (5, 2, 2)
     entries = json.loads((tmp_path / "r.json").read_text())
-    assert [(e["image_id"], e["category_id"], e["score"]) for e in entries] == [(1, 1, 0.9), (1, 2, 0.8), (1, 3, pytest.approx(0.7))]
+    assert [(e["image_id"], e["category_id"], e["score"]) for e in entries] == [
+        (1, 1, 0.9),
+        (1, 2, 0.8),
+        (1, 3, pytest.approx(0.7)),
+    ]
     assert "test/box_mIoU" not in metrics
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{\"a\": 1}", "must be a COCO results list"), ("[{\"image_id\": 1, \"bbox\": [1, 2, 3, 4]}]", "Detection #0"), ("[", "Cannot read")],
+    [
+        ('{"a": 1}', "must be a COCO results list"),
+        ('[{"image_id": 1, "bbox": [1, 2, 3, 4]}]', "Detection #0"),
+        ("[", "Cannot read"),
+    ],
 )
 def test_bad_detections_file_is_one_clear_error(coco_root: Path, tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "d.json").write_text(content)

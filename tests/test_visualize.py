@@ -145,10 +145,25 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def tiny_args(checkpoint: Path) -> list[str]:
-    return ["--checkpoint", str(checkpoint), "--embed-dim", "64", "--depth", "4", "--num-heads", "4", "--size", "56", "--device", "cpu"]
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--embed-dim",
+        "64",
+        "--depth",
+        "4",
+        "--num-heads",
+        "4",
+        "--size",
+        "56",
+        "--device",
+        "cpu",
+    ]
 
 
-def test_pca_cli_writes_the_figure_and_the_components(photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_pca_cli_writes_the_figure_and_the_components(
+    photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "figs" / "pca.png"
     images = [photos["chelsea"], photos["astronaut"], photos["coffee"]]
     assert pca_main([*map(str, images), "--out", str(out), "--save-features", *tiny_args(tiny_checkpoint)]) == 0
@@ -167,7 +182,15 @@ def test_match_cli_writes_the_figure_and_pixel_pairs(
     photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, foreground: bool
 ) -> None:
     out = tmp_path / "match.png"
-    argv = [str(photos["chelsea"]), str(photos["coffee"]), "--out", str(out), "--num-pairs", "4", *tiny_args(tiny_checkpoint)]
+    argv = [
+        str(photos["chelsea"]),
+        str(photos["coffee"]),
+        "--out",
+        str(out),
+        "--num-pairs",
+        "4",
+        *tiny_args(tiny_checkpoint),
+    ]
     assert match_main(argv + ["--foreground"] * foreground) == 0
     with Image.open(out) as figure:
         assert figure.format == "PNG" and figure.width > 2 * figure.height
@@ -184,21 +207,41 @@ def test_match_cli_writes_the_figure_and_pixel_pairs(
 
 def test_cli_runs_as_a_module(photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.png"
-    argv = [sys.executable, "-m", "visualize.match", str(photos["astronaut"]), str(photos["astronaut"]), "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "visualize.match",
+        str(photos["astronaut"]),
+        str(photos["astronaut"]),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(argv + tiny_args(tiny_checkpoint), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert out.is_file() and out.with_suffix(".json").is_file()
 
 
 @pytest.mark.parametrize("variant", ["grey", "rgba", "grey16"])
-def test_non_rgb_images_are_converted(photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, variant: str, capsys) -> None:
+def test_non_rgb_images_are_converted(
+    photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, variant: str, capsys
+) -> None:
     out = tmp_path / "pca.png"
     assert pca_main([str(photos[variant]), "--out", str(out), *tiny_args(tiny_checkpoint)]) == 0
     assert "converted to 8-bit RGB" in capsys.readouterr().err and out.is_file()
 
 
-def test_size_is_rounded_to_the_patch_size(photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
-    args = [str(photos["astronaut"]), "--out", str(tmp_path / "pca.png"), "--save-features", *tiny_args(tiny_checkpoint), "--size", "60"]
+def test_size_is_rounded_to_the_patch_size(
+    photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    args = [
+        str(photos["astronaut"]),
+        "--out",
+        str(tmp_path / "pca.png"),
+        "--save-features",
+        *tiny_args(tiny_checkpoint),
+        "--size",
+        "60",
+    ]
     assert pca_main(args) == 0
     assert "--size 60 is not a multiple of the patch size 14; using 56" in capsys.readouterr().err
     assert np.load(tmp_path / "pca_0_astronaut.npy").shape == (4, 4, 3)
@@ -215,8 +258,12 @@ def test_size_is_rounded_to_the_patch_size(photos: dict[str, Path], tiny_checkpo
         ("checkpoint", "does not exist. Check the path"),
     ],
 )
-def test_bad_inputs_give_one_clear_message(photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, case: str, message: str, capsys) -> None:
-    image = {"missing": str(tmp_path / "nope.jpg"), "broken": str(photos["broken"]), "tiny": str(photos["tiny"])}.get(case, str(photos["chelsea"]))
+def test_bad_inputs_give_one_clear_message(
+    photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, case: str, message: str, capsys
+) -> None:
+    image = {"missing": str(tmp_path / "nope.jpg"), "broken": str(photos["broken"]), "tiny": str(photos["tiny"])}.get(
+        case, str(photos["chelsea"])
+    )
     argv = [image, "--out", str(tmp_path / ("pca.xyz" if case == "suffix" else "pca.png")), *tiny_args(tiny_checkpoint)]
     argv += {"block": ["--block", "7"], "checkpoint": ["--checkpoint", str(tmp_path / "none.pth")]}.get(case, [])
     assert pca_main(argv) == 2
@@ -241,7 +288,9 @@ def test_callback_logs_pca_maps_to_tensorboard(tiny_checkpoint: Path, tmp_path: 
     images = torch.randn(5, 3, 56, 70, generator=torch.Generator().manual_seed(0))
     loader = DataLoader([{"image": image} for image in images], batch_size=2)
     logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb")
-    trainer = L.Trainer(accelerator="cpu", logger=logger, callbacks=[PCAMapCallback(max_images=3)], enable_progress_bar=False)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=logger, callbacks=[PCAMapCallback(max_images=3)], enable_progress_bar=False
+    )
     trainer.validate(ProbeWithBackbone(backbone), loader)
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()

@@ -7,9 +7,12 @@ in a fresh folder (`argv`), or a call of the Python API (`call`). What main did 
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,7 @@ class Case:
     absent: globs under ``tmp`` that must not exist afterwards (no partial output).
     check: further assertions on the outcome (for cases whose fix is a correct result, not an error).
     exit_code: 2 for a user error; 0 where the fix is that the command now does the right thing.
+    fresh: run argv in a new interpreter (import-time behaviour); otherwise it is forked from a warm one.
     """
 
     id: str
@@ -59,6 +63,7 @@ class Case:
     exit_code: int = 2
     needs_fixtures: bool = False
     timeout: float = 240.0
+    fresh: bool = False
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -103,10 +108,39 @@ def offline_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str
     return env
 
 
-def run_cli(argv: tuple[str, ...], tmp: Path, env: dict[str, str], timeout: float) -> Result:
+class _ForkServer:
+    """The session's `_fork_server` process (started on first use, ended with the tests)."""
+
+    process: subprocess.Popen | None = None
+
+    @classmethod
+    def run(cls, args: list[str], tmp: Path, env: dict[str, str], timeout: float) -> Result:
+        if cls.process is None or cls.process.poll() is not None:
+            cls.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.reliability._fork_server"],
+                cwd=REPO,
+                env=offline_env(tmp),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            atexit.register(cls.process.kill)
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "output.txt"
+            request = {"argv": args, "cwd": str(tmp), "env": env, "timeout": timeout, "out": str(out)}
+            cls.process.stdin.write(json.dumps(request) + "\n")
+            cls.process.stdin.flush()
+            reply = json.loads(cls.process.stdout.readline())
+            return Result(reply["exit_code"], out.read_text())
+
+
+def run_cli(argv: tuple[str, ...], tmp: Path, env: dict[str, str], timeout: float, fresh: bool = False) -> Result:
+    """Run ``python ARGV`` in ``tmp``: forked from the warm server, or in a new interpreter when ``fresh``."""
     args = [substitute(a, tmp) for a in argv]
     if args and args[0] == "train.py":
         args[0] = str(REPO / "train.py")
+    if not fresh:
+        return _ForkServer.run(args, tmp, offline_env(tmp, env), timeout)
     proc = subprocess.run(
         [sys.executable, *args],
         check=False,
