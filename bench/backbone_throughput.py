@@ -24,16 +24,40 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+MODELS = {"vits14": "dinov2_vits14", "vitb14": "dinov2_vitb14", "vitl14": "dinov2_vitl14", "vitg14": "dinov2_vitg14"}
+VARIANTS = ("timm", "timm-dynamic", "ours", "ours-bf16", "ours-compiled", "ours-graphs")
+TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vits14", "vitb14"], choices=list(MODELS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 518], help="square input sides (multiples of 14)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--iters", type=int, default=20, help="forwards per timing")
+    parser.add_argument("--repeats", type=int, default=5, help="timings; the median is reported")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed forwards first (compilation, autotuning, cuDNN)")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, help="default: all (all but the compiled ones with --quick)"
+    )
+    parser.add_argument(
+        "--compile-mode", default="max-autotune-no-cudagraphs", help="torch.compile mode of ours-compiled"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny model, sizes 28 and 42, batch 2: a CPU smoke run")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and option errors answer here, before torch is imported
+
 import timm
 import torch
 from torch import Tensor
 
 from backbones import FrozenBackbone
 from backbones.dinov2 import DINOV2_SPECS, build_dinov2
-
-MODELS = {"vits14": "dinov2_vits14", "vitb14": "dinov2_vitb14", "vitl14": "dinov2_vitl14", "vitg14": "dinov2_vitg14"}
-VARIANTS = ("timm", "timm-dynamic", "ours", "ours-bf16", "ours-compiled", "ours-graphs")
-TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4}
 
 
 def device_name(device: torch.device) -> str:
@@ -192,23 +216,10 @@ def print_table(rows: Sequence[tuple], device: torch.device, args: argparse.Name
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vits14", "vitb14"], choices=list(MODELS))
-    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 518], help="square input sides (multiples of 14)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--iters", type=int, default=20, help="forwards per timing")
-    parser.add_argument("--repeats", type=int, default=5, help="timings; the median is reported")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed forwards first (compilation, autotuning, cuDNN)")
-    parser.add_argument(
-        "--variants", nargs="+", choices=VARIANTS, help="default: all (all but the compiled ones with --quick)"
-    )
-    parser.add_argument(
-        "--compile-mode", default="max-autotune-no-cudagraphs", help="torch.compile mode of ours-compiled"
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="tiny model, sizes 28 and 42, batch 2: a CPU smoke run")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.quick:
         args.sizes, args.batch, args.iters, args.repeats, args.warmup = [28, 42], 2, 2, 2, 1
         args.models = args.models[:1]

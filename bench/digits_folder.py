@@ -9,17 +9,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--size", type=int, default=56, help="side of the written images (nearest upsampling)")
+    parser.add_argument("--split", action="store_true", help="write train/ (80%%) and val/ (20%%) sub-folders")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and option errors answer here, before scikit-learn is imported
+
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--size", type=int, default=56, help="side of the written images (nearest upsampling)")
-    parser.add_argument("--split", action="store_true", help="write train/ (80%%) and val/ (20%%) sub-folders")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     digits = load_digits()
     # pixel values are 0..16
     images = (digits.images * (255 / 16)).astype(np.uint8)

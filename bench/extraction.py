@@ -24,6 +24,31 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--dir", type=Path, help="folder of the JPEGs (written if missing, kept); default: a temporary folder"
+    )
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--size", type=int, default=518, help="extraction side (a multiple of 14)")
+    parser.add_argument("--model", default="vits14", choices=["vits14", "vitb14", "vitl14", "vitg14"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--compile", default=None, help="a torch.compile mode for the backbone (default: eager)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--workers", type=int, help="DataLoader workers (default: min(16, CPUs))")
+    parser.add_argument("--decode", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--quick", action="store_true", help="16 tiny images, tiny model, size 28: a CPU smoke run")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and option errors answer here, before torch is imported
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -189,24 +214,10 @@ def print_table(rows: Sequence[tuple[str, float | None, str]], args: argparse.Na
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--dir", type=Path, help="folder of the JPEGs (written if missing, kept); default: a temporary folder"
-    )
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--size", type=int, default=518, help="extraction side (a multiple of 14)")
-    parser.add_argument("--model", default="vits14", choices=list(MODELS))
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--compile", default=None, help="a torch.compile mode for the backbone (default: eager)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--workers", type=int, help="DataLoader workers (default: min(16, CPUs))")
-    parser.add_argument("--decode", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="16 tiny images, tiny model, size 28: a CPU smoke run")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.quick:
         args.images, args.width, args.height, args.size, args.batch, args.repeats = 16, 64, 48, 28, 4, 1
         args.workers = 2 if args.workers is None else args.workers

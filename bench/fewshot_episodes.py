@@ -9,6 +9,21 @@ from __future__ import annotations
 import argparse
 import time
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--n-way", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=15)
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and option errors answer here, before torch is imported
+
 import numpy as np
 import torch
 
@@ -20,14 +35,7 @@ METHODS = {"centre_and_project": centre_and_project, "knn": cosine_knn, "logisti
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--classes", type=int, default=20)
-    parser.add_argument("--per-class", type=int, default=60)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--n-way", type=int, default=5)
-    parser.add_argument("--queries", type=int, default=15)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     torch.set_num_threads(1)
     features = torch.randn(args.classes * args.per_class, args.dim)
     labels = np.repeat(np.arange(args.classes), args.per_class)

@@ -19,6 +19,31 @@ import warnings
 from collections.abc import Callable
 from functools import partial
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--classes", type=int, default=150)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--model", default="dinov2_vits14")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="batch 2, 21 classes, 112 px: a smoke run on any device",
+    )
+    parser.add_argument(
+        "--tiles",
+        action="store_true",
+        help="time the Triton kernel's tile shapes too (CUDA)",
+    )
+    parser.add_argument("--no-step", action="store_true", help="only the loss table")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and option errors answer here, before torch is imported
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -170,24 +195,7 @@ def tile_table(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--classes", type=int, default=150)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--model", default="dinov2_vits14")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="batch 2, 21 classes, 112 px: a smoke run on any device",
-    )
-    parser.add_argument(
-        "--tiles",
-        action="store_true",
-        help="time the Triton kernel's tile shapes too (CUDA)",
-    )
-    parser.add_argument("--no-step", action="store_true", help="only the loss table")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.batch, args.classes, args.size, args.repeats = 2, 21, 112, 3
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,6 +12,23 @@ from __future__ import annotations
 import argparse
 import time
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+    parser.add_argument(
+        "--full-size", action="store_true", help="the official architecture (random weights) instead of a tiny one"
+    )
+    parser.add_argument("--boxes", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and option errors answer here, before torch is imported
+
 import numpy as np
 import torch
 from segment_anything import SamPredictor
@@ -40,14 +57,7 @@ def box_by_box(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
-    parser.add_argument("--full-size", action="store_true", help="the official architecture (random weights) instead of a tiny one")
-    parser.add_argument("--boxes", type=int, nargs="+", default=[16, 64, 256])
-    parser.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
-    parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
 
     torch.manual_seed(0)
     sam = build_sam(args.model_type, **({} if args.full_size else TINY))
