@@ -1,15 +1,15 @@
 """DINOv3 ViT-S/B/L/16 through timm's Eva implementation, behind the same frozen-backbone API.
 
 timm runs the whole model (RoPE position encoding, 4 register tokens); this module only maps the
-official DINOv3 names and files onto it. The official weights need a licence agreement, so there is
-no public URL: a local file or the torch.hub cache, where ``torch.hub.load("facebookresearch/dinov3")``
-puts the file you were sent.
+official DINOv3 names and files onto it, and keeps the file's RoPE periods (timm recomputes them).
+The official weights need a licence agreement, so there is no public URL: a local file or the
+torch.hub cache, where ``torch.hub.load("facebookresearch/dinov3")`` puts the file you were sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import timm
 import torch
@@ -17,7 +17,8 @@ from timm.models.eva import Eva, checkpoint_filter_fn
 from torch import Tensor
 
 from backbones.base import FrozenBackbone
-from backbones.weights import check_state_dict, load_state_dict_file
+from backbones.weights import CheckpointError, check_state_dict, load_state_dict_file
+from utils.errors import option
 
 DINOV3_FILES = {
     "dinov3_vits16": ("vit_small_patch16_dinov3", "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"),
@@ -41,8 +42,13 @@ class Dinov3Backbone(FrozenBackbone):
 
     def block_tokens(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         outputs = self.eva.forward_intermediates(
-            x, indices=list(indices), return_prefix_tokens=True, norm=False, stop_early=True,
-            output_fmt="NLC", intermediates_only=True,
+            x,
+            indices=list(indices),
+            return_prefix_tokens=True,
+            norm=False,
+            stop_early=True,
+            output_fmt="NLC",
+            intermediates_only=True,
         )
         return [torch.cat([prefix, patches], dim=1) for patches, prefix in outputs]
 
@@ -62,4 +68,26 @@ def load_dinov3(name: str, path: Path, **arch_overrides: int) -> Dinov3Backbone:
     hint = f"The model has embed_dim={backbone.embed_dim}, depth={backbone.n_blocks}: pick the name and sizes that match the file."
     check_state_dict(converted, backbone.eva.state_dict(), path, hint)
     backbone.eva.load_state_dict(converted)
+    periods = state_dict.get("rope_embed.periods")
+    if periods is not None:
+        load_rope_periods(backbone, periods, path)
     return backbone
+
+
+def load_rope_periods(backbone: Dinov3Backbone, periods: Tensor, path: Path) -> None:
+    """Use the file's RoPE periods ``(head_dim / 4,)``, as the official model does (a persistent buffer).
+
+    timm skips them and recomputes the periods in float32, but the released files hold them rounded to bfloat16,
+    so the official outputs use the rounded values. Their length also gives the head width, the one architecture
+    setting no weight shape reveals: a wrong ``num_heads`` would otherwise load silently and compute nonsense.
+    """
+    rope = backbone.eva.rope
+    if periods.shape != rope.periods.shape:
+        heads = backbone.embed_dim // (4 * periods.numel()) if periods.numel() else 0
+        raise CheckpointError(
+            f"Checkpoint {path} has RoPE periods for a head width of {4 * periods.numel()} "
+            f"(num_heads={heads} at embed_dim={backbone.embed_dim}), but the model has "
+            f"{4 * rope.periods.numel()}: set {option('backbone', 'num_heads', heads)}."
+        )
+    with torch.no_grad():
+        rope.periods.copy_(periods)

@@ -11,16 +11,43 @@ The loss's gradient with respect to `z` is known in closed form (softmax minus o
 during the forward pass, one block of output pixels at a time, and pull it straight back to `(B, K, h, w)`:
     - on CUDA, a Triton kernel (`heads.upsample_ce_triton`) does all of it in one launch;
     - elsewhere (or without Triton, or under `torch.use_deterministic_algorithms`), the same maths in
-      PyTorch, a band of output rows at a time.
+      PyTorch (`heads.upsample_ce_torch`), a band of output rows at a time.
+The Triton kernel is guarded: on its first use on a device in a process it runs a small case and is compared with
+the PyTorch path; a compile error, a crash or a mismatch warns once and the PyTorch path is used from then on.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
-"""Logits per band of output rows in the PyTorch path: small enough for the CPU's caches, large on a GPU."""
+from heads.upsample_ce_torch import CHUNK_ELEMENTS, bilinear_taps, upsample_cross_entropy_torch
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "bilinear_taps",
+    "triton_passes_self_check",
+    "upsample_cross_entropy",
+    "upsample_cross_entropy_torch",
+    "use_triton",
+]
+
+Fused = Callable[[Tensor, Tensor, int, bool], tuple[Tensor, Tensor | None, Tensor]]
+"""(logits, labels, ignore_index, need_grad) -> (summed loss, float32 gradient or None, labelled-pixel count)."""
+
+SELF_CHECK_SHAPE = (2, 37, 5, 7, 19, 70)
+"""(B, K, h, w, H, W) of the Triton kernel's self-check: at the default tile, two tiles of rows and of columns with
+ragged edges and two blocks of classes, upsampled by non-integer factors (so the kernel runs: it hands strong
+downsampling to the PyTorch path itself)."""
+SELF_CHECK_TOLERANCE = 1e-4
+"""Largest relative difference (loss; gradient in norm) from the PyTorch path that passes. Both paths compute in
+float32 (the kernel's products in tf32x3, float32-accurate) and agree to about 1e-6; a wrong kernel is off by far more."""
+
+_triton_verdicts: dict[str, bool] = {}
+"""Per device (`"cuda:0"`): whether the Triton kernel passed its self-check in this process."""
 
 
 def upsample_cross_entropy(
@@ -35,7 +62,9 @@ def upsample_cross_entropy(
     Equals `F.cross_entropy(F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False), labels,
     ignore_index=ignore_index, reduction=reduction)`, value and gradient, for reduction "mean" (over the labelled
     pixels; NaN when there are none, as torch) or "sum". Arithmetic is float32 whatever the logits' dtype; the
-    gradient comes back in the logits' dtype. `backend`: "auto" (Triton when `use_triton`), "triton" or "torch".
+    gradient comes back in the logits' dtype. `backend`: "auto" (Triton when `use_triton` and the kernel passed its
+    self-check on this device, see `triton_passes_self_check`), "triton" (the kernel unguarded, for tests and
+    benchmarks) or "torch".
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r} is not supported: use 'mean' or 'sum'.")
@@ -51,9 +80,12 @@ def upsample_cross_entropy(
     if labels.dtype.is_floating_point:
         raise ValueError(f"labels must hold integer class ids, not {labels.dtype}: pass labels.long().")
     _check_label_range(labels, logits.shape[1], ignore_index)
-    on_triton = backend == "triton" or (backend == "auto" and use_triton(logits))
+    if backend == "triton" or (backend == "auto" and use_triton(logits) and triton_passes_self_check(logits.device)):
+        fused = triton_kernel()
+    else:
+        fused = upsample_cross_entropy_torch
     need_grad = logits.requires_grad and torch.is_grad_enabled()
-    return _UpsampleCrossEntropy.apply(logits, labels, ignore_index, reduction == "mean", on_triton, need_grad)
+    return _UpsampleCrossEntropy.apply(logits, labels, ignore_index, reduction == "mean", fused, need_grad)
 
 
 def _check_label_range(labels: Tensor, num_classes: int, ignore_index: int) -> None:
@@ -78,6 +110,61 @@ def use_triton(logits: Tensor) -> bool:
     return True
 
 
+def triton_kernel() -> Fused:
+    """The Triton kernel's entry point, imported on demand (Triton is an optional, CUDA-only dependency)."""
+    from heads.upsample_ce_triton import upsample_cross_entropy_triton
+
+    return upsample_cross_entropy_triton
+
+
+def triton_passes_self_check(device: torch.device) -> bool:
+    """Whether the Triton kernel may run on `device`: checked once per device and process (`self_check_problem`).
+
+    A failure warns once, saying what happened, and the PyTorch path is used for the rest of the process: a kernel
+    that has never run on this GPU, Triton or driver must not crash training or silently train on a wrong loss.
+    """
+    key = str(device)
+    if key not in _triton_verdicts:
+        problem = self_check_problem(device)
+        _triton_verdicts[key] = problem is None
+        if problem is not None:
+            warnings.warn(
+                f"The fused Triton upsample + cross-entropy kernel failed its self-check on {key}: {problem}. "
+                "The PyTorch path (same loss, slower, more memory) is used instead for the rest of this process.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _triton_verdicts[key]
+
+
+def self_check_problem(device: torch.device) -> str | None:
+    """Run the Triton kernel on a small case (`SELF_CHECK_SHAPE`) on `device` and compare its loss, gradient and
+    count with the PyTorch path's; None when they agree, else what went wrong (an exception or the differences)."""
+    generator = torch.Generator().manual_seed(0)
+    batch, classes, height_in, width_in, height, width = SELF_CHECK_SHAPE
+    logits = (3 * torch.randn(batch, classes, height_in, width_in, generator=generator)).to(device)
+    labels = torch.randint(0, classes, (batch, height, width), generator=generator)
+    labels[torch.rand(batch, height, width, generator=generator) < 0.2] = 255
+    labels = labels.to(device)
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        expected_total, expected_grad, expected_count = upsample_cross_entropy_torch(logits, labels, 255, True)
+        try:
+            total, grad, count = triton_kernel()(logits, labels, 255, True)
+            loss_error = float((total - expected_total).abs() / expected_total.abs())
+            grad_error = float((grad - expected_grad).norm() / expected_grad.norm())
+            same_count = bool(count == expected_count)
+        except Exception as err:  # noqa: BLE001 - whatever breaks (compilation, launch, a wrong output), fall back
+            first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else "no message"
+            return f"it raised {type(err).__name__} ({first_line})"
+    # Written so that NaN fails: a comparison with NaN is False.
+    if not (loss_error <= SELF_CHECK_TOLERANCE and grad_error <= SELF_CHECK_TOLERANCE and same_count):
+        return (
+            f"its loss differs from the PyTorch path's by {loss_error:.1e} (relative), its gradient by "
+            f"{grad_error:.1e}{'' if same_count else ', and it counts the labelled pixels differently'}"
+        )
+    return None
+
+
 class _UpsampleCrossEntropy(torch.autograd.Function):
     """The loss and, when the logits need one, its gradient, both computed in `forward`; `backward` scales it."""
 
@@ -88,13 +175,9 @@ class _UpsampleCrossEntropy(torch.autograd.Function):
         labels: Tensor,
         ignore_index: int,
         mean: bool,
-        on_triton: bool,
+        fused: Fused,
         need_grad: bool,
     ) -> Tensor:
-        if on_triton:
-            from heads.upsample_ce_triton import upsample_cross_entropy_triton as fused
-        else:
-            fused = upsample_cross_entropy_torch
         total, grad, count = fused(logits, labels, ignore_index, need_grad)
         scale = 1.0 / count if mean else torch.ones_like(count)
         ctx.save_for_backward(grad * scale if grad is not None else None)
@@ -105,61 +188,3 @@ class _UpsampleCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
         (grad,) = ctx.saved_tensors
         return (grad * grad_output).to(ctx.logits_dtype), None, None, None, None, None
-
-
-def bilinear_taps(size_in: int, size_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """For each output index, the two source indices and their weights, as `F.interpolate` (bilinear,
-    align_corners=False) computes them: `i0, i1` int64 `(size_out,)` and `w0, w1` float32 `(size_out,)`."""
-    scale = size_in / size_out
-    source = ((torch.arange(size_out, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
-    i0 = source.long().clamp_(max=size_in - 1)
-    i1 = (i0 + 1).clamp_(max=size_in - 1)
-    w1 = source - i0
-    return i0, i1, 1.0 - w1, w1
-
-
-def upsample_cross_entropy_torch(
-    logits: Tensor, labels: Tensor, ignore_index: int, need_grad: bool
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """The summed loss `()`, its gradient `(B, K, h, w)` float32 (None unless `need_grad`), the labelled-pixel count `()`.
-
-    One band of output rows at a time: columns are interpolated once for all rows (`(B, K, h, W)`, h/H of the full
-    size), each band's rows are blended from it, scored, and its gradient is pulled back with `index_add_`.
-    """
-    batch, classes, height_in, width_in = logits.shape
-    height, width = labels.shape[-2:]
-    device = logits.device
-    x0, x1, wx0, wx1 = bilinear_taps(width_in, width, device)
-    y0, y1, wy0, wy1 = bilinear_taps(height_in, height, device)
-    logits = logits.detach().float()
-    columns = logits[..., x0] * wx0 + logits[..., x1] * wx1
-    grad_columns = torch.zeros_like(columns) if need_grad else None
-
-    rows_per_band = max(
-        1,
-        CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"]) // (batch * classes * width),
-    )
-    total = torch.zeros((), device=device)
-    for start in range(0, height, rows_per_band):
-        rows = slice(start, start + rows_per_band)
-        a, b = wy0[rows, None], wy1[rows, None]
-        z = columns[:, :, y0[rows]] * a + columns[:, :, y1[rows]] * b
-        band_labels = labels[:, rows].long()
-        valid = band_labels != ignore_index
-        target = torch.where(valid, band_labels, 0).unsqueeze(1)
-        log_norm = torch.logsumexp(z, dim=1, keepdim=True)
-        total += ((log_norm - z.gather(1, target)).squeeze(1) * valid).sum()
-        if need_grad:
-            z.sub_(log_norm).exp_()
-            z.scatter_add_(1, target, -torch.ones_like(z[:, :1]))
-            z.mul_(valid.unsqueeze(1))
-            grad_columns.index_add_(2, y0[rows], z * a)
-            grad_columns.index_add_(2, y1[rows], z * b)
-
-    count = (labels != ignore_index).sum().float()
-    if not need_grad:
-        return total, None, count
-    grad = torch.zeros_like(logits)
-    grad.index_add_(3, x0, grad_columns * wx0)
-    grad.index_add_(3, x1, grad_columns * wx1)
-    return total, grad, count

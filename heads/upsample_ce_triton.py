@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from heads.losses import bilinear_taps, upsample_cross_entropy_torch
+from heads.upsample_ce_torch import bilinear_taps, upsample_cross_entropy_torch
 
 DEFAULT_TILE = (16, 64, 32, 4)
 """(ROWS, COLS, BLOCK_K, num_warps): the largest tile that ptxas (sm_90) fits in 250 registers without spills.
@@ -177,7 +177,7 @@ def upsample_cross_entropy_triton(
     need_grad: bool,
     tile: tuple[int, int, int, int] = DEFAULT_TILE,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Same contract as `heads.losses.upsample_cross_entropy_torch`: summed loss, float32 gradient, labelled count."""
+    """The contract of `heads.upsample_ce_torch.upsample_cross_entropy_torch`: summed loss, float32 gradient, count."""
     rows, cols, block_k, num_warps = tile
     batch, classes, height_in, width_in = logits.shape
     height, width = labels.shape[-2:]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -111,39 +113,194 @@ def test_bad_inputs_are_named() -> None:
         upsample_cross_entropy(logits, torch.zeros(1, 4, 4, dtype=torch.long), reduction="none")
 
 
-TRITON_CHECK = """
+@pytest.fixture
+def pretend_triton(monkeypatch: pytest.MonkeyPatch):
+    """Make the CPU look like a device the Triton kernel runs on, with no verdict yet; returns a function that installs
+    a stand-in kernel and returns the list its calls are counted in."""
+    monkeypatch.setattr(losses, "use_triton", lambda logits: True)
+    monkeypatch.setattr(losses, "_triton_verdicts", {})
+
+    def install(kernel) -> list[int]:
+        calls: list[int] = []
+
+        def counted(*args):
+            calls.append(1)
+            return kernel(*args)
+
+        monkeypatch.setattr(losses, "triton_kernel", lambda: counted)
+        return calls
+
+    return install
+
+
+def raises(*args):
+    raise RuntimeError("PTX assembly aborted due to errors")
+
+
+def wrong_value(*args):
+    total, grad, count = losses.upsample_cross_entropy_torch(*args)
+    return total * 1.01, grad, count
+
+
+def wrong_gradient(*args):
+    total, grad, count = losses.upsample_cross_entropy_torch(*args)
+    return total, grad.roll(1, dims=-1), count
+
+
+def nan_everywhere(*args):
+    total, grad, count = losses.upsample_cross_entropy_torch(*args)
+    return total * float("nan"), grad * float("nan"), count
+
+
+def wrong_count(*args):
+    total, grad, count = losses.upsample_cross_entropy_torch(*args)
+    return total, grad, count + 1
+
+
+@pytest.mark.parametrize(
+    ("kernel", "reason"),
+    [
+        (raises, "raised RuntimeError \\(PTX assembly aborted"),
+        (wrong_value, "loss differs"),
+        (wrong_gradient, "gradient by"),
+        (nan_everywhere, "nan"),
+        (wrong_count, "counts the labelled pixels differently"),
+    ],
+)
+def test_failing_kernel_warns_once_and_falls_back(pretend_triton, kernel, reason: str) -> None:
+    calls = pretend_triton(kernel)
+    logits, labels = random_case((2, 6, 4, 5, 30, 33), torch.Generator().manual_seed(4))
+    logits = logits.float()
+    expected = [value_and_grad(upsample_cross_entropy, logits, labels, backend="torch") for _ in range(2)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = [value_and_grad(upsample_cross_entropy, logits, labels) for _ in range(2)]
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages
+    assert re.search(reason, messages[0]) and "PyTorch path" in messages[0] and "cpu" in messages[0], messages[0]
+    assert len(calls) == 1  # the self-check only: never again in this process
+    for (value, grad), (expected_value, expected_grad) in zip(got, expected):
+        assert torch.equal(value, expected_value) and torch.equal(grad, expected_grad)
+
+
+def test_passing_kernel_is_used_without_warning(pretend_triton) -> None:
+    calls = pretend_triton(losses.upsample_cross_entropy_torch)
+    logits, labels = random_case((2, 6, 4, 5, 30, 33), torch.Generator().manual_seed(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            upsample_cross_entropy(logits.float(), labels)
+    assert len(calls) == 3  # the self-check once, then both losses
+
+
+def test_explicit_triton_backend_is_not_guarded(pretend_triton) -> None:
+    """backend="triton" (tests, benchmarks) runs the kernel itself, whatever a self-check would say."""
+    calls = pretend_triton(wrong_value)
+    logits, labels = random_case((1, 3, 2, 2, 8, 8), torch.Generator().manual_seed(6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        upsample_cross_entropy(logits.float(), labels, backend="triton")
+    assert len(calls) == 1 and losses._triton_verdicts == {}
+
+
+class FeaturesOnly(torch.nn.Module):
+    """What SegmentationProbe needs of a backbone when batches carry cached features."""
+
+    embed_dim = 8
+    n_blocks = 4
+
+
+def test_segmentation_loss_averages_over_all_pixels() -> None:
+    """mmseg 0.x (avg_non_ignore=False): the summed loss over labelled pixels divided by ALL pixels of the batch."""
+    from heads.segmentation import SegmentationProbe
+
+    generator = torch.Generator().manual_seed(7)
+    probe = SegmentationProbe(FeaturesOnly(), num_classes=5, blocks=1, warmup_steps=1, max_steps=2)
+    probe.log = lambda *args, **kwargs: None  # no Trainer here
+    maps = torch.randn(2, 8, 3, 4, generator=generator)
+    labels = torch.randint(0, 5, (2, 40, 54), generator=generator)
+    labels[torch.rand(2, 40, 54, generator=generator) < 0.3] = 255
+    loss = probe.training_step({"tokens": {3: maps}, "label": labels}, 0)
+
+    # By hand in float64: upsample, log-softmax, pick each labelled pixel's class, sum, divide by B * H * W.
+    logits = probe.head([maps]).detach().double()
+    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    log_probs = up - up.exp().sum(1, keepdim=True).log()
+    valid = labels != 255
+    picked = log_probs.gather(1, torch.where(valid, labels, 0).unsqueeze(1)).squeeze(1)
+    expected = -(picked * valid).sum() / labels.numel()
+    assert abs(loss.item() - expected.item()) <= 1e-6 * expected.item()
+    over_labelled = -(picked * valid).sum() / valid.sum()  # what avg_non_ignore=True would give: not this
+    assert abs(loss.item() - over_labelled.item()) > 0.1 * expected.item()
+
+
+# Runs under TRITON_INTERPRET=1 (set before Triton is imported, hence a subprocess): the kernel on each case of the
+# file argv[1], at the case's tile, noting whether it handed the case to the PyTorch path; and the self-check.
+INTERPRETER_SCRIPT = """
+import sys
 import torch
-from heads.losses import upsample_cross_entropy_torch
-from heads.upsample_ce_triton import upsample_cross_entropy_triton
-generator = torch.Generator().manual_seed(0)
-for shape in [(2, 5, 3, 4, 17, 23), (1, 21, 6, 7, 40, 45), (2, 20, 1, 1, 6, 6)]:
-    b, k, h, w, H, W = shape
-    logits = 3 * torch.randn(b, k, h, w, generator=generator)
-    labels = torch.randint(0, k, (b, H, W), generator=generator)
-    labels[torch.rand(b, H, W, generator=generator) < 0.2] = 255
-    labels[:, :2] = 255
-    fused = upsample_cross_entropy_triton(logits, labels, 255, True, tile=(4, 16, 16, 4))
-    plain = upsample_cross_entropy_torch(logits, labels, 255, True)
-    assert abs(fused[0] - plain[0]) <= 1e-5 * abs(plain[0]), (shape, fused[0], plain[0])
-    assert ((fused[1] - plain[1]).norm() <= 1e-5 * plain[1].norm()), shape
-    assert fused[2] == plain[2]
-print("ok")
+import heads.upsample_ce_triton as kernel
+from heads import losses
+
+self_check = losses.self_check_problem(torch.device("cpu")) or ""
+plain, handed_over = kernel.upsample_cross_entropy_torch, []
+kernel.upsample_cross_entropy_torch = lambda *args: handed_over.append(1) or plain(*args)
+results = []
+for case in torch.load(sys.argv[1], weights_only=True):
+    handed_over.clear()
+    tile = tuple(case["tile"]) if case["tile"] else kernel.DEFAULT_TILE
+    total, grad, count = kernel.upsample_cross_entropy_triton(case["logits"], case["labels"], 255, True, tile=tile)
+    results.append({"total": total, "grad": grad, "count": count, "kernel_ran": not handed_over})
+torch.save({"results": results, "self_check": self_check}, sys.argv[2])
 """
 
+# (B, K, h, w, H, W), label dtype, tile (None: the default (16, 64, 32, 4)), whether the kernel itself runs.
+# The self-check's case (losses.SELF_CHECK_SHAPE: ragged tiles of rows and columns) runs too, against the PyTorch path.
+INTERPRETER_CASES = [
+    ((2, 5, 3, 4, 42, 56), torch.int64, None, True),  # 14x, as the probes upsample
+    ((1, 40, 3, 3, 37, 41), torch.uint8, None, True),  # odd sizes, non-integer factors, two blocks of classes
+    ((2, 4, 1, 1, 17, 17), torch.uint8, None, True),  # a 1x1 source
+    ((1, 6, 20, 30, 9, 13), torch.uint8, None, False),  # downsampling: too wide a window, the PyTorch path
+    ((1, 5, 3, 40, 33, 20), torch.int64, None, False),  # rows up, columns down: the PyTorch path
+    ((1, 6, 12, 18, 9, 13), torch.uint8, (4, 16, 16, 4), True),  # downsampling that a small tile does itself
+]
 
-def test_triton_kernel_in_interpreter() -> None:
-    """The kernel's logic, run by Triton's CPU interpreter (the GPU run is `test_cuda_*` and bench/probe_step.py)."""
+
+def test_triton_kernel_in_interpreter_equals_float64(tmp_path: Path) -> None:
+    """The kernel (default tile) in Triton's CPU interpreter against float64 interpolate + cross_entropy, value and
+    gradient; and the self-check the GPU runs first passes. (The GPU itself: `test_cuda_*`, bench/probe_step.py.)"""
     pytest.importorskip("triton")
+    generator = torch.Generator().manual_seed(5)
+    cases = []
+    for shape, label_dtype, tile, _ in INTERPRETER_CASES:
+        logits, labels = random_case(shape, generator)
+        cases.append({"logits": logits.float(), "labels": labels.to(label_dtype), "tile": list(tile or ())})
+    torch.save(cases, tmp_path / "cases.pt")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(TRITON_CHECK)],
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(INTERPRETER_SCRIPT),
+            str(tmp_path / "cases.pt"),
+            str(tmp_path / "out.pt"),
+        ],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert out["self_check"] == ""
+    for case, got, (shape, _, _, kernel_ran) in zip(cases, out["results"], INTERPRETER_CASES):
+        labels = case["labels"].long()
+        total, grad = value_and_grad(naive, case["logits"].double(), labels, reduction="sum")
+        assert got["kernel_ran"] == kernel_ran, shape
+        assert relative(got["total"], total) < 1e-5, shape
+        assert relative(got["grad"], grad) < 1e-5, shape
+        assert got["count"] == (labels != 255).sum(), shape
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -162,3 +319,9 @@ def test_cuda_triton_equals_naive(shape: tuple[int, ...]) -> None:
     bf16_reference = value_and_grad(naive, logits.bfloat16().double(), labels)
     assert relative(half[0], bf16_reference[0]) < 1e-3
     assert relative(half[1].float(), bf16_reference[1].bfloat16().float()) < 1e-3
+
+
+@cuda
+def test_cuda_self_check_passes() -> None:
+    """The guard's own verdict on this GPU: the default tile compiles and agrees with the PyTorch path."""
+    assert losses.self_check_problem(torch.device("cuda")) is None
