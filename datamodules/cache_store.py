@@ -244,7 +244,9 @@ def read_manifest(directory: Path) -> tuple[dict[str, Any], ShardLayout]:
     manifest, key = _read_json(path, directory), _read_json(directory / KEY_FILE, directory)
     fields = {"format": int, "key": str, "n_samples": int, "samples_per_shard": int, "views": int, "arrays": dict}
     if not isinstance(manifest, dict) or any(not isinstance(manifest.get(f), t) for f, t in fields.items()):
-        raise CacheError(f"{path} is damaged (it lacks {', '.join(fields)}). {delete_hint(directory)}")
+        raise CacheError(f"{path} is damaged (a manifest holds {', '.join(fields)}). {delete_hint(directory)}")
+    if not isinstance(key, dict):
+        raise CacheError(f"{directory / KEY_FILE} is damaged (not a key). {delete_hint(directory)}")
     if manifest["key"] != json_digest(key) or not directory.name.endswith(f"-{manifest['key']}"):
         raise CacheError(
             f"{path} belongs to key {manifest['key']}, not to {directory / KEY_FILE} ({json_digest(key)}) and its "

@@ -187,7 +187,7 @@ CASES = [
         "silent",
         argv=(*CACHED_TRAIN, "backbone.checkpoint={tmp}/loud.pth"),
         setup=tokens_beyond_float16,
-        names=("non-finite tokens", "backbone.checkpoint=PATH", "feature_cache"),
+        names=("non-finite tokens", "ADE_train_00000001.jpg", "tokens_3_00000.npy", "backbone.checkpoint=PATH"),
         absent=("data/feature_cache/*/tokens_*.npy", "data/feature_cache/*/.*", "**/metrics.json", "**/best-*.ckpt"),
         needs_fixtures=True,
     ),
