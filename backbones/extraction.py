@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor
 
 from backbones.base import FrozenBackbone
@@ -17,7 +18,8 @@ class FeatureExtractor(L.LightningModule):
     ``predict_step``: a batch ``{"image": (B, 3, H, W), ...}`` ->
     ``{"tokens": {block: (B, C, H/p, W/p) float16}, "class_tokens": {block: (B, C) float16}}``,
     with ``class_tokens`` empty unless asked for. Blocks are absolute indices; ``norm`` applies the final norm.
-    Under CUDA the backbone runs in its autocast dtype (bf16), as it does when a head trains on images.
+    Under CUDA the backbone runs in its autocast dtype (bf16), as it does when a head trains on images; the
+    trainer's precision plugin may add its own autocast (``bf16-mixed`` on the CPU): `token_numerics` says which.
     """
 
     def __init__(self, backbone: FrozenBackbone, blocks: Sequence[int], norm: bool = True, class_tokens: bool = False):
@@ -36,3 +38,22 @@ class FeatureExtractor(L.LightningModule):
             if self.class_tokens
             else {},
         }
+
+
+def token_numerics(backbone: FrozenBackbone, device_type: str, precision: str) -> dict[str, str]:
+    """Everything besides the weights and the input that rounds an extraction's tokens, for a feature cache key.
+
+    ``device_type``: ``cpu``, ``cuda``, ...; ``precision``: the trainer's (``32-true``, ``bf16-mixed``...), whose
+    autocast wraps ``predict_step``. Then the backbone's own autocast (bf16 on CUDA, `FrozenBackbone._autocast`),
+    its weight dtype, and the float32 matmul / convolution modes (TF32 on CUDA changes the last bits).
+    """
+    numerics = {
+        "device": device_type,
+        "trainer_precision": precision,
+        "autocast_dtype": str(backbone.autocast_dtype),
+        "weight_dtype": str(backbone.weight_dtype),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+    if device_type == "cuda":
+        numerics["cudnn_allow_tf32"] = str(torch.backends.cudnn.allow_tf32)
+    return numerics

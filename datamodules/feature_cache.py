@@ -1,13 +1,14 @@
 """Feature cache: extract a frozen backbone's tokens once, then train heads from them many times.
 
-One cache lives in ``root / <backbone>-<first 16 hex digits of the key's SHA-256>``:
+One cache lives in ``root / <backbone>-<first 16 hex digits of the key's SHA-256>`` (layout and checks:
+`datamodules.cache_store`), beside its lock ``<backbone>-<digest>.lock``:
 
     key.json               the CacheKey; checked on every open, a mismatch is an error, never a reuse
     paths.json             the image path of every source sample
     {array}_{k:05d}.npy    shard k of each array, ``samples_per_shard`` rows (the last shard fewer):
                            tokens_{block} (n, C, h, w) float16, class_tokens_{block} (n, C) float16,
                            label (n, H, W) uint8 or depth (n, 1, H, W) float16
-    shard_{k:05d}.json     written last, atomically: shard k is complete
+    shard_{k:05d}.json     written last, atomically: shard k is complete, and what it holds (key, rows, arrays)
     manifest.json          written once every shard is: the cache is complete and readable
 
 Sample ``j`` of a cache is view ``j % V`` of source sample ``j // V`` (V = max(views, 1)). ``views=0`` is one
@@ -25,7 +26,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,55 +36,53 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from backbones.base import FrozenBackbone
-from backbones.extraction import FeatureExtractor
-from utils.atomic import write_text
+from backbones.extraction import FeatureExtractor, token_numerics
+from utils.atomic import remove_stale_temps, temp_prefix, write_text
+from utils.errors import option
 
 from .base import SegmentationDataModule
+from .cache_store import (
+    FORMAT_VERSION,
+    KEY_FILE,
+    MANIFEST_FILE,
+    PATHS_FILE,
+    CacheError,
+    CacheKey,
+    ShardLayout,
+    cache_directory,
+    delete_hint,
+    extraction_lock,
+    open_cache_dir,
+    read_manifest,
+    write_manifest,
+)
 from .depth import DepthDataModule
-from .errors import DatasetError
 from .files import LabelMap
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, RescaleToBox
 
-FORMAT_VERSION = 1
-KEY_FILE, PATHS_FILE, MANIFEST_FILE = "key.json", "paths.json", "manifest.json"
+__all__ = [
+    "FORMAT_VERSION",
+    "KEY_FILE",
+    "MANIFEST_FILE",
+    "PATHS_FILE",
+    "CacheError",
+    "CacheKey",
+    "CachedFeatureDataModule",
+    "CachedFeatures",
+    "FeatureCache",
+    "ShardLayout",
+    "find_backbone",
+]
+
 TARGET_DTYPES = {"label": np.uint8, "depth": np.float16}  # the per-pixel targets a cache stores, and how
 
 # ShardBatches yields every index of its shards: Lightning's warning that it cannot check this is noise here
 warnings.filterwarnings("ignore", message="You are using a custom batch sampler `ShardBatches`")
-
-
-class CacheError(DatasetError):
-    """A feature cache on disk is damaged, incomplete, or belongs to other settings."""
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    """Everything the cached bytes depend on; any change gives another digest, hence another folder."""
-
-    backbone: str  # the hub name
-    architecture: str  # class, width, depth, patch size, registers
-    backbone_options: dict[str, Any]  # how it computes (dtype, compiled, fused attention): the last bits can change
-    weights_sha256: str  # of the loaded weights themselves: a checkpoint file, the hub cache or a random init
-    blocks: tuple[int, ...]  # absolute block indices
-    norm: bool
-    class_tokens: bool
-    crop_size: tuple[int, int]
-    preprocessing: str  # the dataset class, its options and the transform's repr (every parameter)
-    views: int
-    seed: int | None  # None for views=0, which draws nothing
-    n_source_samples: int
-    files_sha256: str  # of the ordered (path, size, mtime) list and label maps
-    format: int = FORMAT_VERSION
-
-    def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def weights_sha256(module: nn.Module) -> str:
@@ -117,8 +115,8 @@ def absolute_blocks(blocks: int | Sequence[int], n_blocks: int) -> tuple[int, ..
     found = tuple(sorted({int(i) for i in indices}))
     if not found or found[0] < 0 or found[-1] >= n_blocks:
         raise CacheError(
-            f"feature_cache.blocks={blocks} does not fit a backbone with {n_blocks} blocks: give the last n as an "
-            f"int (1..{n_blocks}) or indices in 0..{n_blocks - 1}."
+            f"{option('feature_cache', 'blocks', blocks)} does not fit a backbone with {n_blocks} blocks: give the "
+            f"last n as an int (1..{n_blocks}) or indices in 0..{n_blocks - 1}."
         )
     return found
 
@@ -137,8 +135,8 @@ def fixed_view_transform(datamodule: L.LightningDataModule) -> A.Compose:
     if isinstance(datamodule, DepthDataModule):
         return A.Compose([A.CenterCrop(*datamodule.crop_size, pad_if_needed=True, fill_mask=0), *normalise])
     raise CacheError(
-        f"feature_cache.views=0 has no fixed view for {type(datamodule).__name__}: set feature_cache.views to the "
-        "number of augmented views per image (1 or more)."
+        f"{option('feature_cache', 'views', 0)} has no fixed view for {type(datamodule).__name__}: set "
+        f"{option('feature_cache', 'views', 'V')} to the number of augmented views per image (1 or more)."
     )
 
 
@@ -186,33 +184,21 @@ class ShardBatches(Sampler[list[int]]):
         return min(self.per_shard, self.n_samples - shard * self.per_shard)
 
 
-def shard_marker(directory: Path, shard: int) -> Path:
-    return directory / f"shard_{shard:05d}.json"
-
-
-def shard_file(directory: Path, name: str, shard: int) -> Path:
-    return directory / f"{name}_{shard:05d}.npy"
-
-
-def pending_shards(directory: Path, n_shards: int) -> list[int]:
-    """The shards without a completion marker."""
-    return [k for k in range(n_shards) if not shard_marker(directory, k).is_file()]
-
-
 class _OpenShard:
-    """One shard being written: every array memory-mapped to ``<final>.partial``, renamed when all rows are in."""
+    """One shard being written: every array memory-mapped to a temporary file named after this process (so that
+    `remove_stale_temps` clears a killed writer's), renamed when all rows are in; the marker is written last."""
 
-    def __init__(self, directory: Path, shard: int, size: int):
-        self.directory, self.shard, self.size, self.filled = directory, shard, size, 0
+    def __init__(self, layout: ShardLayout, shard: int):
+        self.layout, self.shard, self.size, self.filled = layout, shard, layout.size(shard), 0
         self.arrays: dict[str, np.memmap] = {}
 
     def temp(self, name: str) -> Path:
-        return shard_file(self.directory, name, self.shard).with_suffix(".npy.partial")
+        final = self.layout.file(name, self.shard)
+        return final.with_name(f"{temp_prefix(final)}shard.npy")
 
     def write(self, offset: int, rows: dict[str, np.ndarray]) -> None:
         for name, values in rows.items():
             if name not in self.arrays:
-                # a stale .partial of a killed run is simply overwritten: the shard is redone from its first row
                 shape = (self.size, *values.shape[1:])
                 self.arrays[name] = np.lib.format.open_memmap(self.temp(name), "w+", values.dtype, shape)
             self.arrays[name][offset : offset + len(values)] = values
@@ -225,16 +211,27 @@ class _OpenShard:
             meta[name] = {"dtype": str(array.dtype), "shape": list(array.shape[1:])}
         self.arrays.clear()
         for name in meta:
-            os.replace(self.temp(name), shard_file(self.directory, name, self.shard))
-        write_text(shard_marker(self.directory, self.shard), json.dumps({"samples": self.size, "arrays": meta}))
+            os.replace(self.temp(name), self.layout.file(name, self.shard))
+        self.layout.mark_done(self.shard, meta)
+
+    def discard(self) -> None:
+        """Drop the rows written so far (an error stopped the extraction)."""
+        names = list(self.arrays)
+        self.arrays.clear()  # closes the memory maps before their files go
+        for name in names:
+            self.temp(name).unlink(missing_ok=True)
 
 
 class ShardWriter(BasePredictionWriter):
-    """Writes the extractor's tokens and the batch's targets into shards; batches must not cross shards."""
+    """Writes the extractor's tokens and the batch's targets into shards; batches must not cross shards.
 
-    def __init__(self, directory: Path, n_samples: int, samples_per_shard: int):
+    ``layout`` is set once the key is known (the key holds the trainer's device and precision, so the trainer,
+    hence this callback, comes first).
+    """
+
+    def __init__(self, layout: ShardLayout | None = None):
         super().__init__(write_interval="batch")
-        self.directory, self.n_samples, self.per_shard = (directory, n_samples, samples_per_shard)
+        self.layout = layout
         self.open: _OpenShard | None = None
 
     def write_on_batch_end(
@@ -247,16 +244,38 @@ class ShardWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        shard, offset = divmod(int(batch["index"][0]), self.per_shard)
+        assert self.layout is not None, "ShardWriter.layout is set before the extraction starts"
+        shard, offset = divmod(int(batch["index"][0]), self.layout.samples_per_shard)
         if self.open is None or self.open.shard != shard:
-            self.open = _OpenShard(self.directory, shard, min(self.per_shard, self.n_samples - shard * self.per_shard))
+            self.open = _OpenShard(self.layout, shard)
         rows = {
             f"{kind}_{block}": t.numpy() for kind in ("tokens", "class_tokens") for block, t in prediction[kind].items()
         }
+        self._check_finite(rows, batch, shard)
         rows.update({name: target_array(name, batch[name], batch["path"]) for name in TARGET_DTYPES if name in batch})
         self.open.write(offset, rows)
         if self.open.filled == self.open.size:
             self.open.commit()
+            self.open = None
+
+    def _check_finite(self, rows: dict[str, np.ndarray], batch: dict[str, Any], shard: int) -> None:
+        """Refuse non-finite tokens before they reach a shard: a NaN would train a NaN head."""
+        for name, values in rows.items():
+            finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+            if not finite.all():
+                row, (kind, _, block) = int(np.flatnonzero(~finite)[0]), name.rpartition("_")
+                self.on_exception()
+                raise CacheError(
+                    f"The backbone gives non-finite {kind.replace('_', ' ')} of block {block} (NaN or inf) for "
+                    f"{batch['path'][row]} (sample {int(batch['index'][row])}, shard "
+                    f"{self.layout.file(name, shard).name}); nothing of that shard was kept. Check the weights "
+                    f"({option('backbone', 'checkpoint', 'PATH')}) and that image; a token beyond float16's range "
+                    "(65504) is inf in the cache: train without the feature cache then."
+                )
+
+    def on_exception(self, *args: Any) -> None:
+        if self.open is not None:
+            self.open.discard()
             self.open = None
 
 
@@ -274,85 +293,44 @@ def target_array(name: str, values: Tensor, paths: Sequence[str]) -> np.ndarray:
 class ExtractionData(L.LightningDataModule):
     """The predict loader of an extraction: the pending shards, split between the ranks shard by shard."""
 
-    def __init__(self, views: ImageViews, directory: Path, samples_per_shard: int, batch_size: int, num_workers: int):
+    def __init__(self, views: ImageViews, layout: ShardLayout, batch_size: int, num_workers: int):
         super().__init__()
-        self.views, self.directory, self.per_shard = views, directory, samples_per_shard
+        self.views, self.layout = views, layout
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def predict_dataloader(self) -> DataLoader:
-        n_shards = -(-len(self.views) // self.per_shard)
         # rank 0's view of the disk decides, so that the ranks split one list even if one of them lags behind
-        pending = self.trainer.strategy.broadcast(pending_shards(self.directory, n_shards), src=0)
+        pending = self.trainer.strategy.broadcast(self.layout.pending(), src=0)
         mine = pending[self.trainer.global_rank :: self.trainer.world_size]
         return DataLoader(
             self.views,
-            batch_sampler=ShardBatches(mine, len(self.views), self.per_shard, self.batch_size),
+            batch_sampler=ShardBatches(mine, len(self.views), self.layout.samples_per_shard, self.batch_size),
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
 
 
-def open_cache_dir(root: str | os.PathLike, key: CacheKey) -> Path:
-    """The folder of ``key`` under ``root``: created with its key.json, or checked against it."""
-    directory = Path(root).expanduser() / f"{key.backbone}-{key.digest()}"
-    key_file = directory / KEY_FILE
-    if key_file.is_file():
-        try:
-            stored = json.loads(key_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CacheError(
-                f"{key_file} is damaged ({err}). Delete {directory} to extract the features again."
-            ) from None
-        if stored != key.to_json():
-            fields = sorted(f for f in {*key.to_json(), *stored} if stored.get(f) != key.to_json().get(f))
-            raise CacheError(
-                f"{key_file} describes other settings than its folder name says (differing: {', '.join(fields)}); "
-                f"its features are not reused. Delete {directory} to extract them again."
-            )
-    elif directory.is_dir() and any(not p.name.startswith(".") for p in directory.iterdir()):
-        raise CacheError(
-            f"{directory} holds files but no {KEY_FILE}: it is not a feature cache. Delete it or pick another root."
-        )
-    else:
-        write_text(key_file, json.dumps(key.to_json(), indent=2))
-    return directory
-
-
-def write_manifest(directory: Path, n_samples: int, samples_per_shard: int, views: int) -> dict[str, Any]:
-    """Check every shard is complete and alike, remove leftovers of killed runs, write manifest.json."""
-    n_shards = -(-n_samples // samples_per_shard)
-    if missing := pending_shards(directory, n_shards):
-        raise CacheError(f"{directory} misses shards {missing[:5]} after extraction: run again to resume it.")
-    arrays = {k: json.loads(shard_marker(directory, k).read_text())["arrays"] for k in range(n_shards)}
-    if any(a != arrays[0] for a in arrays.values()):
-        raise CacheError(f"The shards of {directory} hold arrays of different shapes: the views must all be one size.")
-    for leftover in [*directory.glob(".*"), *directory.glob("*.partial")]:
-        leftover.unlink(missing_ok=True)
-    manifest = {"n_samples": n_samples, "samples_per_shard": samples_per_shard, "views": views, "arrays": arrays[0]}
-    write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=2))
-    return manifest
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / MANIFEST_FILE
-    if not path.is_file():
-        raise CacheError(
-            f"{directory} is not a complete feature cache (no {MANIFEST_FILE}): run again to resume the extraction."
-        )
-    return json.loads(path.read_text())
-
-
 class CachedFeatures(Dataset):
     """A complete cache, memory-mapped shard by shard ->
     ``{"tokens": {block: (C, h, w) float16}, "class_tokens": {block: (C,) float16}`` (when stored),
-    ``"label": (H, W) int64`` or ``"depth": (1, H, W) float32``, ``"path": str}``."""
+    ``"label": (H, W) int64`` or ``"depth": (1, H, W) float32``, ``"path": str}``.
+
+    Opening checks the manifest, the key and every shard's marker and array headers; reading checks that the
+    tokens are finite (a damaged file can hold anything).
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
-        manifest = read_manifest(self.directory)
-        self.n_samples, self.per_shard = (manifest["n_samples"], manifest["samples_per_shard"])
+        manifest, self.layout = read_manifest(self.directory)
+        self.n_samples, self.per_shard = manifest["n_samples"], manifest["samples_per_shard"]
         self.views, self.names = max(manifest["views"], 1), list(manifest["arrays"])
-        self.paths = json.loads((self.directory / PATHS_FILE).read_text())
+        paths = self.directory / PATHS_FILE
+        try:
+            self.paths = json.loads(paths.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CacheError(f"{paths} is damaged ({err}). {delete_hint(self.directory)}") from None
+        if not isinstance(self.paths, list) or len(self.paths) * self.views != self.n_samples:
+            raise CacheError(f"{paths} does not list this cache's images. {delete_hint(self.directory)}")
         self.mapped: dict[tuple[str, int], np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -364,13 +342,11 @@ class CachedFeatures(Dataset):
 
     def _array(self, name: str, shard: int) -> np.ndarray:
         if (name, shard) not in self.mapped:
-            path = shard_file(self.directory, name, shard)
+            path = self.layout.file(name, shard)
             try:
                 self.mapped[name, shard] = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as err:
-                raise CacheError(
-                    f"Cannot read {path} ({err}). Delete {self.directory} to extract the features again."
-                ) from None
+                raise CacheError(f"Cannot read {path} ({err}). {delete_hint(self.directory)}") from None
         return self.mapped[name, shard]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -380,6 +356,11 @@ class CachedFeatures(Dataset):
             value = torch.from_numpy(np.array(self._array(name, shard)[row]))
             kind, _, block = name.rpartition("_")
             if kind:
+                if not torch.isfinite(value).all():
+                    raise CacheError(
+                        f"{self.layout.file(name, shard)} holds non-finite tokens (NaN or inf) in row {row} "
+                        f"({item['path']}): the file is damaged. {delete_hint(self.directory)}"
+                    )
                 item.setdefault(kind, {})[int(block)] = value
             else:
                 item[name] = value.long() if name == "label" else value.float()
@@ -486,17 +467,31 @@ class FeatureCache:
         backbone_options: dict[str, Any] | None = None,
     ):
         if views < 0 or samples_per_shard < 1 or batch_size < 1:
-            raise CacheError(
-                f"feature_cache.views={views}, samples_per_shard={samples_per_shard}, batch_size={batch_size}: "
-                "views must be 0 or more, the other two 1 or more."
+            given = ", ".join(
+                option("feature_cache", name, value)
+                for name, value in (
+                    ("views", views),
+                    ("samples_per_shard", samples_per_shard),
+                    ("batch_size", batch_size),
+                )
             )
+            raise CacheError(f"{given}: views must be 0 or more, the other two 1 or more.")
         self.root, self.backbone_name, self.blocks, self.views = root, backbone, blocks, views
         self.norm, self.class_tokens, self.seed = norm, class_tokens, seed
         self.backbone_options = json.loads(json.dumps(dict(backbone_options or {})))
         self.samples_per_shard, self.batch_size, self.num_workers = samples_per_shard, batch_size, num_workers
 
-    def key(self, backbone: FrozenBackbone, source: Dataset, crop_size: int | Sequence[int]) -> CacheKey:
-        """The key of ``source`` (a dataset with ``samples`` and ``transform``) seen through ``backbone``."""
+    def key(
+        self,
+        backbone: FrozenBackbone,
+        source: Dataset,
+        crop_size: int | Sequence[int],
+        numerics: dict[str, Any] | None = None,
+    ) -> CacheKey:
+        """The key of ``source`` (a dataset with ``samples`` and ``transform``) seen through ``backbone``.
+
+        ``numerics``: what rounds the tokens, `backbones.extraction.token_numerics` (default: a float32 CPU run).
+        """
         options = {k: v for k, v in vars(source).items() if k not in ("samples", "transform")}
         return CacheKey(
             backbone=self.backbone_name,
@@ -505,6 +500,7 @@ class FeatureCache:
                 f"patch_size={backbone.patch_size}, registers={backbone.num_register_tokens})"
             ),
             backbone_options=self.backbone_options,
+            numerics=numerics if numerics is not None else token_numerics(backbone, "cpu", "32-true"),
             weights_sha256=weights_sha256(backbone),
             blocks=absolute_blocks(self.blocks, backbone.n_blocks),
             norm=self.norm,
@@ -515,6 +511,7 @@ class FeatureCache:
             seed=self.seed if self.views else None,
             n_source_samples=len(source),
             files_sha256=files_sha256(source.samples),
+            samples_per_shard=self.samples_per_shard,
         )
 
     def prepare(
@@ -523,7 +520,9 @@ class FeatureCache:
         """Build the cache of ``datamodule``'s training split (or resume it, or reuse it), and wrap the datamodule.
 
         ``make_trainer(callbacks=[...])`` builds the extraction trainer: any devices and strategy, with
-        ``use_distributed_sampler=False`` (the ranks split the shards themselves).
+        ``use_distributed_sampler=False`` (the ranks split the shards themselves). Its device type and precision
+        are part of the key. One extraction of a key runs at a time (a file lock); a second one waits for it and
+        then reuses its cache.
         """
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -531,27 +530,43 @@ class FeatureCache:
         if not self.views:
             source = copy.copy(source)
             source.transform = fixed_view_transform(datamodule)
-        key = self.key(backbone, source, datamodule.crop_size)
-        directory = open_cache_dir(self.root, key)
+        writer = ShardWriter()
+        trainer = make_trainer(callbacks=[writer])
+        numerics = token_numerics(backbone, trainer.strategy.root_device.type, str(trainer.precision))
+        key = self.key(backbone, source, datamodule.crop_size, numerics)
+        directory = cache_directory(self.root, key)
         views = ImageViews(source, self.views, self.seed)
-        if (directory / MANIFEST_FILE).is_file():
-            rank_zero_info(f"Feature cache: reusing {directory} ({_size(directory)}).")
-        else:
-            start = time.perf_counter()
-            write_text(directory / PATHS_FILE, json.dumps([str(sample[0]) for sample in source.samples]))
-            trainer = make_trainer(callbacks=[ShardWriter(directory, len(views), self.samples_per_shard)])
-            extractor = FeatureExtractor(backbone, key.blocks, self.norm, self.class_tokens)
-            data = ExtractionData(views, directory, self.samples_per_shard, self.batch_size, self.num_workers)
-            trainer.predict(extractor, datamodule=data, return_predictions=False)
-            trainer.strategy.barrier("feature_cache_shards")
-            if trainer.is_global_zero:
-                write_manifest(directory, len(views), self.samples_per_shard, self.views)
-            trainer.strategy.barrier("feature_cache_manifest")
-            rank_zero_info(
-                f"Feature cache: {len(views)} samples ({len(source)} images x {views.views} view(s)) in {directory}: "
-                f"{_size(directory)}, extracted in {time.perf_counter() - start:.1f} s."
-            )
+        # rank_zero_only.rank comes from the launcher's environment: the other ranks of a DDP job run under their
+        # rank 0's lock (they start inside its trainer.predict)
+        with extraction_lock(directory, exclusive=rank_zero_only.rank == 0):
+            open_cache_dir(directory, key)
+            writer.layout = ShardLayout(directory, len(views), self.samples_per_shard, key.digest())
+            if (directory / MANIFEST_FILE).is_file():
+                read_manifest(directory)
+                rank_zero_info(f"Feature cache: reusing {directory} ({_size(directory)}).")
+            else:
+                self._extract(trainer, backbone, key, views, writer.layout)
         return CachedFeatureDataModule(datamodule, directory, datamodule.batch_size, datamodule.num_workers)
+
+    def _extract(
+        self, trainer: L.Trainer, backbone: FrozenBackbone, key: CacheKey, views: ImageViews, layout: ShardLayout
+    ) -> None:
+        start, directory = time.perf_counter(), layout.directory
+        if trainer.is_global_zero:
+            for stale in remove_stale_temps(directory):
+                rank_zero_info(f"Feature cache: removed {stale.name}, left by a killed extraction.")
+            write_text(directory / PATHS_FILE, json.dumps([str(sample[0]) for sample in views.source.samples]))
+        extractor = FeatureExtractor(backbone, key.blocks, self.norm, self.class_tokens)
+        data = ExtractionData(views, layout, self.batch_size, self.num_workers)
+        trainer.predict(extractor, datamodule=data, return_predictions=False)
+        trainer.strategy.barrier("feature_cache_shards")
+        if trainer.is_global_zero:
+            write_manifest(layout, self.views)
+        trainer.strategy.barrier("feature_cache_manifest")
+        rank_zero_info(
+            f"Feature cache: {len(views)} samples ({len(views.source)} images x {views.views} view(s)) in "
+            f"{directory}: {_size(directory)}, extracted in {time.perf_counter() - start:.1f} s."
+        )
 
 
 def _size(directory: Path) -> str:
