@@ -52,8 +52,10 @@ def load_backbone(
         checkpoint: path to an official ``*_pretrain.pth`` file. Without it: the torch.hub cache, then
             the official URL when ``download`` is True (DINOv2 only: DINOv3 files are sent on request).
         download: allow downloading the official file (progress bar, atomic write into the hub cache).
-        random_fallback: when no weights can be found, warn loudly and keep random weights instead of failing.
-        sha256: expected SHA-256 of a downloaded file.
+        random_fallback: when no weights can be found, warn loudly and keep random weights instead of failing;
+            the backbone's ``random_weights`` is then True (figures and metrics say so).
+        sha256: the file's expected SHA-256 (local, cached or downloaded). Without it a ``<file>.sha256`` beside
+            the file pins it; an unpinned hub-cache file has its hash recorded there at first use.
         dtype, compile, fused_attention: speed options, see ``FrozenBackbone.configure_speed``
             (``bfloat16`` weights, ``torch.compile`` mode, fused attention).
         arch_overrides: ``embed_dim``, ``depth``, ``num_heads`` for smaller models; ``None`` values are ignored.
@@ -74,7 +76,9 @@ def load_backbone(
     else:
         filename, url, build = official_filename(name), official_url(name), build_dinov2
     try:
-        path = resolve_checkpoint(checkpoint, filename, url, download, sha256, f"{name} backbone")
+        path = resolve_checkpoint(
+            checkpoint, filename, url, download, sha256, f"{name} backbone", "backbone", "random_fallback"
+        )
     except WeightsNotFoundError as err:
         if not random_fallback:
             raise
@@ -83,6 +87,7 @@ def load_backbone(
             stacklevel=2,
         )
         backbone = build(name, **overrides)
+        backbone.random_weights = True
     else:
         if name in DINOV3_FILES:
             backbone = load_dinov3(name, path, **overrides)

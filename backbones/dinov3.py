@@ -8,8 +8,8 @@ puts the file you were sent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import timm
 import torch
@@ -41,8 +41,13 @@ class Dinov3Backbone(FrozenBackbone):
 
     def block_tokens(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         outputs = self.eva.forward_intermediates(
-            x, indices=list(indices), return_prefix_tokens=True, norm=False, stop_early=True,
-            output_fmt="NLC", intermediates_only=True,
+            x,
+            indices=list(indices),
+            return_prefix_tokens=True,
+            norm=False,
+            stop_early=True,
+            output_fmt="NLC",
+            intermediates_only=True,
         )
         return [torch.cat([prefix, patches], dim=1) for patches, prefix in outputs]
 
