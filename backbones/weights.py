@@ -155,7 +155,7 @@ def download_to_cache(url: str, sha256: str | None = None, owner: str = "backbon
             reason = getattr(err, "reason", None) or err
             raise CheckpointError(
                 f"Cannot download the {what} from {url}: {reason}. Nothing was saved. Fix: check the network "
-                f"connection (and the HTTPS_PROXY setting), or fetch the file by hand into {target.parent} "
+                f"connection (and the proxy settings), or fetch the file by hand into {target.parent} "
                 f"(e.g. `curl -L -o {target} {url}`), or pass a local file ({option(owner, 'checkpoint', 'PATH')})."
             ) from None
         if expected is not None and (got := sha256_of(tmp)) != expected:

@@ -22,7 +22,16 @@ _HOMES = {
     "pca_rgb": "visualize.pca_maps",
 }
 
-__all__ = ["Matches", "PCAMaps", "foreground_masks", "mutual_matches", "patch_centres", "patch_maps", "pca_rgb", "spread_matches"]
+__all__ = [
+    "Matches",
+    "PCAMaps",
+    "foreground_masks",
+    "mutual_matches",
+    "patch_centres",
+    "patch_maps",
+    "pca_rgb",
+    "spread_matches",
+]
 
 
 def __getattr__(name: str) -> Any:
