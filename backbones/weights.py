@@ -117,7 +117,12 @@ def verify_checkpoint(
 def _trust_on_first_use(path: Path, what: str) -> None:
     """Record the SHA-256 of an unpinned hub-cache file beside it, so that a later change is refused."""
     digest = sha256_of(path)
-    write_sha256_record(path, digest)
+    try:
+        remove_stale_temps(path.parent)
+        write_sha256_record(path, digest)
+    except OSError as err:  # a read-only shared cache: the file is still usable, only unpinned
+        print(f"SHA-256 of the {what} file {path}: {digest} (not recorded: {err.strerror or err})")
+        return
     print(
         f"SHA-256 of the {what} file {path}: {digest} (recorded in {sha256_record(path).name}; a changed file will be refused)"
     )
