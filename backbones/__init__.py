@@ -17,6 +17,7 @@ from backbones.dinov2 import (
 from backbones.dinov3 import DINOV3_FILES, Dinov3Backbone, build_dinov3, load_dinov3
 from backbones.padding import center_pad
 from backbones.weights import CheckpointError, WeightsNotFoundError, resolve_checkpoint
+from utils.errors import option
 
 __all__ = [
     "BACKBONE_NAMES",
@@ -79,11 +80,14 @@ def load_backbone(
         path = resolve_checkpoint(
             checkpoint, filename, url, download, sha256, f"{name} backbone", "backbone", "random_fallback"
         )
-    except WeightsNotFoundError as err:
+    except WeightsNotFoundError:
         if not random_fallback:
             raise
+        real = f"{option('backbone', 'checkpoint', 'PATH')} or {option('backbone', 'download', True)}"
         warnings.warn(
-            f"\n{'!' * 78}\nUSING RANDOM WEIGHTS for {name}: features are meaningless.\n{err}\n{'!' * 78}",
+            f"\n{'!' * 78}\nUSING RANDOM WEIGHTS for {name} ({option('backbone', 'random_fallback', True)}): "
+            f"features and every result are meaningless. No weights were found ({filename} is not in the "
+            f"torch.hub cache); for real ones give {real}.\n{'!' * 78}",
             stacklevel=2,
         )
         backbone = build(name, **overrides)
