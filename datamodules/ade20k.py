@@ -5,6 +5,8 @@ from typing import Any
 
 import numpy as np
 
+from utils.errors import option
+
 from .base import SegmentationDataModule
 from .datasets import Sample
 from .download import fetch_archive
@@ -115,5 +117,5 @@ class ADE20kDataModule(SegmentationDataModule):
                     raise DatasetError(
                         f"The ADE20k download is incomplete: {kind}/{split} holds {found} {suffix} files, expected "
                         f"{expected}. Delete {self.root / 'ADEChallengeData2016.zip'} and run again with "
-                        "data.download=true."
+                        f"{option('data', 'download', True)}."
                     )

@@ -139,7 +139,9 @@ def stale_download_temp(tmp: Path) -> None:
     from backbones.weights import download_to_cache
 
     hub(tmp).mkdir(parents=True)
-    (hub(tmp) / f".dinov2_vits14_pretrain.pth.tmp-{DEAD_PID}-x1y2.pth").write_bytes(b"\0" * 1000)
+    stale = hub(tmp) / f".dinov2_vits14_pretrain.pth.tmp-{DEAD_PID}-x1y2.pth"
+    stale.write_bytes(b"\0" * 1000)
+    stale.with_name(stale.name + ".3f2a.partial").write_bytes(b"\0" * 1000)  # torch.hub's own partial file
     download_to_cache(TINY_CHECKPOINT.as_uri())
 
 
