@@ -17,6 +17,7 @@ from backbones.dinov2 import (
 from backbones.dinov3 import DINOV3_FILES, Dinov3Backbone, build_dinov3, load_dinov3
 from backbones.padding import center_pad
 from backbones.weights import CheckpointError, WeightsNotFoundError, resolve_checkpoint
+from utils.errors import option
 
 __all__ = [
     "BACKBONE_NAMES",
@@ -52,8 +53,10 @@ def load_backbone(
         checkpoint: path to an official ``*_pretrain.pth`` file. Without it: the torch.hub cache, then
             the official URL when ``download`` is True (DINOv2 only: DINOv3 files are sent on request).
         download: allow downloading the official file (progress bar, atomic write into the hub cache).
-        random_fallback: when no weights can be found, warn loudly and keep random weights instead of failing.
-        sha256: expected SHA-256 of a downloaded file.
+        random_fallback: when no weights can be found, warn loudly and keep random weights instead of failing;
+            the backbone's ``random_weights`` is then True (figures and metrics say so).
+        sha256: the file's expected SHA-256 (local, cached or downloaded). Without it a ``<file>.sha256`` beside
+            the file pins it; an unpinned hub-cache file has its hash recorded there at first use.
         dtype, compile, fused_attention: speed options, see ``FrozenBackbone.configure_speed``
             (``bfloat16`` weights, ``torch.compile`` mode, fused attention).
         arch_overrides: ``embed_dim``, ``depth``, ``num_heads`` for smaller models; ``None`` values are ignored.
@@ -74,15 +77,21 @@ def load_backbone(
     else:
         filename, url, build = official_filename(name), official_url(name), build_dinov2
     try:
-        path = resolve_checkpoint(checkpoint, filename, url, download, sha256, f"{name} backbone")
-    except WeightsNotFoundError as err:
+        path = resolve_checkpoint(
+            checkpoint, filename, url, download, sha256, f"{name} backbone", "backbone", "random_fallback"
+        )
+    except WeightsNotFoundError:
         if not random_fallback:
             raise
+        real = f"{option('backbone', 'checkpoint', 'PATH')} or {option('backbone', 'download', True)}"
         warnings.warn(
-            f"\n{'!' * 78}\nUSING RANDOM WEIGHTS for {name}: features are meaningless.\n{err}\n{'!' * 78}",
+            f"\n{'!' * 78}\nUSING RANDOM WEIGHTS for {name} ({option('backbone', 'random_fallback', True)}): "
+            f"features and every result are meaningless. No weights were found ({filename} is not in the "
+            f"torch.hub cache); for real ones give {real}.\n{'!' * 78}",
             stacklevel=2,
         )
         backbone = build(name, **overrides)
+        backbone.random_weights = True
     else:
         if name in DINOV3_FILES:
             backbone = load_dinov3(name, path, **overrides)

@@ -38,6 +38,8 @@ class FrozenBackbone(nn.Module):
     autocast_dtype: torch.dtype = torch.bfloat16
     weight_dtype: torch.dtype = torch.float32
     compile_mode: str | None = None
+    random_weights: bool = False
+    """True when no weights were found and ``load_backbone(random_fallback=True)`` kept the random initialisation."""
     _compiled: Callable | None = None
 
     def freeze(self) -> None:

@@ -11,9 +11,9 @@ Shapes as in ``backbones.base``, with patch size 14.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import timm
 import torch
@@ -48,7 +48,12 @@ class Dinov2Spec:
 
 
 def _specs() -> dict[str, Dinov2Spec]:
-    sizes = {"s": ("small", 384, 12, 6), "b": ("base", 768, 12, 12), "l": ("large", 1024, 24, 16), "g": ("giant", 1536, 40, 24)}
+    sizes = {
+        "s": ("small", 384, 12, 6),
+        "b": ("base", 768, 12, 12),
+        "l": ("large", 1024, 24, 16),
+        "g": ("giant", 1536, 40, 24),
+    }
     specs = {}
     for letter, (size, dim, depth, heads) in sizes.items():
         swiglu = letter == "g"

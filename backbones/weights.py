@@ -4,19 +4,29 @@ Resolution order for a model's weights: an explicit local path, then the torch.h
 (``$TORCH_HOME/hub/checkpoints/<file>``, where ``torch.hub.load`` puts the official files), then the
 official URL when the user allows a download. Anything else is a clear error that says how to get
 the file.
+
+Every file is checked before it is read. A hash can be pinned three ways: by the code where the publisher
+gives one (SAM), by the user (a ``sha256`` option), or by a ``<file>.sha256`` file beside the weights
+(``sha256sum`` format). Files in the hub cache without any pin are trusted on first use: their SHA-256 is
+recorded in ``<file>.sha256`` beside them and shown, and a later change of the file is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import urllib.error
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
-from utils.atomic import atomic_write
-from utils.errors import UserError
+from utils.atomic import atomic_write, remove_stale_temps, write_text
+from utils.errors import UserError, option
+
+SHA256_SUFFIX = ".sha256"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class CheckpointError(UserError):
@@ -41,23 +51,136 @@ def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def download_to_cache(url: str, sha256: str | None = None) -> Path:
-    """Download ``url`` into the torch.hub cache with a progress bar, atomically.
+def sha256_record(path: Path) -> Path:
+    """The ``<file>.sha256`` beside ``path`` that pins its hash."""
+    return path.with_name(path.name + SHA256_SUFFIX)
 
-    The file only gets its cache name after the optional SHA-256 check passed, so an interrupted or
-    corrupt download never leaves a checkpoint behind.
+
+def checked_sha256(value: str, source: str) -> str:
+    """``value`` as 64 lower-case hex digits; a CheckpointError naming ``source`` if it is not a SHA-256."""
+    text = str(value).strip().lower()
+    if not _HEX64.match(text):
+        raise CheckpointError(
+            f"{source} gives {str(value)[:80]!r}, which is not a SHA-256 (64 hexadecimal digits). "
+            "Fix: give the full digest, as `sha256sum FILE` prints it."
+        )
+    return text
+
+
+def read_sha256_record(record: Path) -> str:
+    """The hash in a ``<file>.sha256`` file (``sha256sum`` format: the digest first, then optionally the name)."""
+    try:
+        words = record.read_text().split()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(
+            f"Cannot read the hash file {record} ({err}). Fix: delete it or write the file's SHA-256 in it."
+        ) from None
+    return checked_sha256(words[0] if words else "", f"The hash file {record}")
+
+
+def write_sha256_record(path: Path, digest: str) -> Path:
+    """Pin ``digest`` for ``path`` in ``<file>.sha256`` (``sha256sum`` format), atomically."""
+    return write_text(sha256_record(path), f"{digest}  {path.name}\n")
+
+
+def verify_checkpoint(
+    path: Path, sha256: str | None, owner: str, what: str, official_sha256: Mapping[str, str] | None = None
+) -> None:
+    """Check ``path`` against its pins: ``sha256`` (an option of ``owner``), else the official digest of a file of
+    that name (``official_sha256``), and the ``<file>.sha256`` beside it.
+
+    Raises:
+        CheckpointError: a hash differs; the message names the file, both hashes and the fix.
     """
-
-    def download(tmp: Path) -> None:
-        torch.hub.download_url_to_file(url, str(tmp), progress=True)
-        if sha256 is not None and (got := sha256_of(tmp)) != sha256.lower():
+    pins = []
+    if sha256 is not None:
+        pins.append((checked_sha256(sha256, option(owner, "sha256", sha256)), option(owner, "sha256", sha256)))
+    elif official_sha256 and path.name in official_sha256:
+        pins.append((official_sha256[path.name], f"the official {path.name}'s known SHA-256"))
+    record = sha256_record(path)
+    if record.is_file():
+        pins.append((read_sha256_record(record), f"the hash file {record}"))
+    if not pins:
+        return
+    got = sha256_of(path)
+    for expected, source in pins:
+        if got != expected:
             raise CheckpointError(
-                f"Downloaded {url} but its SHA-256 is {got}, not the expected {sha256}. "
-                "The download is corrupt or the file changed upstream; nothing was saved. "
-                "Retry, or pass a local file."
+                f"The {what} file {path} has SHA-256 {got}, but {source} expects {expected}: the file is truncated, "
+                f"corrupt or was replaced, and was not loaded. Fix: delete {path} and get it again "
+                f"({option(owner, 'download', True)} fetches an official file into the torch.hub cache); "
+                f"if you trust this file as it is, pin its hash instead ({option(owner, 'sha256', got)}, "
+                f"or write it into {record})."
             )
 
-    return atomic_write(hub_checkpoint_path(url.rsplit("/", 1)[-1]), download)
+
+def _trust_on_first_use(path: Path, what: str) -> None:
+    """Record the SHA-256 of an unpinned hub-cache file beside it, so that a later change is refused."""
+    digest = sha256_of(path)
+    try:
+        remove_stale_temps(path.parent)
+        write_sha256_record(path, digest)
+    except OSError as err:  # a read-only shared cache: the file is still usable, only unpinned
+        print(f"SHA-256 of the {what} file {path}: {digest} (not recorded: {err.strerror or err})")
+        return
+    print(
+        f"SHA-256 of the {what} file {path}: {digest} (recorded in {sha256_record(path).name}; a changed file will be refused)"
+    )
+
+
+def _created_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first."""
+    missing = []
+    for folder in path.parents:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def download_to_cache(url: str, sha256: str | None = None, owner: str = "backbone", what: str = "weights") -> Path:
+    """Download ``url`` into the torch.hub cache with a progress bar, atomically, and pin its hash.
+
+    The file only gets its cache name after the SHA-256 check (``sha256``: the publisher's or the user's
+    pin) passed, so an interrupted or corrupt download never leaves a checkpoint behind; temporary files
+    of killed downloads are removed first. Without a pin the hash is recorded (trust on first use) and shown.
+
+    Raises:
+        CheckpointError: the download failed (the message names the URL) or its hash differs from the pin.
+    """
+    target = hub_checkpoint_path(url.rsplit("/", 1)[-1])
+    new_folders = _created_folders(target)
+    remove_stale_temps(target.parent)
+    expected = None if sha256 is None else checked_sha256(sha256, option(owner, "sha256", sha256))
+
+    def download(tmp: Path) -> None:
+        try:
+            torch.hub.download_url_to_file(url, str(tmp), progress=True)
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise CheckpointError(
+                f"Cannot download the {what} from {url}: {reason}. Nothing was saved. Fix: check the network "
+                f"connection (and the proxy settings), or fetch the file by hand into {target.parent} "
+                f"(e.g. `curl -L -o {target} {url}`), or pass a local file ({option(owner, 'checkpoint', 'PATH')})."
+            ) from None
+        if expected is not None and (got := sha256_of(tmp)) != expected:
+            raise CheckpointError(
+                f"Downloaded {url} but its SHA-256 is {got}, not the expected {expected}. "
+                "The download is corrupt or the file changed upstream; nothing was saved. "
+                f"Retry, or pass a local file ({option(owner, 'checkpoint', 'PATH')})."
+            )
+
+    try:
+        atomic_write(target, download)
+    except BaseException:
+        for folder in new_folders:  # leave no empty cache folders behind a failed first download
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    digest = expected or sha256_of(target)
+    write_sha256_record(target, digest)
+    print(f"Downloaded {url} to {target}; SHA-256 {digest} (recorded in {sha256_record(target).name}).")
+    return target
 
 
 def resolve_checkpoint(
@@ -67,46 +190,106 @@ def resolve_checkpoint(
     download: bool,
     sha256: str | None = None,
     what: str = "weights",
+    owner: str = "backbone",
+    random_option: str | None = None,
+    official_sha256: Mapping[str, str] | None = None,
 ) -> Path:
-    """Return the path of a checkpoint: ``checkpoint`` if given, else the hub cache, else download.
+    """Return the verified path of a checkpoint: ``checkpoint`` if given, else the hub cache, else download.
+
+    Args:
+        checkpoint, download, sha256: the user's options (of the config group ``owner``, for messages).
+        filename, url: the official file name in the hub cache and its URL (None: not public).
+        what: how messages name the weights.
+        random_option: the option of ``owner`` that keeps random weights instead, offered when nothing is found.
+        official_sha256: the known digests of official files, by file name (pins where the user gave none).
 
     Raises:
-        CheckpointError: ``checkpoint`` was given but does not exist.
+        CheckpointError: ``checkpoint`` was given but does not exist, or a file's hash differs from its pin.
         WeightsNotFoundError: nothing local and ``download`` is False (or no official URL exists).
     """
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"Checkpoint file {path} for the {what} does not exist. Check the path.")
+            raise CheckpointError(
+                f"Checkpoint file {path} for the {what} does not exist. Check the path "
+                f"({option(owner, 'checkpoint', path)})."
+            )
+        verify_checkpoint(path, sha256, owner, what, official_sha256)
         return path
     cached = hub_checkpoint_path(filename)
+    official = (official_sha256 or {}).get(filename)
     if cached.is_file():
+        if sha256 is None and official is None and not sha256_record(cached).is_file():
+            _trust_on_first_use(cached, what)
+        verify_checkpoint(cached, sha256, owner, what, official_sha256)
         return cached
     if download and url is not None:
-        return download_to_cache(url, sha256)
-    how = (
-        f"download it from {url} into {cached.parent}, or allow the download "
-        "(`download=True`, or `backbone.download=true` on the command line)"
-        if url is not None
-        else "this file has no public URL: get it from its authors"
-    )
+        return download_to_cache(url, sha256 if sha256 is not None else official, owner, what)
+    ways = [f"`{option(owner, 'checkpoint', 'PATH')}` (a local copy of {filename})"]
+    if url is not None:
+        ways.append(f"`{option(owner, 'download', True)}` (fetch {url} into {cached.parent})")
+    else:
+        ways.append(f"put {filename} into {cached.parent} (this file has no public URL: get it from its authors)")
+    if random_option is not None:
+        ways.append(
+            f"`{option(owner, random_option, True)}` (random weights, to check the pipeline only: every result is meaningless)"
+        )
     raise WeightsNotFoundError(
-        f"No {what} found: no local checkpoint was given and {cached} is not in the torch.hub cache. "
-        f"Pass a local file (`checkpoint=PATH`), or {how}."
+        f"No {what} found: no local checkpoint was given and {filename} is not in the torch.hub cache "
+        f"({cached.parent}). Next step, one of: " + "; ".join(ways) + "."
     )
+
+
+def _load_failure(err: Exception) -> str:
+    """The one line of a ``torch.load`` failure that says what is wrong (torch's own text is pages long and, for
+    ``weights_only``, suggests loading the file as code)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [line for line in lines if not line.startswith(skip)] or ["refused by the weights_only unpickler"]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Load a ``state_dict`` saved with ``torch.save``, unwrapping ``{"state_dict": ...}``/``{"model": ...}``."""
+    """Load a ``state_dict`` saved with ``torch.save``, unwrapping ``{"state_dict": ...}``/``{"model": ...}``.
+
+    Raises:
+        CheckpointError: the file is empty, truncated, not a torch file, holds code (pickled objects are
+            refused: ``weights_only=True``) or holds no tensors; the message names the file and the reason.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise CheckpointError(f"Cannot read checkpoint {path}: {err.strerror or err}. Check the path.") from None
+    if size == 0:
+        raise CheckpointError(
+            f"Checkpoint {path} is empty (0 bytes): an interrupted download or copy. Delete it and get the file again."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise CheckpointError(f"Cannot read checkpoint {path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
+        raise CheckpointError(
+            f"Cannot read checkpoint {path} ({size} bytes): {_load_failure(err)}. It is truncated, corrupt, not a file "
+            "saved by torch.save, or holds Python objects other than tensors (refused: files are loaded as data, "
+            "never as code). Get the file again, or pass the right one."
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"Checkpoint {path} does not hold a state_dict of tensors.")
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = (
+            type(obj).__name__
+            if not isinstance(obj, Mapping)
+            else "a dict that is not all tensors"
+            if obj
+            else "an empty dict"
+        )
+        raise CheckpointError(
+            f"Checkpoint {path} does not hold a state_dict of tensors (it holds {found}). Pass a weights file saved "
+            "with torch.save(model.state_dict())."
+        )
     return dict(obj)
 
 
@@ -132,6 +315,4 @@ def check_state_dict(
         if items:
             more = f" (+{len(items) - show} more)" if len(items) > show else ""
             parts.append(f"{label}: {', '.join(items[:show])}{more}")
-    raise CheckpointError(
-        f"Checkpoint {path} does not fit the chosen architecture; " + "; ".join(parts) + ". " + hint
-    )
+    raise CheckpointError(f"Checkpoint {path} does not fit the chosen architecture; " + "; ".join(parts) + ". " + hint)

@@ -1,12 +1,15 @@
 """ADE20k (SceneParsing, ADEChallengeData2016): 150 classes, label 0 = "other" (ignored)."""
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torchvision.datasets.utils import download_and_extract_archive
+
+from utils.errors import option
 
 from .base import SegmentationDataModule
 from .datasets import Sample
+from .download import fetch_archive
 from .errors import DatasetError
 from .files import make_label_map, pair_files
 from .synthetic import write_ade20k_like
@@ -103,15 +106,16 @@ class ADE20kDataModule(SegmentationDataModule):
         return [(image, label, LABELS) for image, label in pair_files(images, ".jpg", labels, ".png")]
 
     def _download(self) -> None:
-        download_and_extract_archive(URL, download_root=str(self.root))
-        # no checksum is published for this archive: check what it unpacked to instead
+        fetch_archive(self.name, URL, self.root, "ADEChallengeData2016.zip", DIRNAME, check=self._check_download)
+
+    def _check_download(self, folder: Path) -> None:
+        """No checksum is published for this archive: check what it unpacked to instead."""
         for kind, suffix in (("images", "*.jpg"), ("annotations", "*.png")):
             for split, expected in N_IMAGES.items():
-                folder = self.root / DIRNAME / kind / split
-                found = len(list(folder.glob(suffix)))
+                found = len(list((folder / kind / split).glob(suffix)))
                 if found != expected:
                     raise DatasetError(
-                        f"The ADE20k download is incomplete: {folder} holds {found} {suffix} files, expected "
-                        f"{expected}. Delete {self.root / 'ADEChallengeData2016.zip'} and {self.root / DIRNAME} "
-                        "and run again with data.download=true."
+                        f"The ADE20k download is incomplete: {kind}/{split} holds {found} {suffix} files, expected "
+                        f"{expected}. Delete {self.root / 'ADEChallengeData2016.zip'} and run again with "
+                        f"{option('data', 'download', True)}."
                     )

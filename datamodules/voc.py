@@ -1,11 +1,11 @@
 """Pascal VOC 2012 segmentation: 21 classes (background + 20), 255 = object border (ignored)."""
 
 import numpy as np
-from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
 from .base import SegmentationDataModule
 from .datasets import Sample
+from .download import fetch_archive
 from .errors import DatasetError
 from .files import make_label_map
 
@@ -62,6 +62,4 @@ class VOC2012DataModule(SegmentationDataModule):
 
     def _download(self) -> None:
         archive = DATASET_YEAR_DICT["2012"]
-        download_and_extract_archive(
-            archive["url"], download_root=str(self.root), filename=archive["filename"], md5=archive["md5"]
-        )
+        fetch_archive(self.name, archive["url"], self.root, archive["filename"], DIRNAME, archive["md5"])

@@ -49,14 +49,17 @@ def build_depth_head(kind: str, embed_dim: int, min_depth: float, max_depth: flo
     return LinearDepthHead(embed_dim, 1 if kind == "linear" else 4, min_depth, max_depth)
 
 
-def resolve_depth_head(checkpoint: str | os.PathLike, download: bool = False) -> Path:
-    """A head file: a local path, or a released name (`dinov2_vits14_nyu_linear4_head.pth`) from the hub cache or URL."""
+def resolve_depth_head(checkpoint: str | os.PathLike, download: bool = False, sha256: str | None = None) -> Path:
+    """A head file: a local path, or a released name (`dinov2_vits14_nyu_linear4_head.pth`) from the hub cache or URL.
+
+    The file is checked against `sha256` and a `<file>.sha256` beside it (see `backbones.weights.resolve_checkpoint`).
+    """
     name = Path(checkpoint).name
     released = RELEASED_HEAD.fullmatch(name)
     if released is None or str(checkpoint) != name or Path(checkpoint).is_file():
-        return resolve_checkpoint(checkpoint, name, None, False, what="depth head")
+        return resolve_checkpoint(checkpoint, name, None, False, sha256, "depth head", "head")
     url = f"{DINOV2_BASE_URL}/{released['backbone']}/{name}"
-    return resolve_checkpoint(None, name, url, download, what=f"released depth head {name}")
+    return resolve_checkpoint(None, name, url, download, sha256, f"released depth head {name}", "head")
 
 
 def load_depth_head(path: str | os.PathLike, head: nn.Module, kind: str, embed_dim: int) -> nn.Module:
@@ -134,6 +137,7 @@ class DepthModel(nn.Module):
         max_depth: float = 10.0,
         out_index: Sequence[int] | None = None,
         download: bool = False,
+        sha256: str | None = None,
     ) -> DepthModel:
         """A released DINOv2 depth head (`dinov2_*_{nyu,kitti}_{linear,linear4,dpt}_head.pth`) on `backbone`.
 
@@ -144,10 +148,15 @@ class DepthModel(nn.Module):
             kind: "linear" (last block), "linear4" or "dpt" (4 blocks).
             min_depth, max_depth: the bin range / clamp (NYU 0.001-10, KITTI 0.001-80).
             out_index: blocks fed to the head; default the official ones (`default_out_index`).
+            download: fetch a released file name from its official URL into the torch.hub cache.
+            sha256: the head file's expected SHA-256 (else a `<file>.sha256` beside it, or the hash recorded at
+                its download, is checked).
         """
         if kind not in KINDS:
-            raise CheckpointError(f"Unknown depth head kind {kind!r} for {head_checkpoint}; choose one of {', '.join(KINDS)}.")
-        path = resolve_depth_head(head_checkpoint, download)
+            raise CheckpointError(
+                f"Unknown depth head kind {kind!r} for {head_checkpoint}; choose one of {', '.join(KINDS)}."
+            )
+        path = resolve_depth_head(head_checkpoint, download, sha256)
         channels = 256
         if kind == "dpt":
             state = load_state_dict_file(path)

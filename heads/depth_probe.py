@@ -46,6 +46,7 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
         out_index_choices: several `out_index` lists, one head each; replaces `out_index`.
         checkpoint: a released head (`dinov2_*_{nyu,kitti}_{kind}_head.pth`: a path, or the bare file
             name to look up in the torch.hub cache and, with `download`, at its official URL).
+        sha256: the head file's expected SHA-256 (else a `<file>.sha256` beside it is checked).
         min_depth, max_depth: the dataset's depth range: the linear heads' bins, the output clamp and
             the evaluated pixels (NYU 0.001-10 m, KITTI 0.001-80 m).
         eval_crop: "eigen" (NYU), "garg" (KITTI) or None.
@@ -72,6 +73,7 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
         out_index_choices: Sequence[Sequence[int]] | None = None,
         checkpoint: str | None = None,
         download: bool = False,
+        sha256: str | None = None,
         min_depth: float = 1e-3,
         max_depth: float = 10.0,
         eval_crop: str | None = "eigen",
@@ -112,7 +114,7 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
                 self.model = DepthModel(backbone, head, self.grid[0].blocks, min_depth, max_depth)
             else:
                 self.model = DepthModel.from_official(
-                    backbone, checkpoint, kind, min_depth, max_depth, self.hparams.out_index, download
+                    backbone, checkpoint, kind, min_depth, max_depth, self.hparams.out_index, download, sha256
                 )
         elif checkpoint is not None:
             raise ValueError(

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.weights import check_state_dict, load_state_dict_file
+from backbones.weights import check_state_dict, load_state_dict_file, resolve_checkpoint
 
 _VIT_WIDTHS = {384: "ViT-S", 768: "ViT-B", 1024: "ViT-L", 1536: "ViT-g"}
 
@@ -42,14 +42,16 @@ class LinearSegHead(nn.Module):
         return self.conv_seg(self.dropout(self.bn(x)))
 
 
-def load_official_head(path: str | os.PathLike, head: LinearSegHead) -> LinearSegHead:
+def load_official_head(path: str | os.PathLike, head: LinearSegHead, sha256: str | None = None) -> LinearSegHead:
     """Load a released DINOv2 segmentation head (`dinov2_*_{linear,ms}_head.pth`) into `head`.
 
+    The file is checked against `sha256` and a `<file>.sha256` beside it, when given.
+
     Raises:
-        backbones.CheckpointError: keys or shapes of the file do not fit `head`; the message names
-            the file, the first mismatches and how to fix them.
+        backbones.CheckpointError: the file is missing, its hash differs, or its keys or shapes do not fit
+            `head`; the message names the file, the first mismatches and how to fix them.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path, Path(path).name, None, False, sha256, "segmentation head", "head")
     state = {key.removeprefix("decode_head."): value for key, value in load_state_dict_file(path).items()}
     check_state_dict(state, head.state_dict(), path, _fix_hint(state, head))
     head.load_state_dict(state)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,11 +20,11 @@ from backbones.weights import (
     check_state_dict,
     load_state_dict_file,
     resolve_checkpoint,
-    sha256_of,
 )
 
 URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-# The hex in the file names is not a SHA-256 prefix; these are the files' full SHA-256 digests.
+# Meta publishes no checksums for these files, and the hex in their names is not a SHA-256 prefix. These full
+# SHA-256 digests were pinned here earlier and are the ones many public projects record for the same files.
 CHECKPOINTS = {
     "vit_b": ("sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
     "vit_l": ("sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
@@ -99,13 +98,15 @@ def load_sam(
     checkpoint: str | None = None,
     download: bool = False,
     random_weights: bool = False,
+    sha256: str | None = None,
     **overrides: int | list[int] | None,
 ) -> Sam:
     """SAM of size `model_type` ("vit_b", "vit_l", "vit_h") with its official weights, frozen, in eval mode.
 
     The weights come from `checkpoint` (a local file), else the torch.hub cache, else the official URL when
-    `download`; official file names are checked against their SHA-256. `random_weights=True` keeps the random
-    initialisation instead (tests, the offline quickstart). `overrides` change the architecture (see `build_sam`).
+    `download`. Official file names are checked against their pinned SHA-256, other files against `sha256` or a
+    `<file>.sha256` beside them. `random_weights=True` keeps the random initialisation instead (tests, the
+    offline quickstart). `overrides` change the architecture (see `build_sam`).
 
     Raises:
         CheckpointError: the file is missing, corrupt, or made for another SAM size (the message names it).
@@ -113,24 +114,22 @@ def load_sam(
     sam = build_sam(model_type, **overrides)
     if random_weights and checkpoint is None:
         return sam.requires_grad_(False)
-    filename, sha256 = CHECKPOINTS[model_type]
-    path = resolve_checkpoint(checkpoint, filename, URL + filename, download, sha256, what=f"SAM {model_type} weights")
-    if path.name in {name for name, _ in CHECKPOINTS.values()}:
-        _check_official_file(path)
+    filename = CHECKPOINTS[model_type][0]
+    path = resolve_checkpoint(
+        checkpoint,
+        filename,
+        URL + filename,
+        download,
+        sha256,
+        f"SAM {model_type} weights",
+        "sam",
+        "random_weights",
+        official_sha256=dict(CHECKPOINTS.values()),
+    )
     state = load_state_dict_file(path)
     check_state_dict(state, sam.state_dict(), path, hint=_size_hint(state, model_type))
     sam.load_state_dict(state)
     return sam.requires_grad_(False)
-
-
-def _check_official_file(path: Path) -> None:
-    """Raise if a file named like an official checkpoint does not have that checkpoint's SHA-256."""
-    expected = next(sha for name, sha in CHECKPOINTS.values() if name == path.name)
-    if (got := sha256_of(path)) != expected:
-        raise CheckpointError(
-            f"{path} is named like the official SAM checkpoint but its SHA-256 is {got}, not {expected}: the file "
-            f"is truncated or corrupt. Delete it and download it again from {URL + path.name}."
-        )
 
 
 def _size_hint(state: dict[str, torch.Tensor], model_type: str) -> str:

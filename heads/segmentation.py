@@ -51,6 +51,7 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
         blocks: last n blocks (1: "linear" probe, 4: "ms" probe) or a list of block indices.
         block_choices: several `blocks` values (each an int or a list of indices), one head each; replaces `blocks`.
         checkpoint: a released head (`dinov2_*_{linear,ms}_head.pth`) to start from (a single head only).
+        sha256: the checkpoint's expected SHA-256 (else a `<file>.sha256` beside it is checked).
         lr, weight_decay: AdamW over the head; a list of lrs trains one head per lr.
         warmup_steps, max_steps, poly_power: per-step linear warm-up then poly decay to 0.
         ignore_index: label value left out of the loss and the metrics.
@@ -70,6 +71,7 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
         blocks: int | Sequence[int] = 1,
         block_choices: Sequence[int | Sequence[int]] | None = None,
         checkpoint: str | None = None,
+        sha256: str | None = None,
         lr: float | Sequence[float] = 1e-3,
         weight_decay: float = 1e-4,
         warmup_steps: int = 1500,
@@ -100,7 +102,7 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
         if len(heads) == 1:
             self.head = heads[0]
             if checkpoint is not None:
-                load_official_head(checkpoint, self.head)
+                load_official_head(checkpoint, self.head, sha256)
         elif checkpoint is not None:
             raise ValueError(
                 f"{owner}: checkpoint={checkpoint} is one released head, but the grid has {len(heads)} heads. "

@@ -95,7 +95,7 @@ def test_wrong_architecture_lists_mismatches(tiny_checkpoint: Path) -> None:
 
 def test_missing_weights_say_how_to_get_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(backbones.WeightsNotFoundError, match="dinov2_vits14_pretrain.pth.*download=True"):
+    with pytest.raises(backbones.WeightsNotFoundError, match="dinov2_vits14_pretrain.pth.*download=True.*random_fallback=True"):
         backbones.load_backbone("dinov2_vits14", **TINY)
     with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
         backbones.load_backbone("dinov2_vits14", random_fallback=True, **TINY)
@@ -121,9 +121,10 @@ def test_download_checks_hash_and_writes_atomically(
     url = tiny_checkpoint.as_uri()
     with pytest.raises(backbones.CheckpointError, match="SHA-256"):
         download_to_cache(url, sha256="0" * 64)
-    assert not list((tmp_path / "hub" / "checkpoints").iterdir())
+    assert not (tmp_path / "hub").exists(), "a failed first download leaves no cache folders"
     path = download_to_cache(url, sha256=sha256_of(tiny_checkpoint))
     assert path.read_bytes() == tiny_checkpoint.read_bytes()
+    assert path.with_name(path.name + ".sha256").read_text().split()[0] == sha256_of(tiny_checkpoint)
 
 
 def test_unknown_names_and_overrides() -> None:

@@ -268,7 +268,7 @@ def test_bad_inputs_give_one_clear_message(
     argv += {"block": ["--block", "7"], "checkpoint": ["--checkpoint", str(tmp_path / "none.pth")]}.get(case, [])
     assert pca_main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("Error: ") and message in err and "Traceback" not in err
+    assert err.lstrip().startswith("Error: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "pca.png").exists()
 
 

@@ -21,7 +21,8 @@ from visualize.pca_maps import pca_rgb
 
 
 class PCAMapCallback(L.Callback):
-    """After each validation run, logs ``pca/<k>``: a validation image beside the PCA map of its patch features.
+    """After each validation run, logs ``pca/<k>``: a validation image beside the PCA map of its patch features
+    (``pca_RANDOM_WEIGHTS/<k>`` when the backbone has random weights).
 
     The PCA is fitted jointly over the first ``max_images`` validation images, so colours agree between them.
 
@@ -58,7 +59,13 @@ class PCAMapCallback(L.Callback):
         self.images = []
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if trainer.sanity_checking or len(self.images) >= self.max_images:
             return
@@ -69,10 +76,13 @@ class PCAMapCallback(L.Callback):
         loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
         if not (self.images and loggers and trainer.is_global_zero):
             return
-        maps = pca_rgb(patch_maps(getattr(pl_module, self.backbone_attr), self.images, self.block), self.threshold, self.sign)
+        backbone = getattr(pl_module, self.backbone_attr)
+        maps = pca_rgb(patch_maps(backbone, self.images, self.block), self.threshold, self.sign)
+        # a reader of TensorBoard must not take random-weight maps for DINOv2's
+        tag = "pca_RANDOM_WEIGHTS" if getattr(backbone, "random_weights", False) else "pca"
         for k, (image, rgb) in enumerate(zip(self.images, maps.rgb)):
             shown = (image.float().cpu() * self.std + self.mean).clamp(0, 1)
             pca = F.interpolate(rgb.permute(2, 0, 1)[None], size=shown.shape[-2:], mode="nearest")[0]
             for logger in loggers:
-                logger.experiment.add_image(f"pca/{k}", torch.cat([shown, pca], 2), global_step=trainer.global_step)
+                logger.experiment.add_image(f"{tag}/{k}", torch.cat([shown, pca], 2), global_step=trainer.global_step)
         self.images = []

@@ -1,9 +1,9 @@
-"""What the visualisation CLIs share: backbone options, devices, image loading, atomic outputs, error reporting."""
+"""What the visualisation CLIs share once their arguments are parsed: devices, backbone and image loading, atomic
+outputs, error reporting (the arguments themselves are in ``visualize.args``, which imports no torch)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,28 +12,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
-from backbones import BACKBONE_NAMES, CheckpointError, FrozenBackbone, load_backbone
+from backbones import FrozenBackbone, load_backbone
 from utils.atomic import atomic_write
+from utils.errors import cli_style, exit_on_user_error
+from visualize.args import CLI_FLAGS
 from visualize.images import InputError, input_size, load_rgb, require_files, snap_to_patches, to_input
-
-USER_ERRORS = (InputError, CheckpointError)
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """The backbone options of the Hydra backbone config, plus image size, block and device."""
-    group = parser.add_argument_group("backbone (as configs/backbone)")
-    group.add_argument("--backbone", default="dinov2_vits14", choices=BACKBONE_NAMES, metavar="NAME", help="official hub name (default: %(default)s)")
-    group.add_argument("--checkpoint", help="an official *_pretrain.pth file; default: the torch.hub cache")
-    group.add_argument("--download", action="store_true", help="allow downloading the official weights")
-    group.add_argument("--sha256", help="expected SHA-256 of a downloaded file")
-    group.add_argument("--embed-dim", type=int, help="architecture override for small models")
-    group.add_argument("--depth", type=int, help="architecture override for small models")
-    group.add_argument("--num-heads", type=int, help="architecture override for small models")
-    group.add_argument("--random-weights", action="store_true", help="no weights found: warn loudly and use random ones (pictures are then meaningless)")
-    parser.add_argument("--size", type=int, default=448, help="shorter image side in pixels, a multiple of the patch size (default: %(default)s)")
-    parser.add_argument("--block", type=int, default=-1, help="block whose normed patch tokens are used; -1 = last (default)")
-    parser.add_argument("--dpi", type=int, default=100, help="figure resolution (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
 
 
 def load_from_args(args: argparse.Namespace, image_paths: list[str]) -> FrozenBackbone:
@@ -61,9 +44,11 @@ def load_from_args(args: argparse.Namespace, image_paths: list[str]) -> FrozenBa
     return backbone.to(device)
 
 
-def backbone_label(args: argparse.Namespace) -> str:
-    """How figures name the backbone: its checkpoint file when one was given, else its hub name."""
-    return Path(args.checkpoint).name if args.checkpoint else args.backbone
+def backbone_label(args: argparse.Namespace, backbone: FrozenBackbone) -> str:
+    """How figures name the backbone: its checkpoint file when one was given, else its hub name; and RANDOM WEIGHTS
+    when no weights were found (``--random-weights``), so that such a figure never passes for real features."""
+    name = Path(args.checkpoint).name if args.checkpoint else args.backbone
+    return f"{name} with RANDOM WEIGHTS (meaningless features)" if backbone.random_weights else name
 
 
 def load_inputs(paths: Sequence[str], short_side: int, patch_size: int) -> tuple[list[Image.Image], list[Tensor]]:
@@ -78,20 +63,22 @@ def check_figure_path(path: Path) -> None:
     """InputError unless matplotlib can write a figure of ``path``'s type."""
     formats = Figure().canvas.get_supported_filetypes()
     if path.suffix.lower().lstrip(".") not in formats:
-        raise InputError(f"Cannot write a figure to {path}: use one of the suffixes {', '.join('.' + f for f in sorted(formats))}.")
+        raise InputError(
+            f"Cannot write a figure to {path}: use one of the suffixes {', '.join('.' + f for f in sorted(formats))}."
+        )
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
     """Save a figure atomically; the format follows the suffix."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=dpi, bbox_inches="tight"))
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=dpi, bbox_inches="tight")
+    )
 
 
-def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse ``argv`` and run ``main``; a user error prints one paragraph (no traceback) and returns 2."""
-    args = parser.parse_args(argv)
+def run(main: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run ``main`` on parsed ``args``; a user error prints one paragraph (options spelt as flags), no traceback: 2."""
     try:
-        main(args)
-    except USER_ERRORS as err:
-        print(f"Error: {err}", file=sys.stderr)
-        return 2
+        exit_on_user_error(lambda: main(args), cli_style(CLI_FLAGS))
+    except SystemExit as stop:
+        return int(stop.code or 0)
     return 0

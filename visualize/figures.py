@@ -8,10 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import ConnectionPatch  # noqa: E402
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import ConnectionPatch
 
 PANEL_INCHES = 3.0
 
@@ -24,7 +24,9 @@ def _show(ax, image: np.ndarray, title: str, extent: tuple[int, int] | None = No
     ax.set_axis_off()
 
 
-def pca_figure(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], titles: Sequence[str], suptitle: str) -> Figure:
+def pca_figure(
+    images: Sequence[np.ndarray], maps: Sequence[np.ndarray], titles: Sequence[str], suptitle: str
+) -> Figure:
     """One row per image: the photograph ``(H, W, 3)`` and its PCA map ``(h, w, 3)`` stretched over it."""
     width = max(img.shape[1] / img.shape[0] for img in images)
     fig = Figure(figsize=(2 * PANEL_INCHES * width, PANEL_INCHES * len(images) + 0.4), layout="constrained")
@@ -47,12 +49,16 @@ def match_figure(
     """The two photographs side by side, matched points ``(M, 2)`` (``x, y`` pixels) in one colour per pair, joined by lines."""
     ratio = image_a.shape[1] / image_a.shape[0] + image_b.shape[1] / image_b.shape[0]
     fig = Figure(figsize=(PANEL_INCHES * ratio + 0.3, PANEL_INCHES + 0.6), layout="constrained")
-    ax_a, ax_b = fig.subplots(1, 2, width_ratios=[image_a.shape[1] / image_a.shape[0], image_b.shape[1] / image_b.shape[0]])
+    ax_a, ax_b = fig.subplots(
+        1, 2, width_ratios=[image_a.shape[1] / image_a.shape[0], image_b.shape[1] / image_b.shape[0]]
+    )
     _show(ax_a, image_a, titles[0])
     _show(ax_b, image_b, titles[1])
     colours = colormaps["hsv"](np.linspace(0, 1, len(points_a), endpoint=False))
     for (xa, ya), (xb, yb), colour in zip(points_a, points_b, colours):
-        line = ConnectionPatch((xa, ya), (xb, yb), "data", "data", axesA=ax_a, axesB=ax_b, color=colour, lw=0.8, alpha=0.7)
+        line = ConnectionPatch(
+            (xa, ya), (xb, yb), "data", "data", axesA=ax_a, axesB=ax_b, color=colour, lw=0.8, alpha=0.7
+        )
         fig.add_artist(line)
     for ax, points in ((ax_a, points_a), (ax_b, points_b)):
         ax.scatter(points[:, 0], points[:, 1], c=colours, s=18, edgecolors="white", linewidths=0.6, zorder=3)

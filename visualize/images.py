@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from utils.errors import UserError
+from utils.images import open_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,16 +33,12 @@ def load_rgb(path: str | Path, patch_size: int) -> Image.Image:
     """Read an image as 8-bit RGB; grey, palette, RGBA and 16-bit images are converted, with a note on stderr.
 
     Raises:
-        InputError: the file is missing, not an image, or smaller than one patch.
+        InputError: the file is missing, not an image, too large to open safely, or smaller than one patch.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"Image {path} does not exist. Check the path.")
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise InputError(f"Cannot read image {path} ({err}). Is it a truncated or non-image file? Pass a JPEG or PNG photograph.") from None
+    img = open_image(path, InputError)
     if img.width < patch_size or img.height < patch_size:
         raise InputError(
             f"Image {path} is {img.width}x{img.height} pixels, smaller than one {patch_size}x{patch_size} patch "
@@ -60,7 +57,9 @@ def snap_to_patches(size: int, patch_size: int) -> int:
     """``size`` rounded to the nearest positive multiple of the patch size, with a note on stderr when it changes."""
     snapped = max(patch_size, round(size / patch_size) * patch_size)
     if snapped != size:
-        print(f"Note: --size {size} is not a multiple of the patch size {patch_size}; using {snapped}.", file=sys.stderr)
+        print(
+            f"Note: --size {size} is not a multiple of the patch size {patch_size}; using {snapped}.", file=sys.stderr
+        )
     return snapped
 
 
@@ -78,4 +77,3 @@ def to_input(image: Image.Image, size: tuple[int, int]) -> Tensor:
     x = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
     x = TF.resize(x, list(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
     return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
-

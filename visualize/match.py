@@ -6,39 +6,26 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
+from visualize.args import match_parser
 
-from visualize.cli import add_common_args, backbone_label, check_figure_path, load_from_args, load_inputs, run, save_figure
-from visualize.features import patch_maps
-from visualize.figures import match_figure
-from utils.atomic import write_text
-from visualize.images import InputError
-from visualize.matching import mutual_matches, patch_centres, spread_matches
-from visualize.pca_maps import foreground_masks
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m visualize.match",
-        description="Mutual nearest neighbours ('best buddies') of patch features by cosine similarity, "
-        "reduced to well-spread pairs (k-means over the matched descriptors, the strongest pair per cluster).",
-    )
-    parser.add_argument("image_a", metavar="IMAGE_A")
-    parser.add_argument("image_b", metavar="IMAGE_B")
-    parser.add_argument("--out", type=Path, default=Path("match.png"), help="figure file (default: %(default)s)")
-    parser.add_argument("--json", type=Path, help="the pairs in pixel coordinates with their similarity (default: OUT with .json)")
-    parser.add_argument("--num-pairs", type=int, default=20, help="pairs to keep (default: %(default)s)")
-    parser.add_argument("--foreground", action="store_true", help="match foreground patches only (first PCA component, as visualize.pca)")
-    parser.add_argument("--threshold", type=float, default=0.0, help="foreground threshold of --foreground (default: %(default)s)")
-    parser.add_argument("--sign", choices=("auto", "positive", "negative"), default="auto", help="first-component orientation of --foreground")
-    parser.add_argument("--seed", type=int, default=0, help="k-means seed (default: %(default)s)")
-    add_common_args(parser)
-    return parser
+build_parser = match_parser
 
 
 def make_match_figure(args: argparse.Namespace) -> None:
+    # imported here, not at the top, so that --help answers before torch and matplotlib are imported
+    from pathlib import Path
+
+    import numpy as np
+
+    from utils.atomic import write_text
+    from visualize.cli import backbone_label, check_figure_path, load_from_args, load_inputs, save_figure
+    from visualize.features import patch_maps
+    from visualize.figures import match_figure
+    from visualize.images import InputError
+    from visualize.matching import mutual_matches, patch_centres, spread_matches
+    from visualize.pca_maps import foreground_masks
+
     check_figure_path(args.out)
     if args.num_pairs < 1:
         raise InputError(f"--num-pairs {args.num_pairs} must be at least 1.")
@@ -52,24 +39,31 @@ def make_match_figure(args: argparse.Namespace) -> None:
     masks = foreground_masks([feat_a, feat_b], args.threshold, args.sign) if args.foreground else [None, None]
     matches = mutual_matches(feat_a, feat_b, *masks)
     if len(matches) == 0:
-        raise InputError(f"No mutual nearest neighbours between {args.image_a} and {args.image_b}; try without --foreground or a lower --threshold.")
+        raise InputError(
+            f"No mutual nearest neighbours between {args.image_a} and {args.image_b}; try without --foreground or a lower --threshold."
+        )
     kept = spread_matches(matches, feat_a, feat_b, args.num_pairs, args.seed)
     points = [
         patch_centres(index, tuple(feat.shape[1:]), (img.height, img.width)).numpy()
         for index, feat, img in ((kept.index_a, feat_a, images[0]), (kept.index_b, feat_b, images[1]))
     ]
     titles = (Path(args.image_a).name, Path(args.image_b).name)
-    suptitle = f"{backbone_label(args)}: {len(kept)} of {len(matches)} mutual nearest neighbours"
+    suptitle = f"{backbone_label(args, backbone)}: {len(kept)} of {len(matches)} mutual nearest neighbours"
     fig = match_figure(np.asarray(images[0]), np.asarray(images[1]), *points, titles, suptitle)
     save_figure(fig, args.out, args.dpi)
     record = {
         "image_a": str(args.image_a),
         "image_b": str(args.image_b),
-        "backbone": backbone_label(args),
+        "backbone": backbone_label(args, backbone),
+        "random_weights": backbone.random_weights,
         "block": args.block % backbone.n_blocks,
         "mutual_matches": len(matches),
         "pairs": [
-            {"a": [round(float(x), 2) for x in pa], "b": [round(float(x), 2) for x in pb], "similarity": round(float(s), 5)}
+            {
+                "a": [round(float(x), 2) for x in pa],
+                "b": [round(float(x), 2) for x in pb],
+                "similarity": round(float(s), 5),
+            }
             for pa, pb, s in zip(*points, kept.similarity)
         ],
     }
@@ -78,7 +72,10 @@ def make_match_figure(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(make_match_figure, build_parser(), argv)
+    args = match_parser().parse_args(argv)
+    from visualize.cli import run
+
+    return run(make_match_figure, args)
 
 
 if __name__ == "__main__":

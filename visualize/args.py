@@ -1,0 +1,119 @@
+"""The visualisation CLIs' command lines, built without importing torch, timm or matplotlib.
+
+``python -m visualize.pca --help`` answers from here in a fraction of a second; the tools import the heavy
+libraries only once the arguments are parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+BACKBONE_CHOICES: tuple[str, ...] = (
+    *(f"dinov2_vit{size}14{reg}" for size in "sblg" for reg in ("", "_reg")),
+    *(f"dinov3_vit{size}16" for size in "sbl"),
+)
+"""``backbones.BACKBONE_NAMES``, spelt out here because importing ``backbones`` imports torch (a test checks they agree)."""
+
+CLI_FLAGS = {"random_fallback": "--random-weights"}
+"""Backbone options whose flag differs from ``--<name>`` (for ``utils.errors.cli_style``)."""
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The backbone options of the Hydra backbone config, plus image size, block and device."""
+    group = parser.add_argument_group("backbone (as configs/backbone)")
+    group.add_argument(
+        "--backbone",
+        default="dinov2_vits14",
+        choices=BACKBONE_CHOICES,
+        metavar="NAME",
+        help=f"official hub name, one of {', '.join(BACKBONE_CHOICES)} (default: %(default)s)",
+    )
+    group.add_argument("--checkpoint", help="an official *_pretrain.pth file; default: the torch.hub cache")
+    group.add_argument("--download", action="store_true", help="allow downloading the official weights")
+    group.add_argument("--sha256", help="the weights file's expected SHA-256 (else a FILE.sha256 beside it is checked)")
+    group.add_argument("--embed-dim", type=int, help="architecture override for small models")
+    group.add_argument("--depth", type=int, help="architecture override for small models")
+    group.add_argument("--num-heads", type=int, help="architecture override for small models")
+    group.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="no weights found: warn loudly and use random ones (the figure then says RANDOM WEIGHTS)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=448,
+        help="shorter image side in pixels, a multiple of the patch size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--block", type=int, default=-1, help="block whose normed patch tokens are used; -1 = last (default)"
+    )
+    parser.add_argument("--dpi", type=int, default=100, help="figure resolution (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
+
+
+def pca_parser() -> argparse.ArgumentParser:
+    """``python -m visualize.pca``'s arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m visualize.pca",
+        description="The first three PCA components of each image's patch features as RGB, beside the image. "
+        "One PCA is fitted over the patches of all images, so the same part gets the same colour everywhere.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument(
+        "--out", type=Path, default=Path("pca.png"), help="figure file (.png, .pdf, .svg; default: %(default)s)"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="background removal: keep patches whose first-component score is above it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sign",
+        choices=("auto", "positive", "negative"),
+        default="auto",
+        help="orientation of the first component; auto makes the image borders background (default)",
+    )
+    parser.add_argument("--keep-background", action="store_true", help="no background removal: the PCA of all patches")
+    parser.add_argument(
+        "--save-features",
+        action="store_true",
+        help="also write each image's 3 components (h, w, 3), NaN on background, as OUT_<k>_<image>.npy",
+    )
+    add_common_args(parser)
+    return parser
+
+
+def match_parser() -> argparse.ArgumentParser:
+    """``python -m visualize.match``'s arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m visualize.match",
+        description="Mutual nearest neighbours ('best buddies') of patch features by cosine similarity, "
+        "reduced to well-spread pairs (k-means over the matched descriptors, the strongest pair per cluster).",
+    )
+    parser.add_argument("image_a", metavar="IMAGE_A")
+    parser.add_argument("image_b", metavar="IMAGE_B")
+    parser.add_argument("--out", type=Path, default=Path("match.png"), help="figure file (default: %(default)s)")
+    parser.add_argument(
+        "--json", type=Path, help="the pairs in pixel coordinates with their similarity (default: OUT with .json)"
+    )
+    parser.add_argument("--num-pairs", type=int, default=20, help="pairs to keep (default: %(default)s)")
+    parser.add_argument(
+        "--foreground",
+        action="store_true",
+        help="match foreground patches only (first PCA component, as visualize.pca)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.0, help="foreground threshold of --foreground (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--sign",
+        choices=("auto", "positive", "negative"),
+        default="auto",
+        help="first-component orientation of --foreground",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="k-means seed (default: %(default)s)")
+    add_common_args(parser)
+    return parser
