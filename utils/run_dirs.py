@@ -9,7 +9,7 @@ configs/train.yaml names them with two OmegaConf resolvers that train.py registe
   tracking and logs; otherwise a new ``RUNS/${unique_name:}``.
 
 Both are cached (``use_cache``), so every job of a multirun, which Hydra composes from the first one's cache, sees
-the same sweep folder.
+the same sweep folder. `ResolveSweepDir` lets the sweep folder use ``${hydra:...}`` (through ``paths.log_dir``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 
 def unique_name() -> str:
@@ -47,3 +49,15 @@ def register_resolvers() -> None:
     """Make ``${unique_name:}`` and ``${run_dir:...}`` available to configs (idempotent)."""
     OmegaConf.register_new_resolver("unique_name", unique_name, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True, replace=True)
+
+
+class ResolveSweepDir(Callback):
+    """A Hydra callback: makes ``${hydra:...}`` resolvable where a multirun resolves its sweep folder.
+
+    Hydra's launcher resolves ``hydra.sweep.dir`` before any job has set the Hydra config that ``${hydra:...}``
+    reads, so the sweep folder, which goes through ``paths.log_dir`` (``${hydra:runtime.cwd}/logs``) and
+    ``task_name``, could not be resolved and every multirun stopped there.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        HydraConfig.instance().set_config(config)

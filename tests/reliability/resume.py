@@ -97,11 +97,14 @@ def check_resumed(tmp: Path, result: Result) -> None:
         assert abs(loss - full_losses[step]) <= 1e-5, (step, loss, full_losses[step])
     full_val = logged(full, 0, "val/mIoU")
     assert logged(killed, 1, "val/mIoU") == {step: full_val[step] for step in full_val if step >= 6}
+    best_step = max(full_val, key=full_val.__getitem__)
+    assert best_step < 6, f"the best validation ({full_val}) should come before the kill, to test best tracking"
     full_metrics = json.loads((full / "metrics.json").read_text())
     resumed_metrics = json.loads((killed / "metrics.json").read_text())
     assert resumed_metrics.keys() == full_metrics.keys()
     for name, value in full_metrics.items():
         assert abs(resumed_metrics[name] - value) <= 1e-6, (name, resumed_metrics[name], value)
+    assert abs(resumed_metrics["test/mIoU"] - full_val[best_step]) <= 1e-6  # tested: the best of the whole run
     last = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 8
 
@@ -131,6 +134,12 @@ def check_two_run_dirs(tmp: Path, result: Result) -> None:
     )
     assert seeds == [1, 2]
     assert all((run / "metrics.json").is_file() for run in runs)
+
+
+def check_one_sweep_dir(tmp: Path, result: Result) -> None:
+    [sweep] = (tmp / "logs" / "quickstart" / "multiruns").iterdir()
+    configs = [(sweep / job / "config.yaml").read_text().splitlines() for job in ("0", "1")]
+    assert [next(line for line in lines if line.startswith("seed:")) for lines in configs] == ["seed: 1", "seed: 2"]
 
 
 CASES = [
@@ -185,6 +194,14 @@ CASES = [
         argv=("{tmp}/two_runs.py", "{tmp}"),
         setup=two_runs_script,
         check=check_two_run_dirs,
+        exit_code=0,
+        needs_fixtures=True,
+    ),
+    Case(
+        "resume-multirun-sweep-dir",
+        "traceback",
+        argv=("train.py", "-m", *TINY_TRAIN, "train=false", "test=false", "seed=1,2"),
+        check=check_one_sweep_dir,
         exit_code=0,
         needs_fixtures=True,
     ),
