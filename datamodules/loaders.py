@@ -39,7 +39,7 @@ class ResumableSampler(DistributedSampler):
 
 
 class SeededSamples(Dataset):
-    """Item ``(index, seed)`` = ``dataset[index]`` with ``dataset.transform`` reseeded with ``seed`` first.
+    """Item ``(index, seed)`` = ``dataset[index]`` with ``dataset.transform`` (if any) reseeded with ``seed`` first.
 
     Reseeding per sample (rather than per worker) makes an augmentation independent of which worker drew it and of
     the samples before it, so that a resumed epoch augments as the uninterrupted one did.
@@ -53,7 +53,9 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        self.dataset.transform.set_random_seed(seed)
+        transform = getattr(self.dataset, "transform", None)
+        if transform is not None:
+            transform.set_random_seed(seed)
         return self.dataset[index]
 
 
@@ -81,6 +83,31 @@ class ResumableLoader(DataLoader):
         self.sampler.skip = batches * self.batch_size
 
 
+def resumable_loader(
+    datamodule: L.LightningDataModule, dataset: Dataset, batch_size: int, **options: Any
+) -> ResumableLoader:
+    """The training loader of ``datamodule`` over ``dataset``: shuffled by the run's seed, resumable mid-epoch.
+
+    ``options`` go to the DataLoader (``num_workers``, ...). Under DDP each rank draws its share of every epoch.
+    """
+    trainer = datamodule.trainer
+    replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    # the seed that seed_everything set, so that `seed=` decides the order and the augmentations
+    sampler = ResumableSampler(dataset, torch.initial_seed(), replicas, rank)
+
+    def batches_done() -> int:  # Lightning's count of this epoch's batches fetched and trained on
+        return datamodule.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    return ResumableLoader(
+        SeededSamples(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        batches_done=None if trainer is None else batches_done,
+        **options,
+    )
+
+
 class DenseDataModule(L.LightningDataModule):
     """Shuffled training batches; validation, test and prediction one image at a time, since sizes differ.
 
@@ -95,18 +122,7 @@ class DenseDataModule(L.LightningDataModule):
     predict_set: Dataset
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        # the seed that seed_everything set, so that `seed=` decides the order and the augmentations
-        sampler = ResumableSampler(self.train_set, torch.initial_seed(), replicas, rank)
-        return ResumableLoader(
-            SeededSamples(self.train_set),
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=True,
-            batches_done=None if trainer is None else self._batches_done,
-            **self._loader_options(),
-        )
+        return resumable_loader(self, self.train_set, self.batch_size, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_set)
@@ -116,10 +132,6 @@ class DenseDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set)
-
-    def _batches_done(self) -> int:
-        """Training batches of the current epoch the trainer has fetched and trained on (Lightning's own count)."""
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=1, **self._loader_options())
