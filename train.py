@@ -20,24 +20,38 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.feature_cache import find_backbone
-from utils.atomic import write_text
+from utils.atomic import remove_stale_temps, write_text
+from utils.checkpoints import PeriodicLastCheckpoint, RandomStates, SafeCheckpointIO, resume_checkpoint
 from utils.errors import EXIT_USER_ERROR, UserError, exit_on_user_error, find_user_error, hydra_style, option
 from utils.quiet import silence_unactionable_noise
+from utils.run_dirs import register_resolvers
+
+register_resolvers()  # ${run_dir:...} and ${unique_name:} of configs/train.yaml's run directories
 
 
 def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
-    """The Lightning trainer with the configured loggers and callbacks, plus best/last checkpointing on `monitor`."""
+    """The Lightning trainer with the configured loggers and callbacks, plus checkpointing.
+
+    ``best-{step}.ckpt`` on `monitor` and ``last.ckpt`` after each validation, ``last.ckpt`` also every
+    ``last_every_n_steps`` steps; the random states in every checkpoint; checkpoints written atomically and read
+    as data only (`utils.checkpoints`).
+    """
+    dirpath = Path(cfg.paths.output_dir) / "checkpoints"
+    remove_stale_temps(dirpath)  # the temporary file of a save that a kill interrupted
     checkpoint = ModelCheckpoint(
-        dirpath=Path(cfg.paths.output_dir) / "checkpoints",
+        dirpath=dirpath,
         filename="best-{step}",
         monitor=monitor,
         mode=mode,
         save_last=True,
         auto_insert_metric_name=False,
+        enable_version_counter=False,  # last.ckpt is one file, which the periodic checkpoint also writes
     )
-    callbacks = [checkpoint, *instantiate(cfg.get("callbacks") or {}).values()]
+    callbacks = [checkpoint, RandomStates(), *instantiate(cfg.get("callbacks") or {}).values()]
+    if cfg.get("last_every_n_steps"):
+        callbacks.append(PeriodicLastCheckpoint(dirpath, cfg.last_every_n_steps))
     loggers = list(instantiate(cfg.get("logger") or {}).values())
-    return build(cfg.trainer, callbacks=callbacks, logger=loggers)
+    return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[SafeCheckpointIO()])
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -104,6 +118,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """
     check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    resume = resume_checkpoint(cfg.ckpt_path) if cfg.train else None  # a bad file stops the run before it starts
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
@@ -119,11 +134,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     if cfg.test:
-        best = "best" if cfg.train and checkpoint.best_model_path else None
-        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best)
+        best = checkpoint.best_model_path if cfg.train and checkpoint.best_model_path else None
+        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: float(v) for k, v in results.items()})
     if cfg.data.get("predict_dir"):
         trainer.predict(model, datamodule=datamodule, return_predictions=False)

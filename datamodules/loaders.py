@@ -1,14 +1,118 @@
-"""Loaders shared by the dense-prediction datamodules (segmentation, depth)."""
+"""Loaders shared by the dense-prediction datamodules (segmentation, depth).
+
+The training loader resumes exactly: the order of an epoch and each sample's augmentation depend only on the seed,
+the epoch and the sample, never on how many processes, workers or interruptions came before. A checkpoint stores
+the epoch and the batches it has trained on; a resumed loader skips those and draws what the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in epoch ``epoch``."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled ``(index, augmentation seed)`` pairs, fixed by (seed, epoch), that can start mid-epoch.
+
+    A DistributedSampler (with one replica outside DDP) for its seeded per-epoch permutation, and so that Lightning
+    keeps it under DDP instead of wrapping it in one. Lightning sets the epoch (``set_epoch``) as each one starts.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = 0  # samples of this epoch already trained on, skipped once by the next iteration
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())[self.skip :]
+        self.skip = 0
+        return iter([(index, sample_seed(self.seed, self.epoch, index)) for index in indices])
+
+
+class SeededSamples(Dataset):
+    """Item ``(index, seed)`` = ``dataset[index]`` with ``dataset.transform`` (if any) reseeded with ``seed`` first.
+
+    Reseeding per sample (rather than per worker) makes an augmentation independent of which worker drew it and of
+    the samples before it, so that a resumed epoch augments as the uninterrupted one did.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        transform = getattr(self.dataset, "transform", None)
+        if transform is not None:
+            transform.set_random_seed(seed)
+        return self.dataset[index]
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a `ResumableSampler` that Lightning saves in checkpoints and restores on resume.
+
+    ``batches_done()`` is how many batches of the current epoch the trainer has trained on: the loader itself runs
+    ahead of training (workers and Lightning prefetch), so its own count would skip batches that were never used.
+    Lightning calls ``load_state_dict`` before it starts iterating, so the first iteration starts where training was.
+    """
+
+    def __init__(self, *args: Any, batches_done: Callable[[], int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        done = self.batches_done() if self.batches_done is not None else 0
+        return {"epoch": self.sampler.epoch, "batches": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, batches = state["epoch"], state["batches"]
+        if batches >= len(self):  # saved after an epoch's last batch: the next epoch starts afresh
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = batches * self.batch_size
+
+
+def resumable_loader(
+    datamodule: L.LightningDataModule, dataset: Dataset, batch_size: int, **options: Any
+) -> ResumableLoader:
+    """The training loader of ``datamodule`` over ``dataset``: shuffled by the run's seed, resumable mid-epoch.
+
+    ``options`` go to the DataLoader (``num_workers``, ...). Under DDP each rank draws its share of every epoch.
+    """
+    trainer = datamodule.trainer
+    replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    # the seed that seed_everything set, so that `seed=` decides the order and the augmentations
+    sampler = ResumableSampler(dataset, torch.initial_seed(), replicas, rank)
+
+    def batches_done() -> int:  # Lightning's count of this epoch's batches fetched and trained on
+        return datamodule.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    return ResumableLoader(
+        SeededSamples(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        batches_done=None if trainer is None else batches_done,
+        **options,
+    )
 
 
 class DenseDataModule(L.LightningDataModule):
     """Shuffled training batches; validation, test and prediction one image at a time, since sizes differ.
 
     Subclasses set ``batch_size`` and ``num_workers``, and ``train_set``, ``eval_set``, ``predict_set`` in ``setup``.
+    The training set's ``transform`` is an albumentations Compose (reseeded per sample, see `SeededSamples`).
     """
 
     batch_size: int
@@ -18,31 +122,23 @@ class DenseDataModule(L.LightningDataModule):
     predict_set: Dataset
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
+        return resumable_loader(self, self.train_set, self.batch_size, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, 1)
+        return self._loader(self.eval_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, 1)
+        return self._loader(self.eval_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, 1)
+        return self._loader(self.predict_set)
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=_seed_worker,
-        )
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=1, **self._loader_options())
 
-
-def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream (each would otherwise copy the same albumentations RNG)."""
-    info = get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": self.num_workers > 0,
+        }

@@ -18,5 +18,7 @@ def silence_unactionable_noise() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
     # The frozen backbone stays in eval mode on purpose; Lightning warns about every such module.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # A resumed run continues in its own run directory, whose checkpoints folder is not empty by design.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Lightning 2.6's pytree helper uses a torch API that torch deprecated; the fix is Lightning's to make.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
