@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 from visualize.cli import add_common_args, backbone_label, check_figure_path, load_from_args, load_inputs, run, save_figure
 from visualize.features import patch_maps
 from visualize.figures import match_figure
-from utils.atomic import write_text
+from utils.results import write_json
 from visualize.images import InputError
 from visualize.matching import mutual_matches, patch_centres, spread_matches
 from visualize.pca_maps import foreground_masks
@@ -73,7 +72,7 @@ def make_match_figure(args: argparse.Namespace) -> None:
             for pa, pb, s in zip(*points, kept.similarity)
         ],
     }
-    write_text(json_path, json.dumps(record, indent=2))
+    write_json(json_path, record)
     print(f"Wrote {args.out} and {json_path} ({len(kept)} of {len(matches)} mutual matches)")
 
 
