@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,9 @@ from utils.atomic import write_text
 from utils.results import write_json
 
 
-def write_rows(rows: list[dict[str, Any]], stem: Path, reasons: Mapping[str, str] | None = None) -> None:
-    """Rows (dicts with the same keys) -> `<stem>.csv` and `<stem>.json` (strict: non-finite values are null /
-    empty, with `reasons` by column name or "not computable" logged)."""
+def write_rows(rows: list[dict[str, Any]], stem: Path) -> None:
+    """Rows (dicts with the same keys) -> `<stem>.csv` and `<stem>.json`; a value that is not a finite number is
+    empty in the CSV and null in the (strict) JSON, and logged."""
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -23,5 +22,4 @@ def write_rows(rows: list[dict[str, Any]], stem: Path, reasons: Mapping[str, str
         [{k: "" if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in rows]
     )
     write_text(stem.with_suffix(".csv"), table.getvalue())
-    column_reasons = {f"[{i}].{column}": why for i in range(len(rows)) for column, why in (reasons or {}).items()}
-    write_json(stem.with_suffix(".json"), rows, column_reasons)
+    write_json(stem.with_suffix(".json"), rows)

@@ -9,10 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from visualize.cli import add_common_args, backbone_label, check_figure_path, load_from_args, load_inputs, run, save_figure
+from utils.results import write_json
+from visualize.cli import (
+    add_common_args,
+    backbone_label,
+    check_figure_path,
+    load_from_args,
+    load_inputs,
+    run,
+    save_figure,
+)
 from visualize.features import patch_maps
 from visualize.figures import match_figure
-from utils.results import write_json
 from visualize.images import InputError
 from visualize.matching import mutual_matches, patch_centres, spread_matches
 from visualize.pca_maps import foreground_masks
