@@ -7,7 +7,7 @@ every object is built from its config's `_target_`, and a head's config names wh
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import sys
 from functools import partial
@@ -24,6 +24,7 @@ from utils.atomic import remove_stale_temps, write_text
 from utils.checkpoints import PeriodicLastCheckpoint, RandomStates, SafeCheckpointIO, resume_checkpoint
 from utils.errors import EXIT_USER_ERROR, UserError, exit_on_user_error, find_user_error, hydra_style, option
 from utils.quiet import silence_unactionable_noise
+from utils.results import write_json
 from utils.run_dirs import register_resolvers
 
 register_resolvers()  # ${run_dir:...} and ${unique_name:} of configs/train.yaml's run directories
@@ -55,9 +56,12 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """A two-column text table of metric names and values."""
+    """A two-column text table of metric names and values; `n/a` for a value that is not a finite number."""
     width = max(len(k) for k in metrics)
-    rows = [f"{name:<{width}}  {value:.4f}" for name, value in sorted(metrics.items())]
+    rows = [
+        f"{name:<{width}}  {value:.4f}" if math.isfinite(value) else f"{name:<{width}}  n/a"
+        for name, value in sorted(metrics.items())
+    ]
     rule = "-" * (width + 10)
     return "\n".join([rule, *rows, rule])
 
@@ -145,7 +149,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         print(f"Predictions written to {cfg.head.predict_dir_out}")
 
     if metrics:
-        write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2))
+        # strict JSON: a metric that could not be computed is null, with the module's reason logged
+        write_json(output_dir / "metrics.json", metrics, getattr(model, "metric_notes", None))
         print(format_metrics(metrics))
     print(f"Run directory: {output_dir}")
     return metrics

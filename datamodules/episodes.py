@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from utils.errors import option
+from utils.results import write_json
 
 from .errors import DatasetError
 
@@ -31,7 +35,9 @@ class Episode:
         return self.support.shape[1]
 
 
-def sample_episodes(labels: np.ndarray, n_way: int, k_shot: int, n_queries: int, n_episodes: int, seed: int) -> list[Episode]:
+def sample_episodes(
+    labels: np.ndarray, n_way: int, k_shot: int, n_queries: int, n_episodes: int, seed: int
+) -> list[Episode]:
     """`n_episodes` episodes over images with class ids `labels` (N,): n_way classes, then k_shot + n_queries images each.
 
     The same seed gives the same episodes; every class in `labels` must have k_shot + n_queries images.
@@ -49,29 +55,100 @@ def sample_episodes(labels: np.ndarray, n_way: int, k_shot: int, n_queries: int,
 
 def save_episodes(path: Path, episodes: list[Episode], names: list[str]) -> None:
     """Write episodes as JSON lists of image names (`names[i]` names dataset index i), through a rename."""
-    payload = [{"support": [[names[i] for i in row] for row in ep.support], "query": [[names[i] for i in row] for row in ep.query]} for ep in episodes]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"episodes": payload}))
-    tmp.replace(path)
+    payload = [
+        {
+            "support": [[names[i] for i in row] for row in ep.support],
+            "query": [[names[i] for i in row] for row in ep.query],
+        }
+        for ep in episodes
+    ]
+    write_json(path, {"episodes": payload}, indent=None)
+
+
+EPISODES_FORMAT = (
+    'It must be JSON {"episodes": [{"support": [[image, ...], ...], "query": [[image, ...], ...]}, ...]}, one row of '
+    "image paths (relative to data.root) per class, as runs write it (episodes_<N>way_<K>shot.json)."
+)
+
+
+def check_protocol(n_way: int, k_shot: int, n_queries: int, file: Path | None = None, episode: int = 0) -> None:
+    """Refuse an episode protocol that cannot measure anything: the data options, or episode `episode` of `file`.
+
+    Raises:
+        DatasetError: fewer than 2 classes (1-way is always right), no support image (nothing to learn from: the
+            methods guess) or no query image (nothing to score: the accuracy is 0 / 0).
+    """
+    where = "" if file is None else f"Episode {episode} of episodes file {file}: "
+    problems = [
+        ("n_way", n_way, 2, 5, "an episode needs at least 2 classes to tell apart (1-way is always right)"),
+        ("k_shot", k_shot, 1, 1, "every class needs a support image to learn from (with none, the methods guess)"),
+        ("n_queries", n_queries, 1, 15, "every class needs a query image to score (with none, accuracy is 0 / 0)"),
+    ]
+    for name, value, least, usual, why in problems:
+        if value < least:
+            named = f"{name}={value}" if file is not None else option("data", name, value)
+            fix = "rewrite the file, or drop data.episodes_file" if file else option("data", name, usual)
+            raise DatasetError(f"{where}{named}, but {why}. Fix: {fix}.")
+
+
+def _rows(episode: Any, key: str, number: int, path: Path) -> list[list[str]]:
+    """An episode's "support" or "query": a non-empty list of lists of image names, checked."""
+    rows = episode.get(key) if isinstance(episode, dict) else None
+    if not (
+        isinstance(rows, list)
+        and rows
+        and all(isinstance(row, list) and all(isinstance(name, str) for name in row) for row in rows)
+    ):
+        raise DatasetError(
+            f"Episode {number} of episodes file {path} has no valid {key!r} (a list of rows of image names, one row "
+            f"per class). {EPISODES_FORMAT} Fix: rewrite the file, or drop data.episodes_file to sample episodes."
+        )
+    return rows
 
 
 def load_episodes(path: Path, names: list[str]) -> list[Episode]:
-    """Episodes from a file written by `save_episodes`; every name must be one of `names` (the dataset's images)."""
+    """Episodes from a file written by `save_episodes`; every name must be one of `names` (the dataset's images).
+
+    Raises:
+        DatasetError: the file is unreadable, not JSON (names the line and column), malformed or refers to images
+            not in `names`; names the file, the episode and the fix.
+    """
+    path = Path(path)
     try:
-        payload = json.loads(Path(path).read_text())["episodes"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DatasetError(f"Cannot read episodes file {path} ({e}): it must be JSON {{\"episodes\": [{{\"support\": [[image, ...], ...], \"query\": [...]}}, ...]}} as the runs write it.") from None
+        payload = json.loads(path.read_text())
+    except OSError as e:
+        raise DatasetError(
+            f"Cannot read episodes file {path} ({e.strerror or e}). Fix: point data.episodes_file at an episodes file "
+            "a run wrote, or drop it to sample episodes."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(
+            f"Episodes file {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. {EPISODES_FORMAT}"
+        ) from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"Episodes file {path} is not a text file. {EPISODES_FORMAT}") from None
+    entries = payload.get("episodes") if isinstance(payload, dict) else None
+    if not isinstance(entries, list):
+        raise DatasetError(f'Episodes file {path} has no "episodes" list at its top level. {EPISODES_FORMAT}')
     index = {name: i for i, name in enumerate(names)}
     episodes = []
-    for number, ep in enumerate(payload):
-        if missing := [n for row in ep["support"] + ep["query"] for n in row if n not in index]:
-            raise DatasetError(f"Episode {number} of {path} names image {missing[0]!r}, which is not in the dataset: point data.root at the folder the episodes were drawn from.")
-        try:
-            support, query = (np.array([[index[n] for n in row] for row in ep[key]], dtype=np.int64) for key in ("support", "query"))
-        except ValueError:
-            support = query = np.empty(0)
-        if support.ndim != 2 or query.ndim != 2 or len(support) != len(query):
-            raise DatasetError(f"Episode {number} of {path} is ragged: each of its n_way classes needs the same number of support and of query images.")
+    for number, entry in enumerate(entries):
+        support_names, query_names = (_rows(entry, key, number, path) for key in ("support", "query"))
+        if missing := [n for row in support_names + query_names for n in row if n not in index]:
+            raise DatasetError(
+                f"Episode {number} of {path} names image {missing[0]!r}, which is not in the dataset: point data.root "
+                "at the folder the episodes were drawn from."
+            )
+        shapes = {len(row) for row in support_names}, {len(row) for row in query_names}
+        if len(shapes[0]) != 1 or len(shapes[1]) != 1 or len(support_names) != len(query_names):
+            raise DatasetError(
+                f"Episode {number} of {path} is ragged: each of its n_way classes needs the same number of support "
+                "and of query images."
+            )
+        support, query = (
+            np.array([[index[n] for n in row] for row in rows], dtype=np.int64) for rows in (support_names, query_names)
+        )
+        check_protocol(len(support), support.shape[1], query.shape[1], path, number)
         episodes.append(Episode(support=support, query=query))
     if not episodes:
         raise DatasetError(f"Episodes file {path} holds no episode.")

@@ -17,11 +17,18 @@ def sig_loss(pred: Tensor, target: Tensor, warm_up: bool = False, variance_focus
 
     With `warm_up` only the mean term is used, sqrt(0.15 mean(g)^2), as the official loss does for its
     first 100 iterations. Var is the unbiased variance (torch's default, as the official loss).
+
+    Degenerate batches stay finite: with one valid pixel the unbiased variance is undefined (0 / 0) and the
+    population variance, 0, is used; with no valid pixel the loss is 0 (no gradient). At a loss of exactly 0 the
+    gradient is 0 rather than the square root's 0 * inf = NaN.
     """
     valid = target > 0
     g = torch.log(pred[valid] + EPS) - torch.log(target[valid] + EPS)
+    if g.numel() == 0:
+        return pred.sum() * 0.0
     mean_term = variance_focus * g.mean() ** 2
-    return torch.sqrt(mean_term if warm_up else g.var() + mean_term)
+    squared = mean_term if warm_up else g.var(correction=1 if g.numel() > 1 else 0) + mean_term
+    return squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt()
 
 
 def gradient_loss(pred: Tensor, target: Tensor, strides: tuple[int, ...] = (1, 2, 4, 6)) -> Tensor:

@@ -1,13 +1,17 @@
 """Monocular depth metrics as torchmetrics `Metric`s: AbsRel, SqRel, RMSE, RMSE-log and delta accuracies.
 
 Each is computed per image over its evaluated pixels and averaged over all images of the split, as the
-depth toolbox the DINOv2 evaluation builds on does (images without evaluated pixels are left out).
+depth toolbox the DINOv2 evaluation builds on does (images without evaluated pixels are left out). A split
+without any evaluated pixel has nothing to average: its metrics are NaN, which train.py reports as null with
+the reason (`empty_split_reason`), never as a number.
 Evaluated pixels: ground truth in `(min_depth, max_depth)` (so 0 = invalid is ignored) and inside the
 dataset's crop: "eigen" (NYU, rows 45:471 and columns 41:601 of 480x640) or "garg" (KITTI, rows
 0.408-0.992 and columns 0.036-0.964 of the height and width); other sizes scale the crop.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -65,6 +69,9 @@ class DepthMetric(Metric):
                 self.images += 1
 
     def compute(self) -> Tensor:
+        """The mean over images with evaluated pixels; NaN when there was none (nothing to average)."""
+        if self.images == 0:
+            return torch.tensor(math.nan)
         return (self.total / self.images).float()
 
 
@@ -130,4 +137,14 @@ def depth_metrics(min_depth: float, max_depth: float, crop: str | None) -> Metri
             **{f"d{power}": DeltaAccuracy(power, **kwargs) for power in (1, 2, 3)},
         },
         compute_groups=False,
+    )
+
+
+def empty_split_reason(stage: str, min_depth: float, max_depth: float, crop: str | None) -> str:
+    """Why the `stage` split's depth metrics could not be computed, and the likely fix."""
+    region = f" inside the {crop!r} crop" if crop is not None else ""
+    return (
+        f"no {stage} image has a ground-truth pixel in (min_depth, max_depth) = ({min_depth}, {max_depth}) m{region}, "
+        "so its depth metrics have nothing to average. Fix: set data.max_depth / data.min_depth to the dataset's "
+        "range (NYU 10 m, KITTI 80 m) and check the depth files' units and data.eval_crop."
     )

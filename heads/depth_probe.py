@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from heads.depth import KINDS, DepthModel, build_depth_head, default_out_index
 from heads.depth_losses import gradient_loss, sig_loss
-from heads.depth_metrics import depth_metrics
+from heads.depth_metrics import depth_metrics, empty_split_reason
 from heads.depth_png import save_depth_color, save_depth_png
 from heads.frozen import FrozenModulesMixin
 from heads.grid import HeadGridModule, block_choice, cached_features, lr_choices, make_grid, to_plain, union_blocks
@@ -59,6 +60,7 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
         predict_dir_out: where `predict` writes `<stem>_depth.png` (uint16 mm) and `<stem>_depth_color.png`.
         colormap, colorbar: the matplotlib colormap of the colour PNG, and whether to draw a colour bar.
         results_dir: where a grid writes `head_grid.csv` / `.json` (every head's val metrics); None writes none.
+        skip_nonfinite: skip (and count) a batch whose loss or gradient is NaN or inf instead of stopping the run.
     """
 
     frozen_modules = ("model.backbone",)
@@ -89,6 +91,7 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
         colormap: str = "magma_r",
         colorbar: bool = False,
         results_dir: str | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
@@ -127,6 +130,8 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
         metrics = depth_metrics(min_depth, max_depth, eval_crop)
         self.init_grid_metrics(metrics)
         self.test_metrics = metrics.clone(prefix="test/")
+        self.metric_notes: dict[str, str] = {}
+        """Why a logged metric is NaN (train.py writes it as null with this reason), by metric name."""
 
     @staticmethod
     def _check_block_count(kind: str, blocks: Sequence[int]) -> None:
@@ -215,8 +220,14 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
             if len(self.grid) > 1:
                 self.log(self.head_key("train/loss", index), loss, batch_size=len(depth))
             losses.append(loss)
-        loss = torch.stack(losses).sum()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(depth))
+        inputs = {
+            "cached features" if "tokens" in batch else "features": features,
+            "images": batch.get("image"),
+            "ground truth": depth,
+        }
+        loss = self.finite_loss(torch.stack(losses).sum(), batch_idx, inputs)
+        if loss is not None:
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(depth))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -231,6 +242,25 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
         if valid.any():
             self.test_metrics.update(self(batch["image"][valid]), batch["depth"][valid])
             self.log_dict(self.test_metrics, batch_size=int(valid.sum()))
+
+    def on_test_epoch_end(self) -> None:
+        if self.test_metrics["AbsRel"].images == 0:
+            hp = self.hparams
+            reason = empty_split_reason("test", hp.min_depth, hp.max_depth, hp.eval_crop)
+            rank_zero_warn(f"The test metrics are null: {reason}")
+            self.metric_notes.update(dict.fromkeys(self.test_metrics.keys(), reason))
+            if self.test_metrics["AbsRel"].update_count == 0:
+                # no map had any ground truth, so test_step never logged the metrics: log them as not computable
+                for name in self.test_metrics:
+                    self.log(name, math.nan)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking and all(m["AbsRel"].images == 0 for m in self.val_metrics):
+            hp = self.hparams
+            reason = empty_split_reason("validation", hp.min_depth, hp.max_depth, hp.eval_crop)
+            rank_zero_warn(f"The validation metrics are NaN, so no checkpoint can be chosen as best: {reason}")
+            self.metric_notes.update({f"val/{name}": reason for name in self.grid_metric_names})
+        super().on_validation_epoch_end()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Depth `(H, W)` metres at the original size; written as PNGs when `predict_dir_out` is set."""

@@ -6,6 +6,8 @@ Every method takes support `(S, C)`, support labels `(S,)` in 0..n_classes-1, qu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,9 @@ from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
 
-def centre_and_project(support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, mean: Tensor | None = None) -> Tensor:
+def centre_and_project(
+    support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, mean: Tensor | None = None
+) -> Tensor:
     """SimpleShot (CL2N): subtract `mean` (the support set's when None), L2-normalise, nearest class centroid.
 
     Returns minus the Euclidean distance of each query to each centroid of the normalised support features.
@@ -39,22 +43,56 @@ def weighted_votes(similarities: Tensor, neighbour_labels: Tensor, n_classes: in
     return votes.scatter_add_(1, neighbour_labels, (similarities / temperature).exp())
 
 
-def cosine_knn(support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, k: int = 10, temperature: float = 0.07) -> Tensor:
+def cosine_knn(
+    support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, k: int = 10, temperature: float = 0.07
+) -> Tensor:
     """Weighted k-NN on cosine similarity (k capped at the support size); scores are each class's share of the votes."""
     similarities, indices = cosine_topk(support, query, min(k, len(support)))
     votes = weighted_votes(similarities, support_labels[indices], n_classes, temperature)
     return votes / votes.sum(1, keepdim=True)
 
 
-def logistic_regression(support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, C: float = 1.0, max_iter: int = 1000) -> Tensor:
+def logistic_regression(
+    support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, C: float = 1.0, max_iter: int = 1000
+) -> Tensor:
     """scikit-learn's multinomial logistic regression on the L2-normalised features; scores are class probabilities."""
-    model = LogisticRegression(C=C, max_iter=max_iter).fit(F.normalize(support, dim=-1).cpu().numpy(), support_labels.cpu().numpy())
+    model = LogisticRegression(C=C, max_iter=max_iter).fit(
+        F.normalize(support, dim=-1).cpu().numpy(), support_labels.cpu().numpy()
+    )
     probs = np.zeros((len(query), n_classes), dtype=np.float32)
     probs[:, model.classes_] = model.predict_proba(F.normalize(query, dim=-1).cpu().numpy())
     return torch.from_numpy(probs)
 
 
 def mean_confidence_interval(accuracies: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    """Mean of per-episode accuracies and the half-width of its normal confidence interval: z * std(ddof=1) / sqrt(n)."""
+    """Mean of per-episode accuracies and the half-width of its normal confidence interval: z * std(ddof=1) / sqrt(n).
+
+    The half-width is NaN for a single episode (no spread to estimate): reported as null, never as a number.
+    """
+    if len(accuracies) < 2:
+        return float(np.mean(accuracies)), math.nan
     z = stats.norm.ppf(0.5 + confidence / 2)
     return float(np.mean(accuracies)), float(z * stats.sem(accuracies))
+
+
+DEGENERATE_SPREAD = 1e-3
+"""`feature_spread` below which features count as collapsed (random ViT-S/14 weights: about 2e-5)."""
+
+
+def feature_spread(features: Tensor) -> float:
+    """The median distance of the L2-normalised features `(N, C)` to their mean: 0 when every image has the same
+    direction, up to about 1 for spread-out features."""
+    unit = F.normalize(features.double(), dim=-1)
+    return float((unit - unit.mean(0)).norm(dim=1).median())
+
+
+def collapsed_features_warning(spread: float, n_way: int) -> str:
+    """What collapsed features (`feature_spread` under `DEGENERATE_SPREAD`) do to the methods, for a warning."""
+    return (
+        f"The images' features are nearly identical (median distance {spread:.1e} of the L2-normalised features to "
+        "their mean), as with random backbone weights: the backbone tells the images apart by almost nothing. "
+        "logistic_regression fits on the normalised features without centring them, so its regularised fit stays at "
+        f"zero weights: every class gets probability 1/{n_way}, every query is predicted as the first class, and the "
+        f"accuracy is exactly {100 / n_way:.2f} % with a 0 confidence interval (chance, not a bug). centre_and_project "
+        "subtracts the mean first and can still find the small differences."
+    )

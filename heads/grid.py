@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MetricCollection
 
+from heads.finite import is_finite, loss_error, nonfinite_gradients, nonfinite_inputs
 from heads.results import write_rows
 
 
@@ -169,9 +170,25 @@ def best_index(scores: Tensor, mode: str) -> int:
     return int(scores.argmax() if mode == "max" else scores.argmin())
 
 
+NONFINITE_CAUSES = {
+    "images": "the input images are not finite (a corrupt image file or a transform that divides by zero)",
+    "features": "the frozen backbone's features are not finite (weights holding NaN, or float16 overflow). "
+    "Fix: check the backbone checkpoint, or train in float32",
+    "cached features": "the feature cache holds NaN or inf tokens (written from a corrupt or diverged backbone, or "
+    "its files are damaged). Fix: delete that cache's folder under feature_cache.root so that it is extracted again",
+    "ground truth": "the training labels or depth maps hold NaN or inf. Fix: check the dataset's files",
+}
+"""Why each input of a training batch would not be finite, and the fix: the guard's message names the likely cause."""
+
+
 class HeadGridModule(L.LightningModule):
     """What a probe with a head grid shares: per-head validation, the choice of the best head, per-head optimiser
-    groups and gradient clipping.
+    groups and gradient clipping, and the guard against non-finite losses and gradients.
+
+    A non-finite training loss stops the run (`heads.finite.NonFiniteLossError`, naming the step and the input that
+    was not finite) before its backward pass, and a non-finite gradient before the optimiser step, so no weight ever
+    becomes NaN and no NaN checkpoint is saved. With the head option `skip_nonfinite: true` such a batch is skipped
+    instead (no optimiser step) and counted in the logged `train/skipped_nonfinite`.
 
     Subclasses set `grid` (list of GridHead), `grid_heads` (the heads, in grid order), `monitor` ("val/<metric>")
     and `monitor_mode`, call `init_grid_metrics` once, and update `val_metrics[g]` with head g's predictions in
@@ -213,6 +230,57 @@ class HeadGridModule(L.LightningModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """One optimiser param group per head, with its learning rate."""
         return [{"params": head.parameters(), "lr": spec.lr} for head, spec in zip(self.grid_heads, self.grid)]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The forward pass of a batch updates the heads' buffers (BatchNorm statistics) before its loss is known;
+        # a non-finite batch is undone with this copy (a few vectors per head).
+        self._buffers_before = [buffer.detach().clone() for head in self.grid_heads for buffer in head.buffers()]
+
+    def finite_loss(self, loss: Tensor, batch_idx: int, inputs: Mapping[str, Any]) -> Tensor | None:
+        """`loss` if it is finite; else stop (or, with `skip_nonfinite`, skip the batch: None) - see the class.
+
+        `inputs` names the batch's tensors (keys of `NONFINITE_CAUSES`), to tell the likely cause.
+        """
+        if is_finite(loss):
+            return loss
+        self._nonfinite("loss", float(loss.detach()), batch_idx, inputs)
+        return None
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        # A finite loss can still have a non-finite gradient (e.g. sqrt at 0); it would make the weights NaN.
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if nonfinite_gradients(params):
+            self._nonfinite("gradient", math.nan, None, {})
+            for param in params:
+                param.grad = None  # torch optimisers leave parameters without a gradient untouched
+
+    def _nonfinite(self, what: str, value: float, batch_idx: int | None, inputs: Mapping[str, Any]) -> None:
+        """Raise for a non-finite `what`, or with `skip_nonfinite` warn (the first time) and count it; either way the
+        heads' buffers are put back as they were before the batch."""
+        saved = getattr(self, "_buffers_before", None)
+        if saved is not None:
+            with torch.no_grad():
+                for buffer, before in zip((b for head in self.grid_heads for b in head.buffers()), saved):
+                    buffer.copy_(before)
+        where = f"step {self.global_step}" + (
+            f" (batch {batch_idx} of epoch {self.current_epoch})" if batch_idx is not None else ""
+        )
+        skip = bool(self.hparams.get("skip_nonfinite", False))
+        if not skip:
+            raise loss_error(what, value, where, inputs, NONFINITE_CAUSES, skip_option=True)
+        self._skipped_nonfinite = getattr(self, "_skipped_nonfinite", 0) + 1
+        if self._skipped_nonfinite == 1:
+            bad = ", ".join(nonfinite_inputs(inputs)) or "none of its inputs"
+            rank_zero_warn(
+                f"Skipped a training batch at {where}: its {what} is {value} (non-finite inputs: {bad}). With "
+                "skip_nonfinite such batches are skipped and counted in train/skipped_nonfinite."
+            )
+        self.log("train/skipped_nonfinite", float(self._skipped_nonfinite), on_step=True, on_epoch=False)
+
+    def on_train_end(self) -> None:
+        skipped = getattr(self, "_skipped_nonfinite", 0)
+        if skipped:
+            rank_zero_warn(f"Skipped {skipped} training batch(es) with a non-finite loss or gradient (skip_nonfinite).")
 
     def configure_gradient_clipping(
         self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None

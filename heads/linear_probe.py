@@ -17,6 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from heads.finite import check_loss
+
+LINEAR_CAUSES = {
+    "features": "the backbone's features are not finite. Fix: check the backbone checkpoint",
+    "diverged": "lower head.learning_rates",
+}
+"""The likely causes of a non-finite linear-probe loss, for `heads.finite.check_loss`."""
+
 OFFICIAL_LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 
 
@@ -65,12 +73,13 @@ def train_grid(
     optimizer = torch.optim.SGD(groups, momentum=0.9, weight_decay=0.0)
     steps_per_epoch = -(-len(labels) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch, eta_min=0)
-    for _ in tqdm(range(epochs), desc="linear probe grid", unit="epoch"):
+    for epoch in tqdm(range(epochs), desc="linear probe grid", unit="epoch"):
         for batch in torch.randperm(len(labels), device=labels.device).split(batch_size):
             loss = sum(
                 F.cross_entropy(head(linear_input(class_tokens[batch], patch_means[batch], c.n_blocks, c.avgpool)), labels[batch])
                 for head, c in zip(heads, configs)
             )
+            check_loss(loss, f"linear-probe epoch {epoch}", {"features": (class_tokens, patch_means)}, LINEAR_CAUSES)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -19,7 +18,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from heads.sam import SamBoxPredictor, clip_boxes
 from heads.sam_overlay import save_overlay
-from utils.atomic import write_text
+from utils.results import write_json
 
 AP_NAMES = {"map": "mask_AP", "map_50": "mask_AP50", "map_75": "mask_AP75", "map_small": "mask_APs",
             "map_medium": "mask_APm", "map_large": "mask_APl"}  # fmt: skip
@@ -153,7 +152,7 @@ class SamBoxEvaluator(L.LightningModule):
                 stacklevel=1,
             )
         if self.hparams.results_file is not None:
-            write_text(self.hparams.results_file, json.dumps(self.results))
+            write_json(Path(self.hparams.results_file), self.results, indent=None)
 
     def predict_step(self, item: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """COCO results entries (RLE masks) of one image's box prompts."""

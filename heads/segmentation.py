@@ -59,6 +59,7 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
         tta_scales, tta_flip: evaluation views ("+ms": (1.0, 1.32, 1.73, 2.28, 3.0) and flip).
         predict_dir_out: where `predict` writes `<image stem>.png` label maps; None writes nothing.
         results_dir: where a grid writes `head_grid.csv` / `.json` (every head's val metrics); None writes none.
+        skip_nonfinite: skip (and count) a batch whose loss or gradient is NaN or inf instead of stopping the run.
     """
 
     monitor = "val/mIoU"  # the metric that picks the best checkpoint
@@ -84,6 +85,7 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
         tta_flip: bool = False,
         predict_dir_out: str | None = None,
         results_dir: str | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
@@ -189,7 +191,7 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
             stride=self.hparams.stride,
         )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         labels = batch["label"]
         maps = self.features(batch)
         losses = []
@@ -200,8 +202,10 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
             if len(self.grid) > 1:
                 self.log(self.head_key("train/loss", index), loss, batch_size=labels.shape[0])
             losses.append(loss)
-        loss = torch.stack(losses).sum()
-        self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
+        inputs = {"cached features" if "tokens" in batch else "features": maps, "images": batch.get("image")}
+        loss = self.finite_loss(torch.stack(losses).sum(), batch_idx, inputs)
+        if loss is not None:
+            self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -18,7 +17,7 @@ def make_match_figure(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from utils.atomic import write_text
+    from utils.results import write_json
     from visualize.cli import backbone_label, check_figure_path, load_from_args, load_inputs, save_figure
     from visualize.features import patch_maps
     from visualize.figures import match_figure
@@ -67,7 +66,7 @@ def make_match_figure(args: argparse.Namespace) -> None:
             for pa, pb, s in zip(*points, kept.similarity)
         ],
     }
-    write_text(json_path, json.dumps(record, indent=2))
+    write_json(json_path, record)
     print(f"Wrote {args.out} and {json_path} ({len(kept)} of {len(matches)} mutual matches)")
 
 
