@@ -153,7 +153,9 @@ class SamBoxEvaluator(L.LightningModule):
                 stacklevel=1,
             )
         if self.hparams.results_file is not None:
-            write_text(self.hparams.results_file, json.dumps(self.results))
+            # strict JSON: detector scores are checked when read (datamodules.coco) and SAM's are finite, so a
+            # non-finite score here is a bug to stop at, not a NaN to write
+            write_text(self.hparams.results_file, json.dumps(self.results, allow_nan=False))
 
     def predict_step(self, item: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """COCO results entries (RLE masks) of one image's box prompts."""

@@ -11,9 +11,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from PIL import Image
 
 import train
 from datamodules.coco import CocoDataModule
@@ -98,7 +98,9 @@ def test_results_file_evaluates_to_the_logged_ap(coco_root: Path, tmp_path: Path
     torch.manual_seed(0)
     results = tmp_path / "segm.json"
     overlays = tmp_path / "overlays"
-    model = SamBoxEvaluator(build_sam("vit_b", **TINY_SAM), results_file=str(results), overlays=2, overlay_dir=str(overlays))
+    model = SamBoxEvaluator(
+        build_sam("vit_b", **TINY_SAM), results_file=str(results), overlays=2, overlay_dir=str(overlays)
+    )
     dm = datamodule(coco_root)
     metrics = run_test(model, dm)
     entries = json.loads(results.read_text())
@@ -139,18 +141,56 @@ def test_detector_boxes_bad_ones_are_counted_and_the_rest_answered(coco_root: Pa
         metrics = run_test(model, dm)
     assert (metrics["test/boxes"], metrics["test/boxes_clipped"], metrics["test/boxes_degenerate"]) == (5, 2, 2)
     entries = json.loads((tmp_path / "r.json").read_text())
-    assert [(e["image_id"], e["category_id"], e["score"]) for e in entries] == [(1, 1, 0.9), (1, 2, 0.8), (1, 3, pytest.approx(0.7))]
+    assert [(e["image_id"], e["category_id"], e["score"]) for e in entries] == [
+        (1, 1, 0.9),
+        (1, 2, 0.8),
+        (1, 3, pytest.approx(0.7)),
+    ]
     assert "test/box_mIoU" not in metrics
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{\"a\": 1}", "must be a COCO results list"), ("[{\"image_id\": 1, \"bbox\": [1, 2, 3, 4]}]", "Detection #0"), ("[", "Cannot read")],
+    [
+        ('{"a": 1}', "must be a COCO results list"),
+        ('[{"image_id": 1, "bbox": [1, 2, 3, 4]}]', "Detection #0"),
+        ("[", "Cannot read"),
+    ],
 )
 def test_bad_detections_file_is_one_clear_error(coco_root: Path, tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "d.json").write_text(content)
     with pytest.raises(DatasetError, match=message):
         datamodule(coco_root, detections=str(tmp_path / "d.json"))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"score": float("nan")}, "score = nan"),
+        ({"score": "0.9"}, "score = 0.9"),
+        ({"bbox": ["a", "b", "c", "d"]}, r"bbox = \['a', 'b', 'c', 'd'\]"),
+        ({"bbox": [1, 2, float("inf"), 4]}, "bbox = .*inf"),
+        ({"bbox": [1, 2, -3, 4]}, r"bbox = \[1, 2, -3, 4\]"),
+        ({"bbox": [1, 2, 3]}, "bbox = "),
+        ({"category_id": True}, "category_id = True"),
+        ({"image_id": "1"}, "image_id = 1"),
+    ],
+)
+def test_bad_detection_values_name_the_file_and_entry(coco_root: Path, tmp_path: Path, bad: dict, message: str) -> None:
+    good = {"image_id": 1, "category_id": 1, "bbox": [2, 3, 20, 15], "score": 0.9}
+    (tmp_path / "d.json").write_text(json.dumps([good, good | bad]))  # json writes NaN for float("nan")
+    with pytest.raises(DatasetError, match=rf"Detection #1 in .*d\.json has {message}"):
+        datamodule(coco_root, detections=str(tmp_path / "d.json"))
+
+
+def test_bad_annotation_box_names_the_annotation(coco_root: Path, tmp_path: Path) -> None:
+    data = json.loads((coco_root / "annotations" / "instances_val2017.json").read_text())
+    data["annotations"][1]["bbox"] = ["1", "2", "3", "4"]
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    ann_id = data["annotations"][1]["id"]
+    with pytest.raises(DatasetError, match=rf"Annotation id {ann_id} in .*instances_val2017.json has bbox = \['1'"):
+        datamodule(tmp_path)
 
 
 def test_missing_annotations_name_the_layout(tmp_path: Path) -> None:
