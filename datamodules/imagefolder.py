@@ -27,14 +27,7 @@ class ClassFolderError(DatasetError):
 
 def eval_transform(resize_size: int, crop_size: int) -> A.Compose:
     """The official DINOv2 classification evaluation transform: shorter side to resize_size, centre crop, normalise."""
-    return A.Compose(
-        [
-            A.SmallestMaxSize(max_size=resize_size),
-            A.CenterCrop(crop_size, crop_size),
-            A.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ToTensorV2(),
-        ]
-    )
+    return A.Compose([A.SmallestMaxSize(max_size=resize_size), A.CenterCrop(crop_size, crop_size), A.Normalize(IMAGENET_MEAN, IMAGENET_STD), ToTensorV2()])
 
 
 class LabelledImages(Dataset):
@@ -63,21 +56,15 @@ class LabelledImages(Dataset):
 def class_folder_samples(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """Class names (sorted sub-folders) and the sorted (image, class id) pairs under folder, searched recursively."""
     if not folder.is_dir():
-        raise ClassFolderError(
-            f"{folder} is not a folder. Expected one sub-folder of images per class: {folder}/<class>/<image>.jpg."
-        )
+        raise ClassFolderError(f"{folder} is not a folder. Expected one sub-folder of images per class: {folder}/<class>/<image>.jpg.")
     try:
         names, class_to_idx = find_classes(folder)
     except FileNotFoundError:
-        raise ClassFolderError(
-            f"{folder} has no class sub-folders. Expected one sub-folder of images per class: {folder}/<class>/<image>.jpg."
-        ) from None
+        raise ClassFolderError(f"{folder} has no class sub-folders. Expected one sub-folder of images per class: {folder}/<class>/<image>.jpg.") from None
     samples = make_dataset(folder, class_to_idx, extensions=IMAGE_SUFFIXES, allow_empty=True)
     counts = np.bincount([label for _, label in samples], minlength=len(names))
     if empty := [names[c] for c in np.flatnonzero(counts == 0)]:
-        raise ClassFolderError(
-            f"Class folder {folder / empty[0]} holds no {'/'.join(IMAGE_SUFFIXES)} image ({len(empty)} such folder(s)): add images or remove it."
-        )
+        raise ClassFolderError(f"Class folder {folder / empty[0]} holds no {'/'.join(IMAGE_SUFFIXES)} image ({len(empty)} such folder(s)): add images or remove it.")
     return names, [(Path(p), label) for p, label in samples]
 
 
@@ -120,13 +107,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         num_workers: int = 4,
     ):
         super().__init__()
-        check_loader_options(
-            batch_size=batch_size, num_workers=num_workers, crop_size=crop_size, resize_size=resize_size
-        )
+        check_loader_options(batch_size=batch_size, num_workers=num_workers, crop_size=crop_size, resize_size=resize_size)
         if too_few not in ("skip", "fail"):
-            raise DatasetError(
-                f"data.too_few={too_few!r} is not an option: use skip (leave small classes out with a warning) or fail."
-            )
+            raise DatasetError(f"data.too_few={too_few!r} is not an option: use skip (leave small classes out with a warning) or fail.")
         self.root = Path(root).expanduser()
         self.splits = None if splits is None else list(splits)
         self.num_classes = num_classes
@@ -154,35 +137,22 @@ class ImageFolderDataModule(L.LightningDataModule):
         else:
             self.sets = self._split_sets()
         if self.num_classes is not None and self.num_classes != len(self.class_names):
-            raise ClassFolderError(
-                f"data.num_classes={self.num_classes} but {self.root} has {len(self.class_names)} usable class folders: set data.num_classes={len(self.class_names)} or null."
-            )
+            raise ClassFolderError(f"data.num_classes={self.num_classes} but {self.root} has {len(self.class_names)} usable class folders: set data.num_classes={len(self.class_names)} or null.")
         if self.base_dir is not None:
-            self.sets.append(
-                LabelledImages(class_folder_samples(self.base_dir)[1], self.transform, part=len(self.sets))
-            )
+            self.sets.append(LabelledImages(class_folder_samples(self.base_dir)[1], self.transform, part=len(self.sets)))
 
-    def _episode_classes(
-        self, names: list[str], samples: list[tuple[Path, int]]
-    ) -> tuple[list[str], list[tuple[Path, int]]]:
+    def _episode_classes(self, names: list[str], samples: list[tuple[Path, int]]) -> tuple[list[str], list[tuple[Path, int]]]:
         """The classes with enough images for every episode (the others skipped or refused), renumbered 0..n-1."""
         needed = (max(self.k_shots) + self.n_queries) if self.episodes_file is None else 1
         counts = np.bincount([label for _, label in samples], minlength=len(names))
         small = [f"{self.root / names[c]} ({counts[c]} images)" for c in np.flatnonzero(counts < needed)]
         if small and self.too_few == "fail":
-            raise ClassFolderError(
-                f"Class folder {small[0]} has fewer than k_shot + n_queries = {needed} images ({len(small)} such folder(s)). Add images, lower data.k_shot / data.n_queries, or set data.too_few=skip to leave such classes out."
-            )
+            raise ClassFolderError(f"Class folder {small[0]} has fewer than k_shot + n_queries = {needed} images ({len(small)} such folder(s)). Add images, lower data.k_shot / data.n_queries, or set data.too_few=skip to leave such classes out.")
         if small:
-            warnings.warn(
-                f"Leaving out {len(small)} class(es) with fewer than k_shot + n_queries = {needed} images: {', '.join(small)}.",
-                stacklevel=2,
-            )
+            warnings.warn(f"Leaving out {len(small)} class(es) with fewer than k_shot + n_queries = {needed} images: {', '.join(small)}.", stacklevel=2)
         kept = [c for c in range(len(names)) if counts[c] >= needed]
         if len(kept) < self.n_way and self.episodes_file is None:
-            raise ClassFolderError(
-                f"data.n_way={self.n_way} but {self.root} has only {len(kept)} class(es) with at least {needed} images: lower data.n_way or add classes."
-            )
+            raise ClassFolderError(f"data.n_way={self.n_way} but {self.root} has only {len(kept)} class(es) with at least {needed} images: lower data.n_way or add classes.")
         new_id = {old: new for new, old in enumerate(kept)}
         return [names[c] for c in kept], [(p, new_id[label]) for p, label in samples if label in new_id]
 
@@ -193,9 +163,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             names, samples = class_folder_samples(self.root / split)
             if sets and names != self.class_names:
                 extra = sorted(set(names) ^ set(self.class_names))
-                raise ClassFolderError(
-                    f"{self.root / split} and {self.root / self.splits[0]} have different classes (e.g. {extra[:3]}): every split needs the same class folders."
-                )
+                raise ClassFolderError(f"{self.root / split} and {self.root / self.splits[0]} have different classes (e.g. {extra[:3]}): every split needs the same class folders.")
             self.class_names = names
             sets.append(LabelledImages(samples, self.transform, part=len(sets)))
         return sets
@@ -210,9 +178,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             fixed = load_episodes(self.episodes_file, self.image_names())
             return {fixed[0].k_shot: fixed}
         labels = self.sets[0].labels
-        return {
-            k: sample_episodes(labels, self.n_way, k, self.n_queries, self.n_episodes, self.seed) for k in self.k_shots
-        }
+        return {k: sample_episodes(labels, self.n_way, k, self.n_queries, self.n_episodes, self.seed) for k in self.k_shots}
 
     def save_episodes(self, path: Path, episodes: list[Episode]) -> None:
         """Write episodes so that `data.episodes_file=path` replays them."""
@@ -226,10 +192,4 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _loader(self) -> DataLoader:
         # One loader over all parts: Lightning returns one result dict per test loader, and train.py expects one.
-        return DataLoader(
-            ConcatDataset(self.sets),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
+        return DataLoader(ConcatDataset(self.sets), batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
