@@ -10,7 +10,7 @@ import torch
 from .datasets import PredictImages, Sample, SegmentationDataset
 from .errors import DatasetError
 from .files import list_images
-from .loaders import DenseDataModule
+from .loaders import DenseDataModule, check_loader_options, usable_workers
 from .transforms import eval_transform, train_transform
 
 
@@ -46,6 +46,7 @@ class SegmentationDataModule(DenseDataModule):
         predict_dir: str | None = None,
     ):
         super().__init__()
+        check_loader_options(batch_size=batch_size, num_workers=num_workers, crop_size=crop_size, short_side=short_side)
         if num_classes is not None and num_classes != len(self.class_names):
             raise DatasetError(
                 f"{self.name} has {len(self.class_names)} classes but data.num_classes={num_classes}: "
@@ -53,7 +54,7 @@ class SegmentationDataModule(DenseDataModule):
             )
         self.root = Path(root).expanduser()
         self.num_classes = len(self.class_names)
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers = batch_size, usable_workers(num_workers)
         self.crop_size, self.scale_range = crop_size, (float(scale_range[0]), float(scale_range[1]))
         self.short_side, self.cat_max_ratio = short_side, cat_max_ratio
         self.download = download

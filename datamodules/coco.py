@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DatasetError
 from .files import load_image
+from .loaders import check_loader_options, usable_workers
 from .synthetic_coco import write_coco_like
 
 DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
@@ -32,12 +34,57 @@ def load_coco(path: Path) -> COCO:
     """The annotation file as a pycocotools COCO index; a clear error when it is not COCO-format JSON."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-            return COCO(str(path))
+            coco = COCO(str(path))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DatasetError(
             f"Cannot read the instance annotations {path} ({type(err).__name__}: {err}). It must be a COCO-format "
             "JSON file with 'images', 'annotations' and 'categories': restore it from the dataset archive."
         ) from None
+    for ann_id, ann in coco.anns.items():
+        bbox, area = ann.get("bbox"), ann.get("area")
+        if not _is_box(bbox) or not (_is_number(area) and math.isfinite(area)):
+            raise DatasetError(
+                f"Annotation id {ann_id} in {path} has bbox = {str(bbox)[:80]}, area = {str(area)[:40]}: every "
+                "annotation needs bbox = [x, y, width, height] (finite numbers, width and height >= 0) and a finite "
+                "area. Restore the file from the dataset archive, or fix that annotation."
+            )
+    return coco
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_box(bbox: object) -> bool:
+    """Whether ``bbox`` is a COCO box: a list of four finite numbers [x, y, width, height], width and height >= 0."""
+    return (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(_is_number(v) and math.isfinite(v) for v in bbox)
+        and bbox[2] >= 0
+        and bbox[3] >= 0
+    )
+
+
+def check_detection(det: object, index: int, path: Path) -> None:
+    """Raise a DatasetError naming the file, the entry and the bad value unless ``det`` is a COCO result
+    ``{image_id: int, category_id: int, bbox: [x, y, w, h] finite numbers with w, h >= 0, score: finite number}``."""
+    fix = (
+        f"every entry needs {', '.join(DETECTION_KEYS)} with integer ids, bbox = [x, y, width, height] in pixels "
+        "(finite numbers, width and height >= 0) and a finite score (the COCO results format). Fix or remove the entry."
+    )
+    if not isinstance(det, dict) or (missing := [key for key in DETECTION_KEYS if key not in det]):
+        what = f"lacks {', '.join(missing)}" if isinstance(det, dict) else f"is a {type(det).__name__}"
+        raise DatasetError(f"Detection #{index} in {path} {what} ({str(det)[:120]}); {fix}")
+    problems = {
+        "image_id": not isinstance(det["image_id"], int) or isinstance(det["image_id"], bool),
+        "category_id": not isinstance(det["category_id"], int) or isinstance(det["category_id"], bool),
+        "bbox": not _is_box(det["bbox"]),
+        "score": not _is_number(det["score"]) or not math.isfinite(det["score"]),
+    }
+    for key, bad in problems.items():
+        if bad:
+            raise DatasetError(f"Detection #{index} in {path} has {key} = {str(det[key])[:80]}; {fix}")
 
 
 def load_detections(path: Path, image_ids: set[int], max_per_image: int) -> dict[int, list[dict[str, Any]]]:
@@ -50,15 +97,11 @@ def load_detections(path: Path, image_ids: set[int], max_per_image: int) -> dict
     if not isinstance(detections, list):
         raise DatasetError(
             f"The detections file {path} holds a {type(detections).__name__}; it must be a COCO results list "
-            "[{\"image_id\": ..., \"category_id\": ..., \"bbox\": [x, y, w, h], \"score\": ...}, ...]."
+            '[{"image_id": ..., "category_id": ..., "bbox": [x, y, w, h], "score": ...}, ...].'
         )
     by_image, unknown = defaultdict(list), []
     for i, det in enumerate(detections):
-        if not isinstance(det, dict) or any(key not in det for key in DETECTION_KEYS) or len(det["bbox"]) != 4:
-            raise DatasetError(
-                f"Detection #{i} in {path} is {str(det)[:120]}; every entry needs {', '.join(DETECTION_KEYS)} "
-                "with bbox = [x, y, width, height] in pixels (the COCO results format)."
-            )
+        check_detection(det, i, path)
         if det["image_id"] in image_ids:
             by_image[det["image_id"]].append(det)
         else:
@@ -105,7 +148,9 @@ class CocoInstances(Dataset):
             "image": image,
             "image_id": image_id,
             "path": str(path),
-            "gt_masks": np.stack([self.coco.annToMask(a).astype(bool) for a in anns]) if anns else np.zeros((0, h, w), bool),
+            "gt_masks": np.stack([self.coco.annToMask(a).astype(bool) for a in anns])
+            if anns
+            else np.zeros((0, h, w), bool),
             "gt_boxes": xywh_to_xyxy([a["bbox"] for a in anns]),
             "gt_labels": np.array([a["category_id"] for a in anns], dtype=np.int64),
             "gt_iscrowd": np.array([a.get("iscrowd", 0) for a in anns], dtype=np.int64),
@@ -113,7 +158,11 @@ class CocoInstances(Dataset):
         }
         if self.detections is None:
             keep = item["gt_iscrowd"] == 0
-            item |= {"prompt_boxes": item["gt_boxes"][keep], "prompt_labels": item["gt_labels"][keep], "prompt_scores": None}
+            item |= {
+                "prompt_boxes": item["gt_boxes"][keep],
+                "prompt_labels": item["gt_labels"][keep],
+                "prompt_scores": None,
+            }
         else:
             dets = self.detections.get(image_id, [])
             item |= {
@@ -159,12 +208,13 @@ class CocoDataModule(L.LightningDataModule):
         generate_n: int = 16,
     ) -> None:
         super().__init__()
+        check_loader_options(num_workers=num_workers, max_detections=max_detections, generate_n=generate_n)
         if layout not in ("coco", "lvis"):
             raise DatasetError(f"data.layout={layout!r} is not a known layout: use 'coco' or 'lvis'.")
         self.root = Path(root).expanduser()
         self.images, self.annotations, self.layout = self.root / images, self.root / annotations, layout
         self.detections = None if detections is None else Path(detections).expanduser()
-        self.max_detections, self.num_workers = max_detections, num_workers
+        self.max_detections, self.num_workers = max_detections, usable_workers(num_workers)
         self.generate, self.generate_n = generate, generate_n
 
     def prepare_data(self) -> None:

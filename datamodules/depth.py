@@ -10,6 +10,8 @@ import albumentations as A
 import torch
 from torch.utils.data import Dataset
 
+from utils.errors import option
+
 from .datasets import PredictImages
 from .depth_files import load_depth
 from .depth_transforms import (
@@ -19,7 +21,7 @@ from .depth_transforms import (
 )
 from .errors import DatasetError
 from .files import list_images, load_image
-from .loaders import DenseDataModule
+from .loaders import DenseDataModule, check_loader_options, usable_workers
 
 
 class DepthDataset(Dataset):
@@ -91,8 +93,13 @@ class DepthDataModule(DenseDataModule):
         predict_short_side: int = 480,
     ) -> None:
         super().__init__()
+        check_loader_options(
+            batch_size=batch_size, num_workers=num_workers, crop_size=crop_size, predict_short_side=predict_short_side
+        )
+        if not isinstance(crop_size, Sequence) or len(crop_size) != 2:
+            raise DatasetError(f"{option('data', 'crop_size', crop_size)} must be two sides [H, W] in pixels.")
         self.root = Path(root).expanduser()
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers = batch_size, usable_workers(num_workers)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.rotate_degrees = rotate_degrees
         self.min_depth, self.max_depth, self.eval_crop = min_depth, max_depth, eval_crop

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .errors import DatasetError
+from .files import open_image
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
 
@@ -49,11 +49,8 @@ def load_depth(path: Path, scale: float, image_path: Path, image_hw: tuple[int, 
 
     NYU stores millimetres (scale 1000), KITTI 256ths of a metre (scale 256).
     """
-    try:
-        with Image.open(path) as img:
-            mode, raw = img.mode, np.asarray(img)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"Cannot read depth map {path} ({e}): restore it from the original archive.") from None
+    with open_image(path, "depth map") as img:
+        mode, raw = img.mode, np.asarray(img)
     if mode not in SIXTEEN_BIT_MODES:
         raise DatasetError(
             f"Depth map {path} is a {mode!r} image, expected a single-channel 16-bit PNG (mode 'I;16') of "

@@ -1,5 +1,7 @@
 """Finding and reading dataset files: RGB images and label PNGs, checked as they are read."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,28 +31,52 @@ def make_label_map(mapping: dict[int, int], valid: str) -> LabelMap:
     return LabelMap(lut, valid)
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB; grey, palette, RGBA and 16-bit images are converted."""
+@contextmanager
+def open_image(path: Path, what: str = "image") -> Iterator[Image.Image]:
+    """Open an image file with PIL (lazily: the header is read here, the pixels on first use) for a ``with`` block.
+
+    Every image a datamodule reads goes through here, so that a file PIL cannot read, or one whose header
+    announces more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb: a small file that would
+    decode to gigabytes), is a `DatasetError` naming the file (``what`` says what it is: "image", "label", ...)
+    rather than a traceback, inside the block as well as at opening.
+    """
     try:
         with Image.open(path) as img:
-            if img.mode.startswith("I"):
-                # PIL's convert() clips 16-bit values to 255 instead of rescaling them
-                img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-            return np.asarray(img.convert("RGB"))
-    except (OSError, ValueError) as e:
+            yield img
+    except DatasetError:
+        raise
+    except Image.DecompressionBombError as e:
         raise DatasetError(
-            f"Cannot read image {path} ({e}). The file is missing, truncated or not an image: "
-            "restore it from the original archive, or delete it together with its label file."
+            f"The {what} {path} is too large to read safely: {e} (Pillow refuses images of more than twice "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels, as a small file of that size can decode "
+            "to gigabytes). Remove the file, or downscale it below that limit if it is a real image you want to use."
         ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DatasetError(
+            f"Cannot read {what} {path} ({e}). The file is missing, truncated or not an image: "
+            "restore it from the original archive, or remove it."
+        ) from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, through `open_image`'s checks; the pixels are not decoded."""
+    with open_image(path) as img:
+        return img.size
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB; grey, palette, RGBA and 16-bit images are converted."""
+    with open_image(path) as img:
+        if img.mode.startswith("I"):
+            # PIL's convert() clips 16-bit values to 255 instead of rescaling them
+            img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+        return np.asarray(img.convert("RGB"))
 
 
 def load_label(path: Path, label_map: LabelMap, image_path: Path, image_hw: tuple[int, int]) -> np.ndarray:
     """Read a single-channel label PNG as (H, W) uint8 class ids (255 = ignore), checking it against its image."""
-    try:
-        with Image.open(path) as img:
-            raw = np.asarray(img)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"Cannot read label {path} ({e}): restore it from the original archive.") from None
+    with open_image(path, "label") as img:
+        raw = np.asarray(img)
     if raw.ndim != 2:
         raise DatasetError(
             f"Label {path} has {raw.shape[2]} channels; labels must be single-channel (palette or greyscale) PNGs "

@@ -23,7 +23,8 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetError
-from .files import load_image
+from .files import image_size, load_image
+from .loaders import available_cpus
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 DECODERS = ("cpu", "gpu")
@@ -48,8 +49,10 @@ def decode_bytes(data: Tensor, path: Path) -> Tensor:
     """Encoded ``(N,)`` uint8 bytes -> ``(3, H, W)`` uint8 RGB on the CPU; grey, palette and alpha images are converted.
 
     torchvision decodes JPEG, PNG, WebP and GIF; anything else (BMP, CMYK JPEG, ...) goes through PIL, and a
-    file neither can read raises a DatasetError naming it.
+    file neither can read raises a DatasetError naming it. torchvision has no size limit, so PIL reads the
+    header first and refuses a decompression bomb (see `datamodules.files.open_image`).
     """
+    image_size(path)
     try:
         image = decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError:
@@ -93,6 +96,7 @@ class ImageFiles(Dataset):
         path = self.paths[index]
         data = read_bytes(path)
         if self.gpu_jpeg and is_jpeg(data):
+            image_size(path)  # nvJPEG has no size limit either: refuse a decompression bomb before the GPU sees it
             return {"index": index, "jpeg": data}
         return {"index": index, "pixels": resize_crop(decode_bytes(data, path), self.size, self.resize_size)}
 
@@ -136,8 +140,7 @@ def collate_encoded(items: list[dict[str, int | Tensor]]) -> EncodedBatch:
 
 def default_workers() -> int:
     """min(16, the CPUs this process may use)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(16, cpus)
+    return min(16, available_cpus())
 
 
 class ImageFileLoader:

@@ -19,6 +19,7 @@ from utils.errors import option
 from .episodes import Episode, check_protocol, load_episodes, sample_episodes, save_episodes
 from .errors import DatasetError
 from .files import IMAGE_SUFFIXES, list_images, load_image
+from .loaders import check_loader_options, usable_workers
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -138,6 +139,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         num_workers: int = 4,
     ):
         super().__init__()
+        check_loader_options(batch_size=batch_size, num_workers=num_workers, crop_size=crop_size, resize_size=resize_size)
         if too_few not in ("skip", "fail"):
             raise DatasetError(
                 f"data.too_few={too_few!r} is not an option: use skip (leave small classes out with a warning) or fail."
@@ -153,7 +155,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.base_dir = None if base_dir is None else Path(base_dir).expanduser()
         self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
         self.transform = eval_transform(resize_size, crop_size)
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers = batch_size, usable_workers(num_workers)
 
     def setup(self, stage: str) -> None:
         if stage == "predict":

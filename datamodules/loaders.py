@@ -1,4 +1,5 @@
-"""Loaders shared by the dense-prediction datamodules (segmentation, depth).
+"""Loaders shared by the dense-prediction datamodules (segmentation, depth), and the checks of every datamodule's
+loader options (batch size, workers, image sizes).
 
 The training loader resumes exactly: the order of an epoch and each sample's augmentation depend only on the seed,
 the epoch and the sample, never on how many processes, workers or interruptions came before. A checkpoint stores
@@ -7,13 +8,20 @@ the epoch and the batches it has trained on; a resumed loader skips those and dr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from numbers import Integral
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from utils.errors import option
+
+from .errors import DatasetError
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -106,6 +114,55 @@ def resumable_loader(
         batches_done=None if trainer is None else batches_done,
         **options,
     )
+
+
+# What each checked option counts, and the least value that makes sense (every other option: 1).
+OPTION_MEANINGS = {
+    "batch_size": "images per batch",
+    "num_workers": "loader worker processes; 0 loads in the main process",
+    "crop_size": "the side(s) of the training crop in pixels",
+    "short_side": "the image side images are scaled to, in pixels",
+    "resize_size": "the side images are resized to before the centre crop, in pixels",
+    "predict_short_side": "the short side prediction images are resized to, in pixels",
+    "max_detections": "detector boxes kept per image",
+    "generate_n": "images of the generated set",
+}
+MINIMUMS = {"num_workers": 0}
+
+
+def check_loader_options(**options: int | Sequence[int]) -> None:
+    """Refuse a loader option that is not a whole number at least its minimum (0 for ``num_workers``, else 1).
+
+    Every datamodule calls this when it is built, so that ``data.batch_size=0`` is one DatasetError naming it
+    rather than a traceback from torch's DataLoader (or albumentations) at the first batch. Sequence values
+    (``crop_size=[H, W]``) are checked element by element.
+    """
+    for name, value in options.items():
+        minimum = MINIMUMS.get(name, 1)
+        items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+        if items and all(isinstance(v, Integral) and not isinstance(v, bool) and v >= minimum for v in items):
+            continue
+        raise DatasetError(
+            f"{option('data', name, value)} is not a valid {name}: it must be a whole number of at least {minimum} "
+            f"({OPTION_MEANINGS.get(name, name)}). Set {option('data', name)} to such a number."
+        )
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def usable_workers(num_workers: int) -> int:
+    """``num_workers``, at most `available_cpus`: more loader processes than CPUs only compete for them (and
+    torch warns about it at every loader), so a config's value is an upper bound, lowered here with a note."""
+    cpus = available_cpus()
+    if num_workers > cpus:
+        rank_zero_info(
+            f"{option('data', 'num_workers', num_workers)} but this process may use {cpus} CPU(s): using {cpus} "
+            "loader worker(s)."
+        )
+    return min(num_workers, cpus)
 
 
 class DenseDataModule(L.LightningDataModule):

@@ -151,6 +151,10 @@ class SamBoxPredictor:
     """
 
     def __init__(self, sam_model: Sam, chunk_size: int = 64) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(
+                f"chunk_size={chunk_size!r} must be a whole number of at least 1 (prompts per decoder call)."
+            )
         self.predictor = SamPredictor(sam_model)
         self.chunk_size = chunk_size
 
@@ -164,19 +168,29 @@ class SamBoxPredictor:
     @torch.no_grad()
     def set_image(self, image: np.ndarray) -> None:
         """Encode an `(H, W, 3)` uint8 RGB image for the following `predict*` calls with `image=None`."""
+        image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"SAM takes an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}.")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(
+                f"SAM got an empty {image.shape[1]}x{image.shape[0]} (WxH) image: pass an (H, W, 3) image with at "
+                "least one pixel."
+            )
         with self._autocast():
             self.predictor.set_image(image)
 
     def predict(self, image: np.ndarray | None, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Box prompts `(N, 4)` xyxy pixels -> masks `(N, H, W)` bool, scores `(N,)` (SAM's predicted IoU).
 
-        `image` `(H, W, 3)` uint8 RGB, or None to reuse the last one set.
+        `image` `(H, W, 3)` uint8 RGB, or None to reuse the last one set. Boxes are `(x1, y1, x2, y2)` pixel
+        corners with x2 > x1 and y2 > y1. A box reaching outside the image is clipped to it (the mask is that of
+        its part inside, as `clip_boxes` does); a box with a non-finite value, no area, or entirely outside
+        the image raises `ValueError` naming it.
         """
         if image is not None:
             self.set_image(image)
-        boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), device=self.device)
+        boxes = check_boxes(boxes, *self._image_size())
+        boxes = torch.as_tensor(boxes, device=self.device)
         boxes = self.predictor.transform.apply_boxes_torch(boxes, self.predictor.original_size)
         chunks = [self._decode(boxes=chunk, multimask=False) for chunk in boxes.split(self.chunk_size) if len(chunk)]
         return self._collect(chunks)
@@ -189,7 +203,7 @@ class SamBoxPredictor:
         """
         if image is not None:
             self.set_image(image)
-        points = torch.as_tensor(np.asarray(points, dtype=np.float32).reshape(-1, 1, 2), device=self.device)
+        points = torch.as_tensor(check_points(points, *self._image_size())[:, None], device=self.device)
         points = self.predictor.transform.apply_coords_torch(points, self.predictor.original_size)
         labels = torch.ones(points.shape[:2], dtype=torch.int, device=self.device)
         chunks = [
@@ -198,6 +212,12 @@ class SamBoxPredictor:
             if len(p)
         ]
         return self._collect(chunks)
+
+    def _image_size(self) -> tuple[int, int]:
+        """(H, W) of the image set; a ValueError when there is none."""
+        if not self.predictor.is_image_set:
+            raise ValueError("No image is set: pass an (H, W, 3) uint8 image, or call set_image(image) first.")
+        return self.predictor.original_size
 
     @torch.no_grad()
     def _decode(self, boxes: torch.Tensor | None = None, points: tuple | None = None, multimask: bool = False) -> tuple:
@@ -213,6 +233,63 @@ class SamBoxPredictor:
         if not chunks:
             return np.zeros((0, *self.predictor.original_size), dtype=bool), np.zeros(0, dtype=np.float32)
         return torch.cat([m for m, _ in chunks]).numpy(), torch.cat([s for _, s in chunks]).numpy()
+
+
+def _as_array(values: object, width: int, what: str, layout: str) -> np.ndarray:
+    """``values`` as a float32 ``(N, width)`` array, or a ValueError that says what was expected."""
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{what} must be numbers, an (N, {width}) array of {layout}; got {str(values)[:80]} ({err})."
+        ) from None
+    if array.ndim == 1 and array.size == width:
+        array = array[None]
+    if array.size == 0:
+        return array.reshape(0, width)
+    if array.ndim != 2 or array.shape[1] != width:
+        raise ValueError(f"{what} must be an (N, {width}) array of {layout}; got shape {array.shape}.")
+    return array
+
+
+def check_boxes(boxes: object, height: int, width: int) -> np.ndarray:
+    """Box prompts `(N, 4)` xyxy pixels checked against an `height` x `width` image -> `(N, 4)` float32 clipped to it.
+
+    A box partly outside the image is clipped (SAM was trained on boxes inside their images); a box with a
+    NaN or infinite value, x2 <= x1 or y2 <= y1, or no part inside the image is refused with a ValueError that
+    names its index and values: boxes must be XYXY pixel corners, not XYWH or normalised coordinates.
+    """
+    boxes = _as_array(boxes, 4, "Boxes", "(x1, y1, x2, y2) pixel corners")
+    inside, _, valid = clip_boxes(boxes, height, width)
+    problems = (
+        (~np.isfinite(boxes).all(1), "has a value that is not finite: every corner must be a finite number"),
+        ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]), "has x2 <= x1 or y2 <= y1, so no area"),
+        (~valid, f"lies entirely outside the {width}x{height} (WxH) image"),
+    )
+    for bad, why in problems:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"Box {i} = {boxes[i].tolist()} {why} ({int(bad.sum())} such box(es)). Boxes are XYXY pixel corners "
+                "(x1, y1, x2, y2) with x1 < x2 and y1 < y2, overlapping the image: convert XYWH boxes (COCO's) with "
+                "x2 = x + w, y2 = y + h, scale normalised ones by the image size, and drop the others."
+            )
+    return inside
+
+
+def check_points(points: object, height: int, width: int) -> np.ndarray:
+    """Point prompts `(N, 2)` xy pixels -> `(N, 2)` float32; a ValueError names a point that is not finite or not
+    in the `height` x `width` image."""
+    points = _as_array(points, 2, "Points", "(x, y) pixel coordinates")
+    outside = ~np.isfinite(points).all(1) | (points < 0).any(1) | (points[:, 0] > width) | (points[:, 1] > height)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(
+            f"Point {i} = {points[i].tolist()} is not a finite (x, y) pixel position inside the {width}x{height} "
+            f"(WxH) image ({int(outside.sum())} such point(s)): pass pixel coordinates 0 <= x <= {width}, "
+            f"0 <= y <= {height}."
+        )
+    return points
 
 
 def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

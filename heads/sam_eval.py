@@ -152,6 +152,7 @@ class SamBoxEvaluator(L.LightningModule):
                 stacklevel=1,
             )
         if self.hparams.results_file is not None:
+            # strict JSON: detector scores are checked when read (datamodules.coco) and SAM's are finite
             write_json(Path(self.hparams.results_file), self.results, indent=None)
 
     def predict_step(self, item: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:

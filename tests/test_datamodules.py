@@ -7,11 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import ADE20kDataModule, CityscapesDataModule, DatasetError, VOC2012DataModule
+from datamodules import ADE20kDataModule, CityscapesDataModule, DatasetError, VOC2012DataModule, loaders
 from datamodules.ade20k import LABELS as ADE_LABELS
-from datamodules.files import load_image, load_label
+from datamodules.coco import CocoDataModule
+from datamodules.depth_files import load_depth
+from datamodules.files import image_size, load_image, load_label
+from datamodules.imagefolder import ImageFolderDataModule
+from datamodules.loaders import available_cpus, usable_workers
+from datamodules.nyu import NYUDataModule
 from datamodules.synthetic import write_ade20k_like
 from datamodules.transforms import cat_max_ratio_crop_box, eval_transform
+from utils.errors import hydra_style, option_style
 
 SMALL = ((40, 60), (50, 80))  # (min_h, max_h), (min_w, max_w) of the synthetic images
 
@@ -233,3 +239,64 @@ def test_label_without_image(ade_root: Path):
     image.unlink()
     with pytest.raises(DatasetError, match=f"Label .*{label.name} has no image file .*{image.name}"):
         load_val(ade_root)
+
+
+def write_bomb(path: Path) -> Path:
+    """14000 x 14000 pixels, over twice PIL.Image.MAX_IMAGE_PIXELS, in a 24 kB 1-bit PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("1", (14000, 14000)).save(path)
+    return path
+
+
+def test_decompression_bombs_are_refused_wherever_images_are_read(tmp_path: Path) -> None:
+    bomb = write_bomb(tmp_path / "huge.png")
+    for read_file, what in (
+        (lambda: load_image(bomb), "image"),
+        (lambda: load_label(bomb, ADE_LABELS, bomb, (1, 1)), "label"),
+        (lambda: load_depth(bomb, 1000.0, bomb, (1, 1)), "depth map"),
+        (lambda: image_size(bomb), "image"),
+    ):
+        with pytest.raises(DatasetError, match=rf"The {what} {bomb} is too large.*196000000 pixels.*MAX_IMAGE_PIXELS"):
+            read_file()
+
+
+def test_decompression_bomb_in_predict_dir_is_named(tmp_path: Path) -> None:
+    write_jpg(tmp_path / "photos" / "a.jpg", 20, 30)
+    bomb = write_bomb(tmp_path / "photos" / "b.png")
+    dm = ade(tmp_path, predict_dir=str(tmp_path / "photos"))
+    dm.setup("predict")
+    assert dm.predict_set[0]["size"].tolist() == [20, 30]
+    with pytest.raises(DatasetError, match=f"{bomb} is too large"):
+        dm.predict_set[1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"batch_size": 2.5}, "batch_size=2.5"),
+        ({"num_workers": -1}, "num_workers=-1"),
+        ({"crop_size": 0}, "crop_size=0"),
+        ({"short_side": -64}, "short_side=-64"),
+    ],
+)
+def test_invalid_loader_numbers_are_refused_when_built(tmp_path: Path, kwargs: dict, named: str) -> None:
+    with pytest.raises(DatasetError, match=rf"^{named} is not a valid .*at least"):
+        ade(tmp_path, **kwargs)
+
+
+def test_invalid_loader_numbers_are_spelled_as_overrides_under_train_py() -> None:
+    with option_style(hydra_style), pytest.raises(DatasetError, match=r"^data\.crop_size=\[416, 0\] "):
+        NYUDataModule("nyu", crop_size=[416, 0])
+    with option_style(hydra_style), pytest.raises(DatasetError, match=r"^data\.batch_size=0 "):
+        ImageFolderDataModule("images", batch_size=0)
+    with option_style(hydra_style), pytest.raises(DatasetError, match=r"^data\.num_workers=-2 "):
+        CocoDataModule("coco", num_workers=-2)
+
+
+def test_workers_never_exceed_the_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cpus = available_cpus()
+    assert ade(tmp_path, num_workers=cpus + 3).num_workers == cpus
+    assert ade(tmp_path, num_workers=0).num_workers == 0
+    monkeypatch.setattr(loaders, "available_cpus", lambda: 1)
+    assert usable_workers(4) == 1 and usable_workers(1) == 1

@@ -256,3 +256,12 @@ def test_extraction_benchmark_quick(capsys: pytest.CaptureFixture[str]) -> None:
     rates = {what: rate for what, rate, _ in rows}
     assert rates["raw forward (batch on the device)"] > 0 and rates["end to end, decode cpu"] > 0
     assert rates["end to end, decode gpu"] is None
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    bomb = tmp_path / "huge.png"
+    Image.new("1", (14000, 14000)).save(bomb)  # torchvision would decode it to 588 MB
+    with pytest.raises(DatasetError, match="huge.png is too large.*MAX_IMAGE_PIXELS"):
+        decode_file(bomb)
+    with pytest.raises(DatasetError, match="huge.png is too large"):
+        list(ImageFileLoader([bomb], 28, num_workers=0))

@@ -121,3 +121,56 @@ def test_missing_weights_say_how_to_get_them(tmp_path: Path, monkeypatch: pytest
         load_sam("vit_b", **TINY_SAM)
     with pytest.raises(CheckpointError, match="vit_q"):
         load_sam("vit_q")
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ([np.nan, 0, 10, 10], r"Box 0 = \[nan, .*not finite"),
+        ([0, 0, np.inf, 10], r"Box 0 = .*inf.*not finite"),
+        ([30, 0, 10, 10], r"Box 0 .*x2 <= x1 .*XYXY"),
+        ([5, 5, 20, 5], r"Box 0 .*no area"),
+        ([100, 100, 200, 200], r"Box 0 .*entirely outside the 60x40 \(WxH\) image"),
+        ([-30, 0, -5, 10], r"Box 0 .*entirely outside"),
+    ],
+)
+def test_bad_boxes_are_refused_by_index(tiny_sam: torch.nn.Module, box: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SamBoxPredictor(tiny_sam).predict(np.zeros((40, 60, 3), np.uint8), np.array([box]))
+
+
+def test_bad_box_is_named_among_good_ones(tiny_sam: torch.nn.Module) -> None:
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20], [8, 8, 3, 30]])
+    with pytest.raises(ValueError, match=r"Box 2 = \[8.0, 8.0, 3.0, 30.0\]"):
+        SamBoxPredictor(tiny_sam).predict(np.zeros((40, 60, 3), np.uint8), boxes)
+
+
+@pytest.mark.parametrize("boxes", [[[0, 0, 10]], [["a", "b", "c", "d"]], np.zeros((2, 2, 4))])
+def test_boxes_of_the_wrong_shape_or_type_are_refused(tiny_sam: torch.nn.Module, boxes: object) -> None:
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        SamBoxPredictor(tiny_sam).predict(np.zeros((40, 60, 3), np.uint8), boxes)
+
+
+def test_box_partly_outside_gets_the_mask_of_its_part_inside(tiny_sam: torch.nn.Module) -> None:
+    image = np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    predictor = SamBoxPredictor(tiny_sam)
+    masks, scores = predictor.predict(image, np.array([[50, -5, 80, 60], [-3, 10, 20, 20]]))
+    expected, expected_scores = predictor.predict(image, np.array([[50, 0, 60, 40], [0, 10, 20, 20]]))
+    np.testing.assert_array_equal(masks, expected)
+    np.testing.assert_allclose(scores, expected_scores)
+    assert np.isfinite(scores).all()
+
+
+def test_empty_image_and_no_image_are_refused(tiny_sam: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="empty 0x0"):
+        SamBoxPredictor(tiny_sam).predict(np.zeros((0, 0, 3), np.uint8), np.array([[0, 0, 1, 1]]))
+    with pytest.raises(ValueError, match="No image is set"):
+        SamBoxPredictor(tiny_sam).predict(None, np.array([[0, 0, 1, 1]]))
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        SamBoxPredictor(tiny_sam, chunk_size=0)
+
+
+@pytest.mark.parametrize(("point", "message"), [([np.nan, 3], "Point 0"), ([61, 3], "60x40"), ([5, -1], "Point 0")])
+def test_bad_points_are_refused(tiny_sam: torch.nn.Module, point: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SamBoxPredictor(tiny_sam).predict_points(np.zeros((40, 60, 3), np.uint8), np.array([point]))

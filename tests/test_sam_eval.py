@@ -11,9 +11,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from PIL import Image
 
 import train
 from datamodules.coco import CocoDataModule
@@ -161,6 +161,36 @@ def test_bad_detections_file_is_one_clear_error(coco_root: Path, tmp_path: Path,
     (tmp_path / "d.json").write_text(content)
     with pytest.raises(DatasetError, match=message):
         datamodule(coco_root, detections=str(tmp_path / "d.json"))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"score": float("nan")}, "score = nan"),
+        ({"score": "0.9"}, "score = 0.9"),
+        ({"bbox": ["a", "b", "c", "d"]}, r"bbox = \['a', 'b', 'c', 'd'\]"),
+        ({"bbox": [1, 2, float("inf"), 4]}, "bbox = .*inf"),
+        ({"bbox": [1, 2, -3, 4]}, r"bbox = \[1, 2, -3, 4\]"),
+        ({"bbox": [1, 2, 3]}, "bbox = "),
+        ({"category_id": True}, "category_id = True"),
+        ({"image_id": "1"}, "image_id = 1"),
+    ],
+)
+def test_bad_detection_values_name_the_file_and_entry(coco_root: Path, tmp_path: Path, bad: dict, message: str) -> None:
+    good = {"image_id": 1, "category_id": 1, "bbox": [2, 3, 20, 15], "score": 0.9}
+    (tmp_path / "d.json").write_text(json.dumps([good, good | bad]))  # json writes NaN for float("nan")
+    with pytest.raises(DatasetError, match=rf"Detection #1 in .*d\.json has {message}"):
+        datamodule(coco_root, detections=str(tmp_path / "d.json"))
+
+
+def test_bad_annotation_box_names_the_annotation(coco_root: Path, tmp_path: Path) -> None:
+    data = json.loads((coco_root / "annotations" / "instances_val2017.json").read_text())
+    data["annotations"][1]["bbox"] = ["1", "2", "3", "4"]
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    ann_id = data["annotations"][1]["id"]
+    with pytest.raises(DatasetError, match=rf"Annotation id {ann_id} in .*instances_val2017.json has bbox = \['1'"):
+        datamodule(tmp_path)
 
 
 def test_missing_annotations_name_the_layout(tmp_path: Path) -> None:
