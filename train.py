@@ -12,20 +12,27 @@ import re
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.feature_cache import find_backbone
 from utils.atomic import remove_stale_temps, write_text
-from utils.checkpoints import PeriodicLastCheckpoint, RandomStates, SafeCheckpointIO, resume_checkpoint
 from utils.errors import EXIT_USER_ERROR, UserError, exit_on_user_error, find_user_error, hydra_style, option
 from utils.quiet import silence_unactionable_noise
 from utils.results import write_json
 from utils.run_dirs import register_resolvers
+
+if TYPE_CHECKING:
+    import lightning as L
+
+# torch, Lightning and the project's models are imported where they are used, so that `--help` and a bad override
+# answer at once instead of after several seconds of imports.
+
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS: the backbone has no pretrained weights; these numbers only show the pipeline runs"
+)
 
 register_resolvers()  # ${run_dir:...} and ${unique_name:} of configs/train.yaml's run directories
 
@@ -37,6 +44,10 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     ``last_every_n_steps`` steps; the random states in every checkpoint; checkpoints written atomically and read
     as data only (`utils.checkpoints`).
     """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from utils.checkpoints import PeriodicLastCheckpoint, RandomStates, SafeCheckpointIO
+
     dirpath = Path(cfg.paths.output_dir) / "checkpoints"
     remove_stale_temps(dirpath)  # the temporary file of a save that a kill interrupted
     checkpoint = ModelCheckpoint(
@@ -55,15 +66,18 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[SafeCheckpointIO()])
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
-    """A two-column text table of metric names and values; `n/a` for a value that is not a finite number."""
+def format_metrics(metrics: dict[str, float], random_weights: bool = False) -> str:
+    """A two-column text table of metric names and values; `n/a` for a value that is not a finite number.
+
+    With ``random_weights`` the table is headed by a line saying so, where a reader of the numbers will see it.
+    """
     width = max(len(k) for k in metrics)
     rows = [
         f"{name:<{width}}  {value:.4f}" if math.isfinite(value) else f"{name:<{width}}  n/a"
         for name, value in sorted(metrics.items())
     ]
     rule = "-" * (width + 10)
-    return "\n".join([rule, *rows, rule])
+    return "\n".join([*([RANDOM_WEIGHTS_NOTE] if random_weights else []), rule, *rows, rule])
 
 
 def check_run_options(cfg: DictConfig) -> None:
@@ -72,6 +86,11 @@ def check_run_options(cfg: DictConfig) -> None:
 
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserError(f"{option('', 'seed', cfg.seed)} is not an integer; use e.g. seed=0.")
+    if cfg.ckpt_path is not None and not cfg.train:
+        raise UserError(
+            f"ckpt_path={cfg.ckpt_path} resumes training, but train=false. Drop train=false to resume; to evaluate a "
+            "trained head, use head.checkpoint=PATH (a released head file) or test the run's best-*.ckpt by resuming."
+        )
     trainer = cfg.trainer
     if cfg.train and not (isinstance(trainer.max_steps, int) and trainer.max_steps > 0):
         raise UserError(
@@ -120,6 +139,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     With a `feature_cache` node, the head trains on cached tokens, extracted first if no cache has the run's key.
     """
+    import lightning as L
+
+    from datamodules.feature_cache import find_backbone
+    from utils.checkpoints import resume_checkpoint
+
     check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume = resume_checkpoint(cfg.ckpt_path) if cfg.train else None  # a bad file stops the run before it starts
@@ -149,9 +173,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         print(f"Predictions written to {cfg.head.predict_dir_out}")
 
     if metrics:
+        random_weights = any(getattr(module, "random_weights", False) for module in model.modules())
         # strict JSON: a metric that could not be computed is null, with the module's reason logged
-        write_json(output_dir / "metrics.json", metrics, getattr(model, "metric_notes", None))
-        print(format_metrics(metrics))
+        record = {**({"random_weights": True, "note": RANDOM_WEIGHTS_NOTE} if random_weights else {}), **metrics}
+        write_json(output_dir / "metrics.json", record, getattr(model, "metric_notes", None))
+        print(format_metrics(metrics, random_weights))
     print(f"Run directory: {output_dir}")
     return metrics
 

@@ -106,13 +106,14 @@ def load_sam(
     The weights come from `checkpoint` (a local file), else the torch.hub cache, else the official URL when
     `download`. Official file names are checked against their pinned SHA-256, other files against `sha256` or a
     `<file>.sha256` beside them. `random_weights=True` keeps the random initialisation instead (tests, the
-    offline quickstart). `overrides` change the architecture (see `build_sam`).
+    offline quickstart), and sets the model's ``random_weights`` attribute. `overrides` change the architecture (see `build_sam`).
 
     Raises:
         CheckpointError: the file is missing, corrupt, or made for another SAM size (the message names it).
     """
     sam = build_sam(model_type, **overrides)
     if random_weights and checkpoint is None:
+        sam.random_weights = True  # read by train.py, which marks the metrics as made with random weights
         return sam.requires_grad_(False)
     filename = CHECKPOINTS[model_type][0]
     path = resolve_checkpoint(

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 from collections.abc import Callable
@@ -66,15 +65,13 @@ def resume_checkpoint(ckpt_path: str | os.PathLike | None) -> str | None:
         raise UserError(f"ckpt_path={path} {what}. {RESUME_FIX}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged, foreign or code-holding file
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found is None:  # not a pickle of allowed objects either: random bytes, another format
-            raise UserError(f"ckpt_path={path} is not a readable PyTorch checkpoint. {RESUME_FIX}") from None
-        raise UserError(
-            f"ckpt_path={path} holds Python objects besides tensors and plain containers ({found.group(1)}), so it "
-            f"was not loaded: unpickling them could run code. train.py's own checkpoints hold none. {RESUME_FIX}"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        if found is not None:  # the weights_only unpickler met a Python object it does not allow
+            raise UserError(
+                f"ckpt_path={path} holds Python objects besides tensors and plain containers ({found.group(1)}), so "
+                f"it was not loaded: unpickling them could run code. train.py's own checkpoints hold none. {RESUME_FIX}"
+            ) from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"ckpt_path={path} cannot be read as a PyTorch checkpoint (truncated, or not one: {reason}). {RESUME_FIX}"
