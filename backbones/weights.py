@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from utils.atomic import atomic_write, remove_stale_temps, write_text
-from utils.errors import UserError, option
+from utils.errors import UserError, load_failure_reason, option
 
 SHA256_SUFFIX = ".sha256"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -240,17 +240,6 @@ def resolve_checkpoint(
     )
 
 
-def _load_failure(err: Exception) -> str:
-    """The one line of a ``torch.load`` failure that says what is wrong (torch's own text is pages long and, for
-    ``weights_only``, suggests loading the file as code)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if lines and lines[0].startswith("Weights only load failed"):
-        skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
-        lines = [line for line in lines if not line.startswith(skip)] or ["refused by the weights_only unpickler"]
-    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
-    return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
-
-
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Load a ``state_dict`` saved with ``torch.save``, unwrapping ``{"state_dict": ...}``/``{"model": ...}``.
 
@@ -271,7 +260,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
         raise CheckpointError(
-            f"Cannot read checkpoint {path} ({size} bytes): {_load_failure(err)}. It is truncated, corrupt, not a file "
+            f"Cannot read checkpoint {path} ({size} bytes): {load_failure_reason(err)}. It is truncated, corrupt, not a file "
             "saved by torch.save, or holds Python objects other than tensors (refused: files are loaded as data, "
             "never as code). Get the file again, or pass the right one."
         ) from None

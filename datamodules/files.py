@@ -8,6 +8,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from utils.images import opened_image
+
 from .errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -33,29 +35,9 @@ def make_label_map(mapping: dict[int, int], valid: str) -> LabelMap:
 
 @contextmanager
 def open_image(path: Path, what: str = "image") -> Iterator[Image.Image]:
-    """Open an image file with PIL (lazily: the header is read here, the pixels on first use) for a ``with`` block.
-
-    Every image a datamodule reads goes through here, so that a file PIL cannot read, or one whose header
-    announces more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb: a small file that would
-    decode to gigabytes), is a `DatasetError` naming the file (``what`` says what it is: "image", "label", ...)
-    rather than a traceback, inside the block as well as at opening.
-    """
-    try:
-        with Image.open(path) as img:
-            yield img
-    except DatasetError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise DatasetError(
-            f"The {what} {path} is too large to read safely: {e} (Pillow refuses images of more than twice "
-            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels, as a small file of that size can decode "
-            "to gigabytes). Remove the file, or downscale it below that limit if it is a real image you want to use."
-        ) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise DatasetError(
-            f"Cannot read {what} {path} ({e}). The file is missing, truncated or not an image: "
-            "restore it from the original archive, or remove it."
-        ) from None
+    """`utils.images.opened_image` raising `DatasetError`: every image a datamodule reads is opened through here."""
+    with opened_image(path, what, DatasetError) as img:
+        yield img
 
 
 def image_size(path: Path) -> tuple[int, int]:

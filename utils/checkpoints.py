@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from utils.atomic import atomic_write
-from utils.errors import UserError
+from utils.errors import UserError, load_failure_reason
 
 # What train.py needs from a checkpoint to resume; Lightning writes all of them.
 RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "global_step", "pytorch-lightning_version")
@@ -72,9 +72,9 @@ def resume_checkpoint(ckpt_path: str | os.PathLike | None) -> str | None:
                 f"ckpt_path={path} holds Python objects besides tensors and plain containers ({found.group(1)}), so "
                 f"it was not loaded: unpickling them could run code. train.py's own checkpoints hold none. {RESUME_FIX}"
             ) from None
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"ckpt_path={path} cannot be read as a PyTorch checkpoint (truncated, or not one: {reason}). {RESUME_FIX}"
+            f"ckpt_path={path} is not a readable PyTorch checkpoint (truncated, corrupt or another format; "
+            f"{load_failure_reason(err)}). {RESUME_FIX}"
         ) from None
     missing = [key for key in RESUME_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:

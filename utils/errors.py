@@ -98,6 +98,17 @@ def user_message(err: BaseException) -> str:
     return text or f"{type(err).__name__} (no reason given)"
 
 
+def load_failure_reason(err: Exception) -> str:
+    """The one line of a ``torch.load`` failure that says what is wrong (torch's own text is pages long and, for
+    ``weights_only``, suggests loading the file as code)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [line for line in lines if not line.startswith(skip)] or ["refused by the weights_only unpickler"]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
+
+
 def exit_on_user_error(body: Callable[[], T], style: OptionStyle = python_style) -> T:
     """Run ``body`` with options spelled in ``style``; a `UserError` prints one paragraph and exits with 2."""
     try:

@@ -396,6 +396,7 @@ CASES = [
         "weights-visualize-help-without-torch",
         "clear",
         argv=("-X", "importtime", "-m", "visualize.match", "--help"),
+        fresh=True,
         check=help_without_torch,
         exit_code=0,
     ),
