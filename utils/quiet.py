@@ -13,9 +13,20 @@ class _DropTips(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning as its category and message: the source line (often Hydra's instantiate) tells a user nothing."""
+    return f"{category.__name__}: {message}\n"
+
+
 def silence_unactionable_noise() -> None:
-    """Install the filters; call once at start-up, before the trainer is built."""
+    """Install the filters; call once at start-up of a command line, before the trainer is built."""
+    warnings.formatwarning = _format_warning
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+    # Lightning prints through its own console handler; imported after Hydra set up the root logger, it would also
+    # pass every line on to Hydra's handler, and each would be printed twice.
+    logging.getLogger("lightning").propagate = False
     # The frozen backbone stays in eval mode on purpose; Lightning warns about every such module.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # A resumed run continues in its own run directory, whose checkpoints folder is not empty by design.
