@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # answer at once instead of after several seconds of imports.
 
 RANDOM_WEIGHTS_NOTE = (
-    "RANDOM WEIGHTS: the backbone has no pretrained weights; these numbers only show the pipeline runs"
+    "RANDOM WEIGHTS: the frozen model has no pretrained weights; these numbers only show the pipeline runs"
 )
 
 register_resolvers()  # ${run_dir:...} and ${unique_name:} of configs/train.yaml's run directories
