@@ -8,6 +8,14 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "dinov2"
 TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
+# A tiny randomly initialised SAM: every call builds one in well under a second.
+TINY_SAM = {
+    "encoder_embed_dim": 32,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "prompt_embed_dim": 32,
+    "image_size": 128,
+}
 
 
 @pytest.fixture(scope="session")

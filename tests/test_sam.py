@@ -11,14 +11,7 @@ from segment_anything import SamPredictor
 
 from backbones.weights import CheckpointError, WeightsNotFoundError
 from heads.sam import CHECKPOINTS, SamBoxPredictor, _size_hint, build_sam, clip_boxes, load_sam
-
-TINY_SAM = {
-    "encoder_embed_dim": 32,
-    "encoder_depth": 2,
-    "encoder_num_heads": 2,
-    "prompt_embed_dim": 32,
-    "image_size": 128,
-}
+from tests.conftest import TINY_SAM
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.conftest import TINY_SAM
 from tests.reliability import TINY_TRAIN, Case, Result
 
-# A tiny randomly initialised SAM: every call builds one in well under a second.
-TINY_SAM = {
-    "encoder_embed_dim": 32,
-    "encoder_depth": 2,
-    "encoder_num_heads": 2,
-    "prompt_embed_dim": 32,
-    "image_size": 128,
-}
 SAM_TRAIN = (
     "experiment=sam_quickstart",
     "data.root={tmp}/coco",

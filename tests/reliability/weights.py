@@ -12,19 +12,13 @@ import os
 import shutil
 from pathlib import Path
 
+from tests.conftest import TINY_SAM
 from tests.reliability import FIXTURES, TINY_CHECKPOINT, TINY_TRAIN, Case, Result
 
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth"
 ADE_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
 TINY_ARGS = ("--embed-dim", "64", "--depth", "4", "--num-heads", "4", "--size", "56", "--device", "cpu")
-TINY_SAM = {
-    "encoder_embed_dim": 32,
-    "encoder_depth": 2,
-    "encoder_num_heads": 2,
-    "prompt_embed_dim": 32,
-    "image_size": 128,
-}
 DEPTH_HEAD = FIXTURES / "dinov2" / "tiny_vit14_depth_linear_head.pth"
 DEAD_PID = 2**22 + 1  # above Linux's largest pid_max: never a live process
 
