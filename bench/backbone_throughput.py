@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from utils.argtypes import device_problem, non_negative_int, positive_int
+
 MODELS = {"vits14": "dinov2_vits14", "vitb14": "dinov2_vitb14", "vitl14": "dinov2_vitl14", "vitg14": "dinov2_vitg14"}
 VARIANTS = ("timm", "timm-dynamic", "ours", "ours-bf16", "ours-compiled", "ours-graphs")
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4}
@@ -32,11 +34,15 @@ TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vits14", "vitb14"], choices=list(MODELS))
-    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 518], help="square input sides (multiples of 14)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--iters", type=int, default=20, help="forwards per timing")
-    parser.add_argument("--repeats", type=int, default=5, help="timings; the median is reported")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed forwards first (compilation, autotuning, cuDNN)")
+    parser.add_argument(
+        "--sizes", nargs="+", type=positive_int, default=[224, 518], help="square input sides (multiples of 14)"
+    )
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--iters", type=positive_int, default=20, help="forwards per timing")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timings; the median is reported")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=5, help="untimed forwards first (compilation, autotuning, cuDNN)"
+    )
     parser.add_argument(
         "--variants", nargs="+", choices=VARIANTS, help="default: all (all but the compiled ones with --quick)"
     )
@@ -56,7 +62,7 @@ import timm
 import torch
 from torch import Tensor
 
-from backbones import FrozenBackbone
+from backbones import COMPILE_MODES, FrozenBackbone
 from backbones.dinov2 import DINOV2_SPECS, build_dinov2
 
 
@@ -220,6 +226,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif problem := device_problem(args.device):
+        parser.error(problem)
+    if args.compile_mode not in COMPILE_MODES:
+        parser.error(
+            f"--compile-mode {args.compile_mode!r} is not a torch.compile mode: use one of {', '.join(COMPILE_MODES)}."
+        )
     if args.quick:
         args.sizes, args.batch, args.iters, args.repeats, args.warmup = [28, 42], 2, 2, 2, 1
         args.models = args.models[:1]
