@@ -94,6 +94,19 @@ def image_loader(tmp: Path, **kwargs: object) -> object:
     return ImageFileLoader([photo(tmp)], **({"size": 28, "num_workers": 0} | kwargs))
 
 
+def tiny_sam(**overrides: object) -> object:
+    from heads.sam import build_sam
+
+    sizes = {"encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2, "prompt_embed_dim": 32}
+    return build_sam("vit_b", **(sizes | {"image_size": 128} | overrides))
+
+
+def sam_points(multimask: object) -> object:
+    from heads.sam import SamBoxPredictor
+
+    return SamBoxPredictor(tiny_sam()).predict_points(np.zeros((40, 60, 3), np.uint8), [[3, 3]], multimask)
+
+
 def rotated_photo(tmp: Path) -> None:
     photo(tmp, "a.png", (80, 60), exif_orientation=6)  # stored 80 wide, 60 high; viewed turned by 90 degrees
 
@@ -164,6 +177,14 @@ CASES = [
          names=("torch.Tensor", "ndarray")),
     Case("adv-api-intermediate-n-float", "traceback", call=lambda tmp: intermediate(2.0), names=("n=2.0",)),
     Case("adv-api-intermediate-n-bool", "silent", call=lambda tmp: intermediate(True), names=("n=True",)),
+    # heads.sam: build_sam's size overrides, SamBoxPredictor.predict_points
+    Case("adv-api-sam-embed-dim-zero", "silent", call=lambda tmp: tiny_sam(encoder_embed_dim=0),
+         names=("encoder_embed_dim=0",)),
+    Case("adv-api-sam-heads-indivisible", "traceback", call=lambda tmp: tiny_sam(encoder_num_heads=3),
+         names=("encoder_embed_dim=32", "encoder_num_heads=3")),
+    Case("adv-api-sam-prompt-dim", "traceback", call=lambda tmp: tiny_sam(prompt_embed_dim=24),
+         names=("prompt_embed_dim=24", "16")),
+    Case("adv-api-sam-multimask-string", "silent", call=lambda tmp: sam_points("no"), names=("multimask='no'",)),
     # heads.depth.DepthModel.from_official: the depth range and blocks
     Case("adv-api-depth-range-reversed", "silent", call=lambda tmp: depth_model(min_depth=10.0, max_depth=1.0),
          names=("min_depth=10.0", "max_depth=1.0", "0 < min_depth < max_depth"), needs_fixtures=True),
