@@ -162,6 +162,11 @@ def check_loader_arguments(
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < least[name]:
             raise ValueError(f"{name}={value!r}: give a whole number of at least {least[name]}.")
+    if resize_size is not None and resize_size < size:
+        raise ValueError(
+            f"resize_size={resize_size} is smaller than size={size}: the centre crop would be padded with black. "
+            f"Give resize_size >= size (e.g. 256 for 224), or None to resize whole images."
+        )
     for name, value in (("mean", mean), ("std", std)):
         if len(value) != 3 or not all(math.isfinite(v) for v in value) or (name == "std" and min(value) <= 0):
             raise ValueError(

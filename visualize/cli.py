@@ -56,7 +56,15 @@ def load_inputs(paths: Sequence[str], short_side: int, patch_size: int) -> tuple
     """The RGB images and their normalised inputs ``(3, H, W)``: shorter side ``short_side`` (snapped to the patch size)."""
     short_side = snap_to_patches(short_side, patch_size)
     images = [load_rgb(path, patch_size) for path in paths]
-    inputs = [to_input(img, input_size(img.width, img.height, short_side, patch_size)) for img in images]
+    sizes = [input_size(img.width, img.height, short_side, patch_size) for img in images]
+    for path, (height, width) in zip(paths, sizes):
+        # the same bound as for decoding an image: past it, the inputs alone take gigabytes
+        if height * width > Image.MAX_IMAGE_PIXELS:
+            raise InputError(
+                f"--size {short_side} makes {path} a {width}x{height} input, over Image.MAX_IMAGE_PIXELS = "
+                f"{Image.MAX_IMAGE_PIXELS} pixels: give a smaller --size (default 448)."
+            )
+    inputs = [to_input(img, size) for img, size in zip(images, sizes)]
     return images, inputs
 
 

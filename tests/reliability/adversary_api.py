@@ -124,6 +124,8 @@ CASES = [
     # python -m visualize.pca / visualize.match: options checked when parsed or before the backbone runs
     Case("adv-api-pca-size-13", "silent", argv=pca("--size", "13", "--out", "{tmp}/o.png"), setup=photo,
          names=("--size 13", "28"), absent=("o.png",), needs_fixtures=True),
+    Case("adv-api-pca-size-huge", "traceback", argv=pca("--size", "100000", "--out", "{tmp}/o.png"), setup=photo,
+         names=("--size 100002", "MAX_IMAGE_PIXELS"), absent=("o.png",), needs_fixtures=True),
     Case("adv-api-pca-dpi-zero", "traceback", argv=pca("--dpi", "0", "--out", "{tmp}/o.png"), setup=photo,
          names=("--dpi", "at least 1"), absent=("o.png",)),
     Case("adv-api-pca-embed-dim-zero", "traceback", argv=pca("--embed-dim", "0"), setup=photo,
@@ -219,6 +221,8 @@ CASES = [
          names=("size=0",)),
     Case("adv-api-image-loader-std-zero", "traceback", call=lambda tmp: image_loader(tmp, std=(0.0, 1.0, 1.0)),
          names=("std=", "above 0")),
+    Case("adv-api-image-loader-crop-over-resize", "silent",
+         call=lambda tmp: image_loader(tmp, size=28, resize_size=14), names=("resize_size=14", "size=28")),
     Case("adv-api-image-loader-device", "traceback", call=lambda tmp: image_loader(tmp, device="gpu0"),
          names=("device='gpu0'",)),
 ]  # fmt: skip
