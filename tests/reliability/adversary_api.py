@@ -107,6 +107,25 @@ def sam_points(multimask: object) -> object:
     return SamBoxPredictor(tiny_sam()).predict_points(np.zeros((40, 60, 3), np.uint8), [[3, 3]], multimask)
 
 
+def patch_features(channels: int = 8) -> object:
+    import torch
+
+    return torch.randn(channels, 5, 5, generator=torch.Generator().manual_seed(0))
+
+
+def pca_colours(sign: str) -> object:
+    from visualize import pca_rgb
+
+    return pca_rgb([patch_features(), patch_features()], 0.0, sign)
+
+
+def matches(channels_b: int = 8, n: int = 3) -> object:
+    from visualize import mutual_matches, spread_matches
+
+    a, b = patch_features(), patch_features(channels_b)
+    return spread_matches(mutual_matches(a, b), a, b, n)
+
+
 def rotated_photo(tmp: Path) -> None:
     photo(tmp, "a.png", (80, 60), exif_orientation=6)  # stored 80 wide, 60 high; viewed turned by 90 degrees
 
@@ -144,6 +163,11 @@ CASES = [
          needs_fixtures=True),
     Case("adv-api-match-seed-negative", "traceback",
          argv=("-m", "visualize.match", "{tmp}/a.png", "{tmp}/b.png", "--seed", "-1"), names=("--seed", "-1")),
+    # the visualize package from Python
+    Case("adv-api-visualize-sign", "silent", call=lambda tmp: pca_colours("up"), names=("sign='up'", "'negative'")),
+    Case("adv-api-visualize-match-channels", "traceback", call=lambda tmp: matches(channels_b=9),
+         names=("(8, 5, 5)", "(9, 5, 5)", "channels")),
+    Case("adv-api-visualize-spread-zero", "traceback", call=lambda tmp: matches(n=0), names=("n=0",)),
     # python -m bench.*: argparse's usage error (exit 2) before any work
     Case("adv-api-bench-throughput-batch-zero", "traceback", argv=("-m", "bench.backbone_throughput", "--batch", "0"),
          names=("--batch", "at least 1")),
