@@ -14,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from backbones import FrozenBackbone, load_backbone
+from utils.argtypes import device_problem
 from utils.atomic import atomic_write
 from utils.errors import cli_style, exit_on_user_error
 from visualize.args import CLI_FLAGS
@@ -25,13 +26,10 @@ def load_from_args(args: argparse.Namespace, image_paths: list[str]) -> FrozenBa
     require_files(image_paths)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif problem := device_problem(args.device):
+        raise InputError(f"{problem}.")
     else:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise InputError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N.") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"--device {args.device} was asked for but no CUDA GPU is available; use --device cpu.")
+        device = torch.device(args.device)
     backbone = load_backbone(
         args.backbone,
         checkpoint=args.checkpoint,
