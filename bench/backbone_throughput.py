@@ -188,7 +188,8 @@ def forward_of(
 def bench_one(
     name: str, arch: dict[str, int], size: int, args: argparse.Namespace, variants: Sequence[str], device: torch.device
 ) -> list[tuple]:
-    """Rows ``(model, size, variant, images/s, speed-up, max abs diff, max rel diff)`` for one model and size."""
+    """Rows ``(model, size, variant, images/s, speed-up, max abs diff, max rel diff)`` for one model and size; the
+    speed-up is None before the timm variant has run (e.g. ``--variants ours``)."""
     weights = reference_weights(name, arch, args.seed)
     x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed)).to(device)
     base = our_backbone(name, arch, weights, device)
@@ -200,7 +201,7 @@ def bench_one(
         gaps = differences(forward(), reference)
         rate = images_per_second(forward, args.batch, args.iters, args.repeats, args.warmup, device)
         timm_rate = rate if variant == "timm" else timm_rate
-        rows.append((name, size, variant, rate, rate / timm_rate if timm_rate else float("nan"), *gaps))
+        rows.append((name, size, variant, rate, rate / timm_rate if timm_rate else None, *gaps))
         del forward
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -218,7 +219,8 @@ def print_table(rows: Sequence[tuple], device: torch.device, args: argparse.Name
         f"{'model':<16}{'size':>5}  {'variant':<15}{'images/s':>10}{'vs timm':>9}{'max abs diff':>14}{'max rel diff':>14}"
     )
     for name, size, variant, rate, speedup, gap, relative in rows:
-        print(f"{name:<16}{size:>5}  {variant:<15}{rate:>10.1f}{speedup:>8.2f}x{gap:>14.2e}{relative:>14.2e}")
+        versus = "-" if speedup is None else f"{speedup:.2f}x"
+        print(f"{name:<16}{size:>5}  {variant:<15}{rate:>10.1f}{versus:>9}{gap:>14.2e}{relative:>14.2e}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

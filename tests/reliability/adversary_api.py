@@ -126,6 +126,10 @@ def matches(channels_b: int = 8, n: int = 3) -> object:
     return spread_matches(mutual_matches(a, b), a, b, n)
 
 
+def no_nan_printed(tmp: Path, result: Result) -> None:
+    assert "nan" not in result.text.lower(), result.text
+
+
 def rotated_photo(tmp: Path) -> None:
     photo(tmp, "a.png", (80, 60), exif_orientation=6)  # stored 80 wide, 60 high; viewed turned by 90 degrees
 
@@ -176,6 +180,9 @@ CASES = [
     Case("adv-api-bench-throughput-compile-mode", "silent",
          argv=("-m", "bench.backbone_throughput", "--quick", "--compile-mode", "fast"),
          names=("--compile-mode", "fast", "max-autotune")),
+    Case("adv-api-bench-throughput-no-timm-nan", "silent",
+         argv=("-m", "bench.backbone_throughput", "--quick", "--device", "cpu", "--variants", "ours"),
+         check=no_nan_printed, exit_code=0),
     Case("adv-api-bench-extraction-dir-file", "traceback",
          argv=("-m", "bench.extraction", "--quick", "--dir", "{tmp}/file"), setup=a_file,
          names=("--dir {tmp}/file", "is a file")),
