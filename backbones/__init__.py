@@ -72,6 +72,7 @@ def load_backbone(
         raise ValueError(
             f"Unknown architecture overrides {sorted(unknown)}; only embed_dim, depth and num_heads can change."
         )
+    _check_arch(name, overrides)
     if name in DINOV3_FILES:
         filename, url, build = DINOV3_FILES[name][1], None, build_dinov3
     else:
@@ -99,3 +100,26 @@ def load_backbone(
             backbone = build_dinov2(name, **overrides)
             load_official_weights(backbone, path)
     return backbone.configure_speed(dtype, compile, fused_attention)
+
+
+# The official widths and head counts of the DINOv3 releases (timm's vit_{small,base,large}_patch16_dinov3).
+_DINOV3_ARCH = {"dinov3_vits16": (384, 6), "dinov3_vitb16": (768, 12), "dinov3_vitl16": (1024, 16)}
+
+
+def _check_arch(name: str, overrides: dict[str, object]) -> None:
+    """ValueError unless every override is a whole number of at least 1 and the width splits evenly over the heads
+    (timm would fail with a bare assertion or a ZeroDivisionError, or build a model with no block at all)."""
+    for key, value in overrides.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"{option('backbone', key, value)} is not a size (got {value!r}, a {type(value).__name__}): "
+                "give a whole number of at least 1."
+            )
+    spec = DINOV2_SPECS.get(name)
+    embed_dim, num_heads = (spec.embed_dim, spec.num_heads) if spec else _DINOV3_ARCH[name]
+    embed_dim, num_heads = overrides.get("embed_dim", embed_dim), overrides.get("num_heads", num_heads)
+    if embed_dim % num_heads:
+        raise ValueError(
+            f"{option('backbone', 'embed_dim', embed_dim)} does not split over {option('backbone', 'num_heads', num_heads)}"
+            f" (the width must be a multiple of the head count): pick a num_heads that divides {embed_dim}."
+        )

@@ -135,6 +135,7 @@ class FrozenBackbone(nn.Module):
     @torch.no_grad()
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """Normed class token ``(B, C)``, registers ``(B, R, C)``, patches ``(B, h*w, C)``; pre-norm tokens ``(B, 1+R+h*w, C)``."""
+        x = check_images(x)
         last = self.n_blocks - 1
         with self._autocast(x):
             raw, normed, _ = self._run(x, [last], norm=True)
@@ -165,9 +166,18 @@ class FrozenBackbone(nn.Module):
             return_class_token: pair every output with its class token ``(B, C)``.
             norm: apply the final norm to every output.
         """
-        indices = list(range(self.n_blocks - n, self.n_blocks)) if isinstance(n, int) else list(n)
+        if isinstance(n, int) and not isinstance(n, bool):
+            indices = list(range(self.n_blocks - n, self.n_blocks))
+        elif isinstance(n, Sequence) and not isinstance(n, str) and all(isinstance(i, int) for i in n):
+            indices = list(n)
+        else:
+            raise ValueError(f"n={n!r} is not a block count (an int) or a list of block indices (ints).")
         if not indices or min(indices) < 0 or max(indices) >= self.n_blocks:
-            raise ValueError(f"Block indices {n} are out of range for a backbone with {self.n_blocks} blocks.")
+            raise ValueError(
+                f"n={n!r}: block indices out of range for a backbone with {self.n_blocks} blocks: give a count "
+                f"from 1 to {self.n_blocks}, or indices from 0 to {self.n_blocks - 1}."
+            )
+        x = check_images(x)
         with self._autocast(x):
             raw, normed, (h, w) = self._run(x, indices, norm)
         outputs = [(normed if norm else raw)[i] for i in indices]
@@ -175,7 +185,7 @@ class FrozenBackbone(nn.Module):
         class_tokens = [out[:, 0].float() for out in outputs]
         patches = [out[:, r:].float() for out in outputs]
         if reshape:
-            patches = [p.reshape(p.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous() for p in patches]
+            patches = [p.reshape(p.shape[0], h, w, p.shape[-1]).permute(0, 3, 1, 2).contiguous() for p in patches]
         if return_class_token:
             return tuple(zip(patches, class_tokens))
         return tuple(patches)
@@ -183,3 +193,21 @@ class FrozenBackbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The normed class token ``(B, C)``, as the official hub model returns without a head."""
         return self.forward_features(x)["x_norm_clstoken"]
+
+
+def check_images(x: object) -> Tensor:
+    """``x`` as float32 images ``(B, 3, H, W)`` (other float dtypes are converted); ValueError naming what is wrong
+    otherwise, instead of a convolution's shape error from deep inside the model. Shape checks only: no sync."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a torch.Tensor of images (B, 3, H, W), not a {type(x).__name__}.")  # noqa: TRY004 (the API raises ValueError)
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] == 0 or x.shape[3] == 0:
+        hint = " (one image: add the batch dimension, x[None])" if x.ndim == 3 else ""
+        raise ValueError(
+            f"x must be RGB images (B, 3, H, W) with H, W >= 1, channels first; got shape {tuple(x.shape)}{hint}."
+        )
+    if not x.dtype.is_floating_point:
+        raise ValueError(
+            f"x holds {x.dtype} values; the backbone takes float images normalised with the ImageNet mean and std "
+            "(e.g. torchvision's ToDtype(torch.float32, scale=True) then Normalize)."
+        )
+    return x.float()

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from backbones.base import FrozenBackbone
 from backbones.weights import CheckpointError, check_state_dict, load_state_dict_file
+from utils.errors import option
 
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 
@@ -159,6 +160,12 @@ def load_official_weights(backbone: DinoVisionBackbone, path: Path) -> None:
         raise CheckpointError(
             f"Checkpoint {path} has a pos_embed of {pos.shape[1]} tokens; the model expects {expected_tokens} "
             "(a 37x37 grid plus the class token, as the official 518x518 releases). Is it a DINOv2 *_pretrain.pth file?"
+        )
+    if "storage_tokens" in official or "rope_embed.periods" in official:
+        raise CheckpointError(
+            f"Checkpoint {path} is a DINOv3 file (it has RoPE periods and storage tokens, no pos_embed), loaded "
+            f"for a DINOv2 backbone. Fix: {option('', 'backbone', 'dinov3_vits16')} (or _vitb16, _vitl16: "
+            "the size of the file)."
         )
     converted = checkpoint_filter_fn(dict(official), backbone.vit)
     hint = (

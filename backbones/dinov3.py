@@ -62,6 +62,11 @@ def build_dinov3(name: str, qkv_bias: bool = False, **arch_overrides: int) -> Di
 def load_dinov3(name: str, path: Path, **arch_overrides: int) -> Dinov3Backbone:
     """Build ``name`` and load an official DINOv3 checkpoint (or a timm-format one), checking keys and shapes."""
     state_dict = load_state_dict_file(path)
+    if "pos_embed" in state_dict and "rope_embed.periods" not in state_dict:
+        raise CheckpointError(
+            f"Checkpoint {path} is a DINOv2 file (a learned pos_embed, no RoPE periods), loaded for the DINOv3 "
+            f"backbone {name}. Fix: {option('', 'backbone', 'dinov2_vits14')} (or the size of the file)."
+        )
     bias = state_dict.get("blocks.0.attn.qkv.bias")
     backbone = build_dinov3(name, qkv_bias=bias is not None and bool(bias.abs().sum() > 0), **arch_overrides)
     converted = checkpoint_filter_fn(state_dict, backbone.eva)

@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from utils.argtypes import device_problem, non_negative_int, positive_int
+
 MODELS = {"vits14": "dinov2_vits14", "vitb14": "dinov2_vitb14", "vitl14": "dinov2_vitl14", "vitg14": "dinov2_vitg14"}
 VARIANTS = ("timm", "timm-dynamic", "ours", "ours-bf16", "ours-compiled", "ours-graphs")
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4}
@@ -32,11 +34,15 @@ TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vits14", "vitb14"], choices=list(MODELS))
-    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 518], help="square input sides (multiples of 14)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--iters", type=int, default=20, help="forwards per timing")
-    parser.add_argument("--repeats", type=int, default=5, help="timings; the median is reported")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed forwards first (compilation, autotuning, cuDNN)")
+    parser.add_argument(
+        "--sizes", nargs="+", type=positive_int, default=[224, 518], help="square input sides (multiples of 14)"
+    )
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--iters", type=positive_int, default=20, help="forwards per timing")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timings; the median is reported")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=5, help="untimed forwards first (compilation, autotuning, cuDNN)"
+    )
     parser.add_argument(
         "--variants", nargs="+", choices=VARIANTS, help="default: all (all but the compiled ones with --quick)"
     )
@@ -56,7 +62,7 @@ import timm
 import torch
 from torch import Tensor
 
-from backbones import FrozenBackbone
+from backbones import COMPILE_MODES, FrozenBackbone
 from backbones.dinov2 import DINOV2_SPECS, build_dinov2
 
 
@@ -182,7 +188,8 @@ def forward_of(
 def bench_one(
     name: str, arch: dict[str, int], size: int, args: argparse.Namespace, variants: Sequence[str], device: torch.device
 ) -> list[tuple]:
-    """Rows ``(model, size, variant, images/s, speed-up, max abs diff, max rel diff)`` for one model and size."""
+    """Rows ``(model, size, variant, images/s, speed-up, max abs diff, max rel diff)`` for one model and size; the
+    speed-up is None before the timm variant has run (e.g. ``--variants ours``)."""
     weights = reference_weights(name, arch, args.seed)
     x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed)).to(device)
     base = our_backbone(name, arch, weights, device)
@@ -194,7 +201,7 @@ def bench_one(
         gaps = differences(forward(), reference)
         rate = images_per_second(forward, args.batch, args.iters, args.repeats, args.warmup, device)
         timm_rate = rate if variant == "timm" else timm_rate
-        rows.append((name, size, variant, rate, rate / timm_rate if timm_rate else float("nan"), *gaps))
+        rows.append((name, size, variant, rate, rate / timm_rate if timm_rate else None, *gaps))
         del forward
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -212,7 +219,8 @@ def print_table(rows: Sequence[tuple], device: torch.device, args: argparse.Name
         f"{'model':<16}{'size':>5}  {'variant':<15}{'images/s':>10}{'vs timm':>9}{'max abs diff':>14}{'max rel diff':>14}"
     )
     for name, size, variant, rate, speedup, gap, relative in rows:
-        print(f"{name:<16}{size:>5}  {variant:<15}{rate:>10.1f}{speedup:>8.2f}x{gap:>14.2e}{relative:>14.2e}")
+        versus = "-" if speedup is None else f"{speedup:.2f}x"
+        print(f"{name:<16}{size:>5}  {variant:<15}{rate:>10.1f}{versus:>9}{gap:>14.2e}{relative:>14.2e}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -220,6 +228,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif problem := device_problem(args.device):
+        parser.error(problem)
+    if args.compile_mode not in COMPILE_MODES:
+        parser.error(
+            f"--compile-mode {args.compile_mode!r} is not a torch.compile mode: use one of {', '.join(COMPILE_MODES)}."
+        )
     if args.quick:
         args.sizes, args.batch, args.iters, args.repeats, args.warmup = [28, 42], 2, 2, 2, 1
         args.models = args.models[:1]

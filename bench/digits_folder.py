@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from utils.argtypes import positive_int
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--size", type=int, default=56, help="side of the written images (nearest upsampling)")
+    parser.add_argument("--size", type=positive_int, default=56, help="side of the written images (nearest upsampling)")
     parser.add_argument("--split", action="store_true", help="write train/ (80%%) and val/ (20%%) sub-folders")
     return parser
 
@@ -27,7 +29,10 @@ from sklearn.datasets import load_digits
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"{args.out} is a file: give a folder to write the class folders into.")
     digits = load_digits()
     # pixel values are 0..16
     images = (digits.images * (255 / 16)).astype(np.uint8)

@@ -24,23 +24,25 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from utils.argtypes import device_problem, non_negative_int, positive_int
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--dir", type=Path, help="folder of the JPEGs (written if missing, kept); default: a temporary folder"
     )
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--size", type=int, default=518, help="extraction side (a multiple of 14)")
+    parser.add_argument("--images", type=positive_int, default=2000)
+    parser.add_argument("--width", type=positive_int, default=640)
+    parser.add_argument("--height", type=positive_int, default=480)
+    parser.add_argument("--size", type=positive_int, default=518, help="extraction side (a multiple of 14)")
     parser.add_argument("--model", default="vits14", choices=["vits14", "vitb14", "vitl14", "vitg14"])
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--compile", default=None, help="a torch.compile mode for the backbone (default: eager)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--workers", type=int, help="DataLoader workers (default: min(16, CPUs))")
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--workers", type=non_negative_int, help="DataLoader workers (default: min(16, CPUs))")
     parser.add_argument("--decode", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="16 tiny images, tiny model, size 28: a CPU smoke run")
     return parser
@@ -54,7 +56,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from backbones import FrozenBackbone
+from backbones import COMPILE_MODES, FrozenBackbone
 from backbones.dinov2 import build_dinov2
 from bench.backbone_throughput import MODELS, TINY, device_name
 from datamodules.image_files import ImageFileLoader, default_workers
@@ -218,6 +220,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif problem := device_problem(args.device):
+        parser.error(problem)
+    if args.compile not in (None, *COMPILE_MODES):
+        parser.error(f"--compile {args.compile!r} is not a torch.compile mode: use one of {', '.join(COMPILE_MODES)}.")
+    if args.dir is not None and args.dir.exists() and not args.dir.is_dir():
+        parser.error(f"--dir {args.dir} is a file: give a folder (written if missing), or leave --dir out.")
     if args.quick:
         args.images, args.width, args.height, args.size, args.batch, args.repeats = 16, 64, 48, 28, 4, 1
         args.workers = 2 if args.workers is None else args.workers

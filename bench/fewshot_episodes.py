@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import time
 
+from utils.argtypes import int_at_least, positive_int
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--classes", type=int, default=20)
-    parser.add_argument("--per-class", type=int, default=60)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--n-way", type=int, default=5)
-    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--classes", type=positive_int, default=20)
+    parser.add_argument("--per-class", type=positive_int, default=60)
+    parser.add_argument("--dim", type=positive_int, default=384)
+    parser.add_argument("--episodes", type=positive_int, default=600)
+    parser.add_argument("--n-way", type=int_at_least(2), default=5)
+    parser.add_argument("--queries", type=positive_int, default=15)
     return parser
 
 
@@ -35,7 +37,15 @@ METHODS = {"centre_and_project": centre_and_project, "knn": cosine_knn, "logisti
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.n_way > args.classes:
+        parser.error(f"--n-way {args.n_way} is more than --classes {args.classes}: an episode draws distinct classes.")
+    if args.per_class < 5 + args.queries:
+        parser.error(
+            f"--per-class {args.per_class} is fewer than 5 shots + --queries {args.queries} images: "
+            f"give --per-class {5 + args.queries} or more."
+        )
     torch.set_num_threads(1)
     features = torch.randn(args.classes * args.per_class, args.dim)
     labels = np.repeat(np.arange(args.classes), args.per_class)

@@ -19,14 +19,16 @@ import warnings
 from collections.abc import Callable
 from functools import partial
 
+from utils.argtypes import positive_int
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--classes", type=int, default=150)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--classes", type=positive_int, default=150)
+    parser.add_argument("--size", type=positive_int, default=512)
     parser.add_argument("--model", default="dinov2_vits14")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=10)
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from utils.argtypes import positive_int
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -19,10 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--full-size", action="store_true", help="the official architecture (random weights) instead of a tiny one"
     )
-    parser.add_argument("--boxes", type=int, nargs="+", default=[16, 64, 256])
-    parser.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
-    parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--boxes", type=positive_int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--size", type=positive_int, nargs=2, default=[480, 640], metavar=("H", "W"))
+    parser.add_argument("--chunk-size", type=positive_int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     return parser
 
 

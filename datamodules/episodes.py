@@ -42,8 +42,31 @@ def sample_episodes(
 
     The same seed gives the same episodes; every class in `labels` must have k_shot + n_queries images.
     """
+    labels = np.asarray(labels)
+    for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_queries", n_queries), ("n_episodes", n_episodes)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or value < (0 if name == "n_queries" else 1)
+        ):
+            least = 0 if name == "n_queries" else 1
+            raise DatasetError(f"{option('data', name, value)}: give a whole number of at least {least}.")
+    if labels.ndim != 1:
+        raise DatasetError(f"labels must be one class id per image, shape (N,); got shape {labels.shape}.")
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if n_way > len(classes):
+        raise DatasetError(
+            f"{option('data', 'n_way', n_way)} classes per episode, but the labels hold {len(classes)} class(es). "
+            f"Fix: {option('data', 'n_way', len(classes))} or fewer, or add classes."
+        )
+    if (need := k_shot + n_queries) > counts.min():
+        small = ", ".join(f"{c} ({n})" for c, n in zip(classes, counts) if n < need)
+        raise DatasetError(
+            f"{option('data', 'k_shot', k_shot)} + {option('data', 'n_queries', n_queries)} = {need} images per "
+            f"class, but some classes have fewer (class id: images): {small}. Fix: lower k_shot or n_queries, or "
+            "drop those classes."
+        )
     members = {c: np.flatnonzero(labels == c) for c in classes}
     episodes = []
     for _ in range(n_episodes):

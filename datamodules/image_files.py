@@ -10,6 +10,7 @@ Files torchvision cannot decode (BMP, CMYK JPEG, ...) fall back to PIL.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,36 @@ def default_workers() -> int:
     return min(16, available_cpus())
 
 
+def check_loader_arguments(
+    size: int,
+    resize_size: int | None,
+    batch_size: int,
+    num_workers: int | None,
+    prefetch_factor: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> None:
+    """ValueError naming the first `ImageFileLoader` argument out of range (the DataLoader would fail in a worker,
+    torchvision at the first resize, or the normalisation divide by zero)."""
+    least = {"size": 1, "resize_size": 1, "batch_size": 1, "num_workers": 0, "prefetch_factor": 1}
+    values = {"size": size, "resize_size": resize_size, "batch_size": batch_size, "num_workers": num_workers}
+    for name, value in (values | {"prefetch_factor": prefetch_factor}).items():
+        if value is None and name in ("resize_size", "num_workers"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least[name]:
+            raise ValueError(f"{name}={value!r}: give a whole number of at least {least[name]}.")
+    if resize_size is not None and resize_size < size:
+        raise ValueError(
+            f"resize_size={resize_size} is smaller than size={size}: the centre crop would be padded with black. "
+            f"Give resize_size >= size (e.g. 256 for 224), or None to resize whole images."
+        )
+    for name, value in (("mean", mean), ("std", std)):
+        if len(value) != 3 or not all(math.isfinite(v) for v in value) or (name == "std" and min(value) <= 0):
+            raise ValueError(
+                f"{name}={tuple(value)!r}: give 3 finite per-channel values (R, G, B){', each above 0' if name == 'std' else ''}."
+            )
+
+
 class ImageFileLoader:
     """Iterate ``(index (B,) int64 on the CPU, images (B, 3, S, S) on device)`` over image files, in file order.
 
@@ -175,13 +206,25 @@ class ImageFileLoader:
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ):
-        self.device = torch.device(device)
+        check_loader_arguments(size, resize_size, batch_size, num_workers, prefetch_factor, mean, std)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device={device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N'.") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was asked for but no CUDA GPU is available: use device='cpu'.")
         if decode not in DECODERS:
             raise ValueError(f"decode={decode!r} is not an option: use cpu (in the loader workers) or gpu (nvJPEG).")
         if decode == "gpu" and self.device.type != "cuda":
             raise ValueError(f"decode='gpu' needs a CUDA device, not {self.device}: use decode='cpu'.")
+        if isinstance(paths, (str, os.PathLike)):
+            raise ValueError(  # noqa: TRY004 (the API raises ValueError)
+                f"paths={str(paths)!r} is one path; give a list of image files, e.g. [{str(paths)!r}]."
+            )
         if not paths:
             raise DatasetError("The list of image files is empty: nothing to load.")
+        if missing := next((p for p in paths if not Path(p).is_file()), None):
+            raise DatasetError(f"Image file {missing} does not exist or is not a file: check the path, or remove it.")
         self.size, self.resize_size, self.dtype = size, resize_size, dtype
         self.dataset = ImageFiles(paths, size, resize_size, gpu_jpeg=decode == "gpu")
         workers = default_workers() if num_workers is None else num_workers

@@ -6,6 +6,7 @@ released head (local file, torch.hub cache, or the official URL with `download=T
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -96,6 +97,32 @@ _FIX = (
 )
 
 
+def check_depth_range(min_depth: float, max_depth: float) -> None:
+    """ValueError unless ``0 < min_depth < max_depth`` (finite): the bins and the clamp span that range, so a
+    reversed one would clamp every prediction to one value and a non-positive one break the log-depth metrics."""
+    finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (min_depth, max_depth))
+    if not (finite and 0 < min_depth < max_depth):
+        raise ValueError(
+            f"min_depth={min_depth!r}, max_depth={max_depth!r} is not a depth range in metres: give finite values "
+            "with 0 < min_depth < max_depth (NYU: 0.001 and 10, KITTI: 0.001 and 80)."
+        )
+
+
+def check_out_index(out_index: Sequence[int], kind: str, n_blocks: int) -> None:
+    """ValueError unless ``out_index`` names as many blocks as a ``kind`` head reads (1 or 4), each in range."""
+    wanted = 1 if kind == "linear" else 4
+    blocks = list(out_index) if isinstance(out_index, Sequence) and not isinstance(out_index, str) else None
+    if (
+        blocks is None
+        or len(blocks) != wanted
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_blocks for i in blocks)
+    ):
+        raise ValueError(
+            f"out_index={out_index!r} does not fit a {kind!r} head on a backbone with {n_blocks} blocks: give "
+            f"{wanted} block index(es) from 0 to {n_blocks - 1}, or leave out_index=None for the official ones."
+        )
+
+
 class DepthModel(nn.Module):
     """Frozen backbone + depth head; images `(B, 3, H, W)` (ImageNet-normalised) -> depth `(B, 1, H, W)` in metres.
 
@@ -109,6 +136,7 @@ class DepthModel(nn.Module):
         self, backbone: nn.Module, head: nn.Module, out_index: Sequence[int], min_depth: float, max_depth: float
     ) -> None:
         super().__init__()
+        check_depth_range(min_depth, max_depth)
         self.backbone = backbone
         self.head = head
         self.out_index = list(out_index)
@@ -156,6 +184,9 @@ class DepthModel(nn.Module):
             raise CheckpointError(
                 f"Unknown depth head kind {kind!r} for {head_checkpoint}; choose one of {', '.join(KINDS)}."
             )
+        check_depth_range(min_depth, max_depth)
+        if out_index is not None:
+            check_out_index(out_index, kind, backbone.n_blocks)
         path = resolve_depth_head(head_checkpoint, download, sha256)
         channels = 256
         if kind == "dpt":

@@ -16,6 +16,32 @@ from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
 
+def check_episode(support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int) -> None:
+    """ValueError naming the argument unless support `(S, C)` with S >= 1, integer support_labels `(S,)` in
+    0..n_classes-1 and query `(M, C)` fit together (shape checks and one min/max over the S labels)."""
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise ValueError(f"n_classes={n_classes!r}: give the number of classes, a whole number of at least 1.")
+    for name, value in (("support", support), ("support_labels", support_labels), ("query", query)):
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{name} must be a torch Tensor, not {type(value).__name__}.")  # noqa: TRY004 (the API raises ValueError)
+    if support.ndim != 2 or query.ndim != 2 or support.shape[1] != query.shape[1] or len(support) == 0:
+        raise ValueError(
+            f"support {tuple(support.shape)} and query {tuple(query.shape)} must be (S, C) and (M, C) feature "
+            "matrices of the same width C, with at least one support row."
+        )
+    if support_labels.shape != (len(support),) or support_labels.dtype.is_floating_point:
+        raise ValueError(
+            f"support_labels ({support_labels.dtype} {tuple(support_labels.shape)}) must be integer class ids, one "
+            f"per support row: shape ({len(support)},)."
+        )
+    low, high = int(support_labels.min()), int(support_labels.max())
+    if low < 0 or high >= n_classes:
+        raise ValueError(
+            f"support_labels hold class ids {low}..{high}, outside 0..{n_classes - 1} for n_classes={n_classes}: "
+            "number the classes from 0, or raise n_classes."
+        )
+
+
 def centre_and_project(
     support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, mean: Tensor | None = None
 ) -> Tensor:
@@ -23,6 +49,7 @@ def centre_and_project(
 
     Returns minus the Euclidean distance of each query to each centroid of the normalised support features.
     """
+    check_episode(support, support_labels, query, n_classes)
     mean = support.mean(0) if mean is None else mean
     support, query = F.normalize(support - mean, dim=-1), F.normalize(query - mean, dim=-1)
     one_hot = F.one_hot(support_labels, n_classes).T.to(support.dtype)
@@ -47,6 +74,11 @@ def cosine_knn(
     support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, k: int = 10, temperature: float = 0.07
 ) -> Tensor:
     """Weighted k-NN on cosine similarity (k capped at the support size); scores are each class's share of the votes."""
+    check_episode(support, support_labels, query, n_classes)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r} neighbours: give a whole number of at least 1.")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r}: give a finite number above 0 (DINOv2 uses 0.07).")
     similarities, indices = cosine_topk(support, query, min(k, len(support)))
     votes = weighted_votes(similarities, support_labels[indices], n_classes, temperature)
     return votes / votes.sum(1, keepdim=True)
@@ -56,11 +88,13 @@ def logistic_regression(
     support: Tensor, support_labels: Tensor, query: Tensor, n_classes: int, C: float = 1.0, max_iter: int = 1000
 ) -> Tensor:
     """scikit-learn's multinomial logistic regression on the L2-normalised features; scores are class probabilities."""
+    check_episode(support, support_labels, query, n_classes)
     model = LogisticRegression(C=C, max_iter=max_iter).fit(
         F.normalize(support, dim=-1).cpu().numpy(), support_labels.cpu().numpy()
     )
     probs = np.zeros((len(query), n_classes), dtype=np.float32)
-    probs[:, model.classes_] = model.predict_proba(F.normalize(query, dim=-1).cpu().numpy())
+    if len(query):  # scikit-learn refuses to predict for no rows; no queries give no scores, as the other methods
+        probs[:, model.classes_] = model.predict_proba(F.normalize(query, dim=-1).cpu().numpy())
     return torch.from_numpy(probs)
 
 

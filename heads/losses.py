@@ -72,10 +72,19 @@ def upsample_cross_entropy(
         raise ValueError(f"backend={backend!r} is not supported: use 'auto', 'triton' or 'torch'.")
     if backend == "triton" and not use_triton(logits):
         raise ValueError("backend='triton' needs CUDA logits, Triton installed and deterministic algorithms off.")
+    if not isinstance(logits, Tensor) or not isinstance(labels, Tensor):
+        raise ValueError(  # noqa: TRY004 (the API raises ValueError)
+            f"logits and labels must be torch Tensors, not {type(logits).__name__} and {type(labels).__name__}."
+        )
     if logits.ndim != 4 or labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
         raise ValueError(
             f"Expected logits (B, K, h, w) and labels (B, H, W) with the same B; got {tuple(logits.shape)} and "
             f"{tuple(labels.shape)}."
+        )
+    if 0 in logits.shape or 0 in labels.shape:
+        raise ValueError(
+            f"Empty input: logits {tuple(logits.shape)}, labels {tuple(labels.shape)}; every size (batch, classes, "
+            "height, width) must be at least 1."
         )
     if labels.dtype.is_floating_point:
         raise ValueError(f"labels must hold integer class ids, not {labels.dtype}: pass labels.long().")

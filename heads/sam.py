@@ -21,6 +21,7 @@ from backbones.weights import (
     load_state_dict_file,
     resolve_checkpoint,
 )
+from utils.errors import option
 
 URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 # Meta publishes no checksums for these files, and the hex in their names is not a SHA-256 prefix. These full
@@ -33,6 +34,36 @@ CHECKPOINTS = {
 # Image-encoder width and depth of each size, to name the size a mismatched checkpoint was made for.
 ENCODER_SIZES = {(768, 12): "vit_b", (1024, 24): "vit_l", (1280, 32): "vit_h"}
 ENCODER_HEADS = {"vit_b": 12, "vit_l": 16, "vit_h": 16}
+
+
+def check_sam_sizes(
+    encoder_embed_dim: int | None,
+    encoder_depth: int | None,
+    encoder_num_heads: int | None,
+    prompt_embed_dim: int | None,
+    image_size: int | None,
+) -> None:
+    """ValueError naming the first size override SAM cannot be built with (``None`` keeps the official size):
+    `build_sam` would silently take 0 as "official", and segment_anything fails later, deep in a forward pass."""
+    sizes = {
+        "encoder_embed_dim": encoder_embed_dim,
+        "encoder_depth": encoder_depth,
+        "encoder_num_heads": encoder_num_heads,
+        "prompt_embed_dim": prompt_embed_dim,
+        "image_size": image_size,
+    }
+    for name, value in sizes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{option('sam', name, value)}: give a whole number of at least 1 (or null: official).")
+    # the patch size is 16; the decoder's 8 attention heads run at half the prompt width
+    for name, value, multiple in (("image_size", image_size, 16), ("prompt_embed_dim", prompt_embed_dim, 16)):
+        if value is not None and value % multiple:
+            raise ValueError(f"{option('sam', name, value)} is not a multiple of {multiple}, as SAM needs.")
+    if encoder_embed_dim is not None and encoder_num_heads is not None and encoder_embed_dim % encoder_num_heads:
+        raise ValueError(
+            f"{option('sam', 'encoder_embed_dim', encoder_embed_dim)} does not split over "
+            f"{option('sam', 'encoder_num_heads', encoder_num_heads)}: the width must be a multiple of the head count."
+        )
 
 
 def build_sam(
@@ -54,6 +85,7 @@ def build_sam(
     overrides = (encoder_embed_dim, encoder_depth, encoder_num_heads, encoder_global_attn_indexes, prompt_embed_dim, image_size)
     if all(value is None for value in overrides):
         return sam_model_registry[model_type]()
+    check_sam_sizes(encoder_embed_dim, encoder_depth, encoder_num_heads, prompt_embed_dim, image_size)
     official_dim, official_depth = next(size for size, name in ENCODER_SIZES.items() if name == model_type)
     depth = encoder_depth or official_depth
     # segment_anything's _build_sam fixes the prompt width (256) and input size (1024): tests need smaller ones.
@@ -202,6 +234,8 @@ class SamBoxPredictor:
         With `multimask`, SAM's three candidate masks are made and the one with the highest predicted IoU is
         kept, as SAM does for ambiguous single points.
         """
+        if not isinstance(multimask, (bool, np.bool_)):
+            raise ValueError(f"multimask={multimask!r} must be True or False.")  # noqa: TRY004 (API: ValueError)
         if image is not None:
             self.set_image(image)
         points = torch.as_tensor(check_points(points, *self._image_size())[:, None], device=self.device)

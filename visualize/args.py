@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from utils.argtypes import finite_float, non_negative_int, positive_int
+
 BACKBONE_CHOICES: tuple[str, ...] = (
     *(f"dinov2_vit{size}14{reg}" for size in "sblg" for reg in ("", "_reg")),
     *(f"dinov3_vit{size}16" for size in "sbl"),
@@ -32,9 +34,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", help="an official *_pretrain.pth file; default: the torch.hub cache")
     group.add_argument("--download", action="store_true", help="allow downloading the official weights")
     group.add_argument("--sha256", help="the weights file's expected SHA-256 (else a FILE.sha256 beside it is checked)")
-    group.add_argument("--embed-dim", type=int, help="architecture override for small models")
-    group.add_argument("--depth", type=int, help="architecture override for small models")
-    group.add_argument("--num-heads", type=int, help="architecture override for small models")
+    group.add_argument("--embed-dim", type=positive_int, help="architecture override for small models")
+    group.add_argument("--depth", type=positive_int, help="architecture override for small models")
+    group.add_argument("--num-heads", type=positive_int, help="architecture override for small models")
     group.add_argument(
         "--random-weights",
         action="store_true",
@@ -42,14 +44,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=448,
         help="shorter image side in pixels, a multiple of the patch size (default: %(default)s)",
     )
     parser.add_argument(
         "--block", type=int, default=-1, help="block whose normed patch tokens are used; -1 = last (default)"
     )
-    parser.add_argument("--dpi", type=int, default=100, help="figure resolution (default: %(default)s)")
+    parser.add_argument("--dpi", type=positive_int, default=100, help="figure resolution (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
@@ -66,7 +68,7 @@ def pca_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="background removal: keep patches whose first-component score is above it (default: %(default)s)",
     )
@@ -99,14 +101,17 @@ def match_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", type=Path, help="the pairs in pixel coordinates with their similarity (default: OUT with .json)"
     )
-    parser.add_argument("--num-pairs", type=int, default=20, help="pairs to keep (default: %(default)s)")
+    parser.add_argument("--num-pairs", type=positive_int, default=20, help="pairs to keep (default: %(default)s)")
     parser.add_argument(
         "--foreground",
         action="store_true",
         help="match foreground patches only (first PCA component, as visualize.pca)",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.0, help="foreground threshold of --foreground (default: %(default)s)"
+        "--threshold",
+        type=finite_float,
+        default=0.0,
+        help="foreground threshold of --foreground (default: %(default)s)",
     )
     parser.add_argument(
         "--sign",
@@ -114,6 +119,6 @@ def match_parser() -> argparse.ArgumentParser:
         default="auto",
         help="first-component orientation of --foreground",
     )
-    parser.add_argument("--seed", type=int, default=0, help="k-means seed (default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="k-means seed (default: %(default)s)")
     add_common_args(parser)
     return parser

@@ -4,6 +4,7 @@ outputs, error reporting (the arguments themselves are in ``visualize.args``, wh
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from backbones import FrozenBackbone, load_backbone
+from utils.argtypes import device_problem
 from utils.atomic import atomic_write
 from utils.errors import cli_style, exit_on_user_error
 from visualize.args import CLI_FLAGS
@@ -24,13 +26,10 @@ def load_from_args(args: argparse.Namespace, image_paths: list[str]) -> FrozenBa
     require_files(image_paths)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif problem := device_problem(args.device):
+        raise InputError(f"{problem}.")
     else:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise InputError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N.") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"--device {args.device} was asked for but no CUDA GPU is available; use --device cpu.")
+        device = torch.device(args.device)
     backbone = load_backbone(
         args.backbone,
         checkpoint=args.checkpoint,
@@ -55,24 +54,51 @@ def load_inputs(paths: Sequence[str], short_side: int, patch_size: int) -> tuple
     """The RGB images and their normalised inputs ``(3, H, W)``: shorter side ``short_side`` (snapped to the patch size)."""
     short_side = snap_to_patches(short_side, patch_size)
     images = [load_rgb(path, patch_size) for path in paths]
-    inputs = [to_input(img, input_size(img.width, img.height, short_side, patch_size)) for img in images]
+    sizes = [input_size(img.width, img.height, short_side, patch_size) for img in images]
+    for path, (height, width) in zip(paths, sizes):
+        # the same bound as for decoding an image: past it, the inputs alone take gigabytes
+        if height * width > Image.MAX_IMAGE_PIXELS:
+            raise InputError(
+                f"--size {short_side} makes {path} a {width}x{height} input, over Image.MAX_IMAGE_PIXELS = "
+                f"{Image.MAX_IMAGE_PIXELS} pixels: give a smaller --size (default 448)."
+            )
+    inputs = [to_input(img, size) for img, size in zip(images, sizes)]
     return images, inputs
 
 
+def check_output_path(path: Path, flag: str) -> None:
+    """InputError unless a file can be written at ``path`` (given as ``flag``): not a folder, and the nearest existing
+    folder above it writable (missing folders are created), checked before the slow work starts."""
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder: give a file name, e.g. {flag} {path / ('out' + path.suffix)}.")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{flag} {path} cannot be written: {parent} is {'not a folder' if not parent.is_dir() else 'not writable'}."
+            f" Give a path in a folder you can write to."
+        )
+
+
 def check_figure_path(path: Path) -> None:
-    """InputError unless matplotlib can write a figure of ``path``'s type."""
+    """InputError unless matplotlib can write a figure of ``path``'s type to ``path``."""
     formats = Figure().canvas.get_supported_filetypes()
     if path.suffix.lower().lstrip(".") not in formats:
         raise InputError(
             f"Cannot write a figure to {path}: use one of the suffixes {', '.join('.' + f for f in sorted(formats))}."
         )
+    check_output_path(path, "--out")
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
     """Save a figure atomically; the format follows the suffix."""
-    atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=dpi, bbox_inches="tight")
-    )
+    try:
+        atomic_write(
+            path, lambda tmp: fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=dpi, bbox_inches="tight")
+        )
+    except OSError as err:  # a folder that refuses files despite its permissions (/proc, a full or read-only disk)
+        raise InputError(f"Cannot write {path} ({err.strerror}): give --out a path on a writable disk.") from None
 
 
 def run(main: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:

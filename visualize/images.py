@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from utils.errors import UserError
@@ -16,6 +16,10 @@ from utils.images import open_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+ORIENTATION = 0x0112
+"""The EXIF tag that says how a photograph is to be rotated for viewing."""
 
 
 class InputError(UserError):
@@ -44,6 +48,10 @@ def load_rgb(path: str | Path, patch_size: int) -> Image.Image:
             f"Image {path} is {img.width}x{img.height} pixels, smaller than one {patch_size}x{patch_size} patch "
             f"of the backbone. Pass an image at least {patch_size} pixels on each side."
         )
+    if img.getexif().get(ORIENTATION, 1) != 1:
+        # cameras store the pixels unrotated and the viewing orientation in EXIF; show what the user sees
+        img = ImageOps.exif_transpose(img)
+        print(f"Note: {path} is rotated by its EXIF orientation tag, as image viewers show it.", file=sys.stderr)
     if img.mode == "RGB":
         return img
     print(f"Note: {path} is a {img.mode} image; converted to 8-bit RGB.", file=sys.stderr)
@@ -54,7 +62,16 @@ def load_rgb(path: str | Path, patch_size: int) -> Image.Image:
 
 
 def snap_to_patches(size: int, patch_size: int) -> int:
-    """``size`` rounded to the nearest positive multiple of the patch size, with a note on stderr when it changes."""
+    """``size`` rounded to the nearest positive multiple of the patch size, with a note on stderr when it changes.
+
+    Raises:
+        InputError: ``size`` is under two patches: one patch per side leaves nothing to compare (PCA, matching).
+    """
+    if size < 2 * patch_size:
+        raise InputError(
+            f"--size {size} is under two {patch_size}-pixel patches: the images would have at most one patch per side. "
+            f"Give --size {2 * patch_size} or more (default 448)."
+        )
     snapped = max(patch_size, round(size / patch_size) * patch_size)
     if snapped != size:
         print(

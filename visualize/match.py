@@ -18,7 +18,14 @@ def make_match_figure(args: argparse.Namespace) -> None:
     import numpy as np
 
     from utils.results import write_json
-    from visualize.cli import backbone_label, check_figure_path, load_from_args, load_inputs, save_figure
+    from visualize.cli import (
+        backbone_label,
+        check_figure_path,
+        check_output_path,
+        load_from_args,
+        load_inputs,
+        save_figure,
+    )
     from visualize.features import patch_maps
     from visualize.figures import match_figure
     from visualize.images import InputError
@@ -29,6 +36,7 @@ def make_match_figure(args: argparse.Namespace) -> None:
     if args.num_pairs < 1:
         raise InputError(f"--num-pairs {args.num_pairs} must be at least 1.")
     json_path = args.json or args.out.with_suffix(".json")
+    check_output_path(json_path, "--json")
     backbone = load_from_args(args, [args.image_a, args.image_b])
     images, inputs = load_inputs([args.image_a, args.image_b], args.size, backbone.patch_size)
     try:

@@ -44,6 +44,16 @@ def mutual_matches(
     Returns:
         The mutual matches on the CPU, strongest first.
     """
+    if feat_a.ndim != 3 or feat_b.ndim != 3 or feat_a.shape[0] != feat_b.shape[0]:
+        raise ValueError(
+            f"feat_a {tuple(feat_a.shape)} and feat_b {tuple(feat_b.shape)} must be patch maps (C, h, w) with the "
+            "same number of channels C (one image each, from the same backbone and block)."
+        )
+    for name, mask, feat in (("mask_a", mask_a, feat_a), ("mask_b", mask_b, feat_b)):
+        if mask is not None and tuple(mask.shape) != tuple(feat.shape[1:]):
+            raise ValueError(
+                f"{name} {tuple(mask.shape)} must be an (h, w) map of its features' grid {tuple(feat.shape[1:])}."
+            )
     a = F.normalize(feat_a.float().flatten(1).T, dim=1)
     b = F.normalize(feat_b.float().flatten(1).to(a.device).T, dim=1)
     similarity = a @ b.T
@@ -66,6 +76,10 @@ def spread_matches(matches: Matches, feat_a: Tensor, feat_b: Tensor, n: int, see
     A pair's descriptor is its two normalised patch features concatenated ``(2C,)``, so the clusters are
     parts that look alike in both images.
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r} pairs: give a whole number of at least 1.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed={seed!r}: give a whole number from 0 to 2**32 - 1 (scikit-learn's range).")
     if len(matches) <= n:
         return matches
     a = F.normalize(feat_a.float().flatten(1).T.cpu()[matches.index_a], dim=1)

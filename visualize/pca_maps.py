@@ -7,6 +7,7 @@ of the foreground patches, each min-max scaled over all foreground patches, give
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -58,6 +59,15 @@ def _border(grids: list[tuple[int, int]]) -> np.ndarray:
     return np.concatenate(rings)
 
 
+def check_threshold_sign(threshold: float, sign: str) -> None:
+    """ValueError unless ``threshold`` is a finite number and ``sign`` one of ``Sign``'s values (any other sign
+    was read as "positive", and a NaN threshold keeps no patch)."""
+    if sign not in ("auto", "positive", "negative"):
+        raise ValueError(f"sign={sign!r} is not an orientation: use 'auto', 'positive' or 'negative'.")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"threshold={threshold!r}: give a finite number (the paper's is 0).")
+
+
 def foreground_masks(features: Sequence[Tensor], threshold: float = 0.0, sign: Sign = "auto") -> list[Tensor]:
     """The foreground patches of each map by the first PCA component, fitted jointly over all maps.
 
@@ -70,6 +80,7 @@ def foreground_masks(features: Sequence[Tensor], threshold: float = 0.0, sign: S
     Returns:
         One ``(h, w)`` bool mask per map.
     """
+    check_threshold_sign(threshold, sign)
     patches, grids = _flatten(features)
     score = PCA(n_components=1, random_state=0).fit_transform(patches)[:, 0]
     if sign == "negative" or (sign == "auto" and score[_border(grids)].mean() > 0):
@@ -92,6 +103,8 @@ def pca_rgb(
     Raises:
         ValueError: fewer than 3 patches are foreground, or the features have fewer than 3 channels.
     """
+    if threshold is not None:
+        check_threshold_sign(threshold, sign)
     patches, grids = _flatten(features)
     if patches.shape[1] < 3:
         raise ValueError(f"PCA to RGB needs at least 3 feature channels; the features have {patches.shape[1]}.")
