@@ -127,9 +127,21 @@ def build(node: DictConfig, **kwargs: object) -> object:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
+        key = re.search(r"full_key: (\S+)", str(err))
+        unknown = (
+            re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
+        )
+        if unknown and key:
+            # an option the object does not take: Hydra's own hint for a key not in the config is `+key=value`
+            owner, name = key.group(1), unknown.group(1)
+            raise UserError(
+                f"{owner}.{name} is not an option of {owner} ({node.get('_target_')}). Fix: drop {owner}.{name} "
+                f"(set by a `+{owner}.{name}=...` override, or by an experiment or head config made for another "
+                f"{owner} config), or choose a {owner} config that takes it; `python train.py --cfg job` shows what "
+                "was composed."
+            ) from err
         if find_user_error(err) is not None or not isinstance(cause, (ValueError, MisconfigurationException)):
             raise
-        key = re.search(r"full_key: (\S+)", str(err))
         where = f" (config key `{key.group(1)}`)" if key else ""
         raise UserError(f"A configured value was refused{where}: {cause}") from err
 

@@ -9,7 +9,7 @@ import torch
 
 from .datasets import PredictImages, Sample, SegmentationDataset
 from .errors import DatasetError
-from .files import list_images
+from .files import list_images, predict_folder
 from .loaders import DenseDataModule, check_loader_options, usable_workers
 from .transforms import eval_transform, train_transform
 
@@ -58,7 +58,7 @@ class SegmentationDataModule(DenseDataModule):
         self.crop_size, self.scale_range = crop_size, (float(scale_range[0]), float(scale_range[1]))
         self.short_side, self.cat_max_ratio = short_side, cat_max_ratio
         self.download = download
-        self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
+        self.predict_dir = predict_folder(predict_dir)
 
     def _samples(self, split: str) -> list[Sample]:
         """(image, label, label map) of split "train" or "val", sorted."""

@@ -7,9 +7,10 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.reliability import Case, Result
+from tests.reliability import TINY_TRAIN, Case, Result
 
 SMALL = ((40, 60), (50, 70))
 N_TRAIN = 64
@@ -77,4 +78,85 @@ CASES = [
     Case("adv-train-generate-together", "lost", call=run_while_generating, check=check_one_whole_set, exit_code=0),
     # A killed generation left a half set in place, which every later run took as complete.
     Case("adv-train-generate-killed", "lost", call=generate_after_kill, check=check_one_whole_set, exit_code=0),
+]
+
+
+def _file(name: str) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).write_text("not a folder\n")
+
+
+def _no_update_check(tmp: Path, result: Result) -> None:
+    assert "version info" not in result.text and "check for updates" not in result.text, result.text
+
+
+CASES += [
+    # albumentations asked PyPI for a newer version at import: a warning on every offline run, up to 2 s of waiting.
+    Case(
+        "adv-train-albumentations-asks-pypi",
+        "clear",
+        argv=("-c", "import datamodules.transforms"),
+        check=_no_update_check,
+        exit_code=0,
+        fresh=True,
+    ),
+    # Hydra made the run folder under a file with a NotADirectoryError traceback.
+    Case(
+        "adv-train-log-dir-is-a-file",
+        "traceback",
+        argv=("train.py", "experiment=quickstart", "paths.log_dir={tmp}/logs"),
+        setup=_file("logs"),
+        names=("{tmp}/logs is a file", "paths.log_dir=PATH"),
+    ),
+    Case(
+        "adv-train-multirun-log-dir-is-a-file",
+        "traceback",
+        argv=("train.py", "-m", "experiment=quickstart", "paths.log_dir={tmp}/logs", "head.lr=0.1,0.2"),
+        setup=_file("logs"),
+        names=("{tmp}/logs is a file", "paths.log_dir=PATH"),
+    ),
+    # A wrong data.predict_dir was found after training and testing: the run's metrics were never written.
+    Case(
+        "adv-train-predict-dir-is-a-file",
+        "lost",
+        argv=("train.py", *TINY_TRAIN, "data.predict_dir={tmp}/images"),
+        setup=_file("images"),
+        names=("data.predict_dir={tmp}/images", "data.predict_dir=FOLDER"),
+        absent=("logs/*/runs/*/checkpoints/*",),
+        needs_fixtures=True,
+    ),
+    Case(
+        "adv-train-predict-dir-without-images",
+        "lost",
+        argv=("train.py", *TINY_TRAIN, "data.predict_dir={tmp}"),
+        names=("data.predict_dir={tmp}", "holds no"),
+        absent=("logs/*/runs/*/checkpoints/*",),
+        needs_fixtures=True,
+    ),
+]
+
+CASES += [
+    # Hydra's own hint for a key that is not in the config (`+data.batchsize=4`) ended in a wrapped TypeError, exit 1.
+    Case(
+        "adv-train-plus-override-unknown-option",
+        "wrapped",
+        argv=("train.py", *TINY_TRAIN, "+data.batchsize=4"),
+        names=("data.batchsize is not an option of data",),
+        needs_fixtures=True,
+    ),
+    # A head made for class folders on a segmentation set: the head config's data.splits reached ADE20k's constructor.
+    Case(
+        "adv-train-probe-head-on-segmentation-data",
+        "wrapped",
+        argv=("train.py", *TINY_TRAIN, "head=linear_probe", "data=ade20k", "data.root={tmp}/ade"),
+        names=("data.splits is not an option of data",),
+        needs_fixtures=True,
+    ),
+    # The class-folder error named the folder but not the option that chose it.
+    Case(
+        "adv-train-fewshot-without-data-root",
+        "clear",
+        argv=("train.py", *TINY_TRAIN[1:5], "head=fewshot", "data=imagefolder", "data.num_workers=0"),
+        names=("{tmp}/data/imagefolder is not a folder", "data.root=FOLDER"),
+        needs_fixtures=True,
+    ),
 ]
