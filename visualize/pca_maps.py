@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from sklearn.decomposition import PCA
 from torch import Tensor
 
 Sign = Literal["auto", "positive", "negative"]
+SIGNS: tuple[Sign, ...] = get_args(Sign)
 
 
 @dataclass
@@ -70,6 +71,8 @@ def foreground_masks(features: Sequence[Tensor], threshold: float = 0.0, sign: S
     Returns:
         One ``(h, w)`` bool mask per map.
     """
+    if sign not in SIGNS:
+        raise ValueError(f"sign={sign!r} is not one of {', '.join(map(repr, SIGNS))}.")
     patches, grids = _flatten(features)
     score = PCA(n_components=1, random_state=0).fit_transform(patches)[:, 0]
     if sign == "negative" or (sign == "auto" and score[_border(grids)].mean() > 0):

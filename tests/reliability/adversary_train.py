@@ -160,3 +160,56 @@ CASES += [
         needs_fixtures=True,
     ),
 ]
+
+PCA_MAPS = ("train.py", *TINY_TRAIN, "+callbacks=pca_maps")
+
+
+def _metrics_written(tmp: Path, result: Result) -> None:
+    assert "no PCA maps at step 2" in result.text, result.text
+    assert list(tmp.glob("logs/*/runs/*/metrics.json")), "the run's metrics were not written"
+
+
+def _foreground_with_unknown_sign(tmp: Path) -> object:
+    import torch
+
+    from visualize.pca_maps import foreground_masks
+
+    return foreground_masks(torch.randn(2, 8, 4, 4), sign="maybe")
+
+
+CASES += [
+    # The pca_maps callback's options were first used at the first validation: a traceback after training.
+    Case(
+        "adv-train-pca-maps-block-out-of-range",
+        "traceback",
+        argv=(*PCA_MAPS, "callbacks.pca_maps.block=99"),
+        names=("callbacks.pca_maps.block=99", "callbacks.pca_maps.block=-1"),
+        absent=("logs/*/runs/*/checkpoints/*",),
+        needs_fixtures=True,
+    ),
+    Case(
+        "adv-train-pca-maps-threshold-not-a-number",
+        "traceback",
+        argv=(*PCA_MAPS, "callbacks.pca_maps.threshold=abc"),
+        names=("callbacks.pca_maps.threshold=abc",),
+        needs_fixtures=True,
+    ),
+    # An unknown sign was taken as "positive".
+    Case(
+        "adv-train-pca-maps-unknown-sign",
+        "silent",
+        argv=(*PCA_MAPS, "callbacks.pca_maps.sign=maybe"),
+        names=("callbacks.pca_maps.sign=maybe", "auto, positive, negative"),
+        needs_fixtures=True,
+    ),
+    Case("adv-train-foreground-masks-unknown-sign", "silent", call=_foreground_with_unknown_sign, names=("maybe",)),
+    # No patch above the threshold at a validation: a ValueError ended the run (and its metrics) for a missing figure.
+    Case(
+        "adv-train-pca-maps-no-foreground",
+        "traceback",
+        argv=(*PCA_MAPS, "callbacks.pca_maps.threshold=1000"),
+        check=_metrics_written,
+        exit_code=0,
+        needs_fixtures=True,
+    ),
+]
