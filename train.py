@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,6 +149,33 @@ def build(node: DictConfig, **kwargs: object) -> object:
         raise UserError(f"A configured value was refused{where}: {cause}") from err
 
 
+@contextmanager
+def reported_stop(trainer: L.Trainer, checkpoints: Path) -> Iterator[None]:
+    """A run stopped by SIGTERM or Ctrl-C says so, says how to resume, and exits 143 or 130 (128 + the signal).
+
+    Lightning stops gracefully on either, then exits with 0 (SIGTERM) or 1 (Ctrl-C): a scheduler's time limit or
+    `timeout` looked like success, with no metrics written and nothing said.
+    """
+    from lightning.pytorch.trainer.states import TrainerStatus
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except SystemExit as stop:
+        sigterm = isinstance(stop, SIGTERMException) or trainer.received_sigterm
+        if not sigterm and trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        last = checkpoints / "last.ckpt"
+        resume = (
+            f"Resume with the same command and ckpt_path={last} (written every last_every_n_steps steps)."
+            if last.is_file()
+            else "No last.ckpt was written yet: run again (a lower last_every_n_steps saves more often)."
+        )
+        name = "SIGTERM" if sigterm else "Ctrl-C (SIGINT)"
+        print(f"\nStopped by {name} at step {trainer.global_step}; no metrics were written. {resume}", file=sys.stderr)
+        raise SystemExit(128 + (signal.SIGTERM if sigterm else signal.SIGINT)) from None
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit (unless `train=false`), test the best checkpoint, predict a folder if asked; return the metrics.
 
@@ -173,13 +203,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     checkpoint = trainer.checkpoint_callback
 
     metrics: dict[str, float] = {}
-    if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-    if cfg.test:
-        best = checkpoint.best_model_path if cfg.train and checkpoint.best_model_path else None
-        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
-        metrics.update({k: float(v) for k, v in results.items()})
+    with reported_stop(trainer, Path(checkpoint.dirpath)):
+        if cfg.train:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        if cfg.test:
+            best = checkpoint.best_model_path if cfg.train and checkpoint.best_model_path else None
+            (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+            metrics.update({k: float(v) for k, v in results.items()})
     if cfg.data.get("predict_dir"):
         trainer.predict(model, datamodule=datamodule, return_predictions=False)
         print(f"Predictions written to {cfg.head.predict_dir_out}")

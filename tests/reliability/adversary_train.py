@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
+import signal as signal_module
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
 
 from tests.reliability import TINY_TRAIN, Case, Result
 
@@ -59,7 +63,7 @@ def run_while_generating(tmp: Path) -> None:
 def generate_after_kill(tmp: Path) -> None:
     """A generation SIGKILLed mid-way, then a quickstart run that generates."""
     writer = _start_writer(tmp, 4000)
-    os.kill(writer.pid, signal.SIGKILL)
+    os.kill(writer.pid, signal_module.SIGKILL)
     writer.join()
     assert not (tmp / "ade" / "ADEChallengeData2016").exists(), "a killed generation left a set that looks complete"
     assert _training_images(tmp / "ade") == N_TRAIN
@@ -210,6 +214,62 @@ CASES += [
         argv=(*PCA_MAPS, "callbacks.pca_maps.threshold=1000"),
         check=_metrics_written,
         exit_code=0,
+        needs_fixtures=True,
+    ),
+]
+
+
+class SignalAtStep(Callback):
+    """Sends ``signal`` to its own process at the end of training step ``step`` (a scheduler's time limit, Ctrl-C)."""
+
+    def __init__(self, step: int, signal: str):
+        self.step, self.signal = step, getattr(signal_module, signal)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
+
+
+def _stopped(name: str) -> Callable[[Path, Result], None]:
+    def check(tmp: Path, result: Result) -> None:
+        (last,) = tmp.glob("logs/*/runs/*/checkpoints/last.ckpt")
+        assert f"Stopped by {name} at step" in result.text, result.text
+        assert f"ckpt_path={last}" in result.text, result.text
+        assert not list(tmp.glob("logs/*/runs/*/metrics.json"))
+
+    return check
+
+
+def _killed_by(name: str) -> tuple[str, ...]:
+    return (
+        "train.py",
+        *TINY_TRAIN,
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=8",
+        "last_every_n_steps=2",
+        f"+callbacks.stop._target_={__name__}.SignalAtStep",
+        "+callbacks.stop.step=3",
+        f"+callbacks.stop.signal={name}",
+    )
+
+
+CASES += [
+    # Lightning stops gracefully on SIGTERM (a scheduler's time limit, `timeout`) and then exited 0: the run looked
+    # successful, with no metrics written and nothing said. Ctrl-C exited 1, also without the way to resume.
+    Case(
+        "adv-train-sigterm",
+        "silent",
+        argv=_killed_by("SIGTERM"),
+        check=_stopped("SIGTERM"),
+        exit_code=128 + signal_module.SIGTERM,
+        needs_fixtures=True,
+    ),
+    Case(
+        "adv-train-sigint",
+        "clear",
+        argv=_killed_by("SIGINT"),
+        check=_stopped("Ctrl-C (SIGINT)"),
+        exit_code=128 + signal_module.SIGINT,
         needs_fixtures=True,
     ),
 ]
