@@ -172,7 +172,7 @@ def reported_stop(trainer: L.Trainer, checkpoints: Path) -> Iterator[None]:
             else "No last.ckpt was written yet: run again (a lower last_every_n_steps saves more often)."
         )
         name = "SIGTERM" if sigterm else "Ctrl-C (SIGINT)"
-        print(f"\nStopped by {name} at step {trainer.global_step}; no metrics were written. {resume}", file=sys.stderr)
+        print(f"\nStopped by {name} at step {trainer.global_step}, before the run finished. {resume}", file=sys.stderr)
         raise SystemExit(128 + (signal.SIGTERM if sigterm else signal.SIGINT)) from None
 
 
@@ -211,16 +211,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
             best = checkpoint.best_model_path if cfg.train and checkpoint.best_model_path else None
             (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
             metrics.update({k: float(v) for k, v in results.items()})
-    if cfg.data.get("predict_dir"):
-        trainer.predict(model, datamodule=datamodule, return_predictions=False)
-        print(f"Predictions written to {cfg.head.predict_dir_out}")
-
-    if metrics:
+    if metrics:  # written before predicting: an unreadable image in predict_dir must not lose them
         random_weights = any(getattr(module, "random_weights", False) for module in model.modules())
         # strict JSON: a metric that could not be computed is null, with the module's reason logged
         record = {**({"random_weights": True, "note": RANDOM_WEIGHTS_NOTE} if random_weights else {}), **metrics}
         write_json(output_dir / "metrics.json", record, getattr(model, "metric_notes", None))
         print(format_metrics(metrics, random_weights))
+    if cfg.data.get("predict_dir"):
+        with reported_stop(trainer, Path(checkpoint.dirpath)):
+            trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        print(f"Predictions written to {cfg.head.predict_dir_out}")
     print(f"Run directory: {output_dir}")
     return metrics
 

@@ -273,3 +273,26 @@ CASES += [
         needs_fixtures=True,
     ),
 ]
+
+
+def _predict_images_one_unreadable(tmp: Path) -> None:
+    (tmp / "images").mkdir()
+    (tmp / "images" / "broken.jpg").write_text("not an image\n")
+
+
+def _metrics_kept(tmp: Path, result: Result) -> None:
+    assert list(tmp.glob("logs/*/runs/*/metrics.json")), "the trained run's metrics were lost"
+
+
+CASES.append(
+    # An unreadable image in predict_dir stopped the run after training and testing, before metrics.json was written.
+    Case(
+        "adv-train-predict-unreadable-image",
+        "lost",
+        argv=("train.py", *TINY_TRAIN, "data.predict_dir={tmp}/images"),
+        setup=_predict_images_one_unreadable,
+        names=("{tmp}/images/broken.jpg",),
+        check=_metrics_kept,
+        needs_fixtures=True,
+    )
+)
