@@ -87,8 +87,10 @@ def check_run_options(cfg: DictConfig) -> None:
     """UserError for run options that would otherwise fail deep inside Lightning or a schedule."""
     import torch
 
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise UserError(f"{option('', 'seed', cfg.seed)} is not an integer; use e.g. seed=0.")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2**32:
+        raise UserError(
+            f"{option('', 'seed', cfg.seed)} is not a whole number from 0 to 2**32 - 1 (numpy's seeds); use e.g. seed=0."
+        )
     if cfg.ckpt_path is not None and not cfg.train:
         raise UserError(
             f"ckpt_path={cfg.ckpt_path} resumes training, but train=false. Drop train=false to resume; to evaluate a "

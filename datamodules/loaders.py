@@ -131,7 +131,8 @@ MINIMUMS = {"num_workers": 0}
 
 
 def check_loader_options(**options: int | Sequence[int]) -> None:
-    """Refuse a loader option that is not a whole number at least its minimum (0 for ``num_workers``, else 1).
+    """Refuse a loader option that is not a whole number at least its minimum (0 for ``num_workers``, else 1), or a
+    pair ``[H, W]`` of them.
 
     Every datamodule calls this when it is built, so that ``data.batch_size=0`` is one DatasetError naming it
     rather than a traceback from torch's DataLoader (or albumentations) at the first batch. Sequence values
@@ -139,12 +140,16 @@ def check_loader_options(**options: int | Sequence[int]) -> None:
     """
     for name, value in options.items():
         minimum = MINIMUMS.get(name, 1)
-        items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-        if items and all(isinstance(v, Integral) and not isinstance(v, bool) and v >= minimum for v in items):
+        pair = isinstance(value, Sequence) and not isinstance(value, str)
+        items = list(value) if pair else [value]
+        if (not pair or len(items) == 2) and all(
+            isinstance(v, Integral) and not isinstance(v, bool) and v >= minimum for v in items
+        ):
             continue
         raise DatasetError(
             f"{option('data', name, value)} is not a valid {name}: it must be a whole number of at least {minimum} "
-            f"({OPTION_MEANINGS.get(name, name)}). Set {option('data', name)} to such a number."
+            f"({OPTION_MEANINGS.get(name, name)}){' or a pair [H, W] of them' if pair else ''}. Set "
+            f"{option('data', name)} to such a number."
         )
 
 

@@ -296,3 +296,67 @@ CASES.append(
         needs_fixtures=True,
     )
 )
+
+
+def _cache_with_many_workers(tmp: Path) -> object:
+    from datamodules.feature_cache import FeatureCache
+    from datamodules.loaders import available_cpus
+
+    cache = FeatureCache(str(tmp / "cache"), "dinov2_vits14", 1, num_workers=available_cpus() + 64)
+    assert cache.num_workers == available_cpus(), cache.num_workers
+    return cache
+
+
+def _cache_with_negative_workers(tmp: Path) -> object:
+    from datamodules.feature_cache import FeatureCache
+
+    return FeatureCache(str(tmp / "cache"), "dinov2_vits14", 1, num_workers=-1)
+
+
+CASES += [
+    # The feature cache's extraction loader took data.num_workers as it was: more processes than CPUs.
+    Case("adv-train-feature-cache-workers-capped", "silent", call=_cache_with_many_workers, exit_code=0),
+    # ... and a negative number reached torch's DataLoader (a traceback at the extraction).
+    Case(
+        "adv-train-feature-cache-negative-workers",
+        "traceback",
+        call=_cache_with_negative_workers,
+        names=("num_workers=-1",),
+    ),
+]
+
+
+def _windows_with_gaps(tmp: Path) -> object:
+    from heads.inference import slide_windows
+
+    return slide_windows(200, 200, crop_size=20, stride=50)  # rows 20..50 in no window: their logits were 0 / 0
+
+
+CASES += [
+    Case("adv-train-negative-seed", "traceback", argv=("train.py", *TINY_TRAIN, "seed=-1"), names=("seed=-1",)),
+    # head.stride was first used at the first validation: a ZeroDivisionError after the training steps.
+    Case(
+        "adv-train-stride-zero",
+        "traceback",
+        argv=("train.py", *TINY_TRAIN, "head.stride=0"),
+        names=("stride=0", "1 <= stride <= crop_size"),
+        absent=("logs/*/runs/*/checkpoints/*",),
+        needs_fixtures=True,
+    ),
+    Case("adv-train-stride-beyond-window", "silent", call=_windows_with_gaps, names=("stride=50",)),
+    # A one-element crop_size reached albumentations: a pydantic traceback at the first batch.
+    Case(
+        "adv-train-crop-size-one-element-list",
+        "traceback",
+        argv=("train.py", *TINY_TRAIN, "data.crop_size=[56]"),
+        names=("data.crop_size=[56]",),
+        needs_fixtures=True,
+    ),
+    Case(
+        "adv-train-segmentation-crop-size-pair",
+        "traceback",
+        argv=("train.py", *TINY_TRAIN, "data.crop_size=[56,70]"),
+        names=("data.crop_size=[56, 70]", "square"),
+        needs_fixtures=True,
+    ),
+]
