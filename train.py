@@ -103,6 +103,12 @@ def check_run_options(cfg: DictConfig) -> None:
             "learning-rate schedule decays to 0 at max_steps); e.g. trainer.max_steps=4000, or train=false to "
             "evaluate without training."
         )
+    every = cfg.get("last_every_n_steps")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
+        raise UserError(
+            f"{option('', 'last_every_n_steps', every)}: last.ckpt is written every N training steps (N >= 1; 0 or "
+            "null: only at validations); e.g. last_every_n_steps=500."
+        )
     interval = trainer.get("val_check_interval")
     if interval is not None and not (
         (isinstance(interval, int) and interval > 0) or (isinstance(interval, float) and 0 < interval <= 1)

@@ -360,3 +360,13 @@ CASES += [
         needs_fixtures=True,
     ),
 ]
+
+CASES += [
+    Case(
+        f"adv-train-last-every-n-steps-{name}",
+        "traceback",
+        argv=("train.py", *TINY_TRAIN, f"last_every_n_steps={value}"),
+        names=(f"last_every_n_steps={value}",),
+    )
+    for name, value in (("negative", -1), ("text", "abc"))
+]
