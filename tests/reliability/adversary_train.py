@@ -370,3 +370,22 @@ CASES += [
     )
     for name, value in (("negative", -1), ("text", "abc"))
 ]
+
+
+def _train_py_checkpoint(tmp: Path) -> None:
+    import torch
+
+    torch.save({"state_dict": {"head.conv_seg.weight": torch.zeros(150, 64, 1, 1)}}, tmp / "best-2.ckpt")
+
+
+CASES.append(
+    # A run's own best-*.ckpt given as head.checkpoint: the fix offered was "give a released head".
+    Case(
+        "adv-train-own-checkpoint-as-head-checkpoint",
+        "clear",
+        argv=("train.py", *TINY_TRAIN, "head.checkpoint={tmp}/best-2.ckpt", "train=false"),
+        setup=_train_py_checkpoint,
+        names=("{tmp}/best-2.ckpt", "train.py checkpoint", "ckpt_path=PATH"),
+        needs_fixtures=True,
+    )
+)
