@@ -63,7 +63,7 @@ from .cache_store import (
 )
 from .depth import DepthDataModule
 from .files import LabelMap
-from .loaders import usable_workers
+from .loaders import check_full_batch, usable_workers
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, RescaleToBox
 
 __all__ = [
@@ -399,6 +399,7 @@ class CachedFeatureDataModule(L.LightningDataModule):
             self.train_set = CachedFeatures(self.directory)
 
     def train_dataloader(self) -> DataLoader:
+        check_full_batch(len(self.train_set), self.batch_size)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,

@@ -106,6 +106,7 @@ def resumable_loader(
     def batches_done() -> int:  # Lightning's count of this epoch's batches fetched and trained on
         return datamodule.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
+    check_full_batch(len(sampler), batch_size, replicas)
     return ResumableLoader(
         SeededSamples(dataset),
         batch_size=batch_size,
@@ -114,6 +115,18 @@ def resumable_loader(
         batches_done=None if trainer is None else batches_done,
         **options,
     )
+
+
+def check_full_batch(samples: int, batch_size: int, replicas: int = 1) -> None:
+    """DatasetError when ``samples`` (one rank's share) make no full training batch: the loader drops the partial
+    one, so Lightning would stop with "No training batches" and the run test an untrained head, exit 0."""
+    if samples < batch_size:
+        share = f" ({samples} per process of {replicas})" if replicas > 1 else ""
+        raise DatasetError(
+            f"{option('data', 'batch_size', batch_size)} but the training set has {samples * replicas} "
+            f"sample(s){share}: not one full batch to train on (the partial last batch is dropped). Fix: "
+            f"{option('data', 'batch_size', max(samples, 1))} or less, or more training images."
+        )
 
 
 # What each checked option counts, and the least value that makes sense (every other option: 1).

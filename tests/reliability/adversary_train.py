@@ -389,3 +389,16 @@ CASES.append(
         needs_fixtures=True,
     )
 )
+
+CASES.append(
+    # A batch larger than the training set: Lightning stopped with "No training batches", and the untrained head was
+    # tested and reported (metrics.json, exit 0) as the run's result.
+    Case(
+        "adv-train-batch-larger-than-training-set",
+        "silent",
+        argv=("train.py", *TINY_TRAIN, "data.batch_size=64"),
+        names=("data.batch_size=64", "32 sample(s)", "data.batch_size=32"),
+        absent=("logs/*/runs/*/metrics.json",),
+        needs_fixtures=True,
+    )
+)
