@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,8 +87,10 @@ def check_run_options(cfg: DictConfig) -> None:
     """UserError for run options that would otherwise fail deep inside Lightning or a schedule."""
     import torch
 
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise UserError(f"{option('', 'seed', cfg.seed)} is not an integer; use e.g. seed=0.")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2**32:
+        raise UserError(
+            f"{option('', 'seed', cfg.seed)} is not a whole number from 0 to 2**32 - 1 (numpy's seeds); use e.g. seed=0."
+        )
     if cfg.ckpt_path is not None and not cfg.train:
         raise UserError(
             f"ckpt_path={cfg.ckpt_path} resumes training, but train=false. Drop train=false to resume; to evaluate a "
@@ -97,6 +102,12 @@ def check_run_options(cfg: DictConfig) -> None:
             f"{option('trainer', 'max_steps', trainer.max_steps)}: training needs a positive number of steps (the "
             "learning-rate schedule decays to 0 at max_steps); e.g. trainer.max_steps=4000, or train=false to "
             "evaluate without training."
+        )
+    every = cfg.get("last_every_n_steps")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
+        raise UserError(
+            f"{option('', 'last_every_n_steps', every)}: last.ckpt is written every N training steps (N >= 1; 0 or "
+            "null: only at validations); e.g. last_every_n_steps=500."
         )
     interval = trainer.get("val_check_interval")
     if interval is not None and not (
@@ -127,11 +138,50 @@ def build(node: DictConfig, **kwargs: object) -> object:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
+        key = re.search(r"full_key: (\S+)", str(err))
+        unknown = (
+            re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
+        )
+        if unknown and key:
+            # an option the object does not take: Hydra's own hint for a key not in the config is `+key=value`
+            owner, name = key.group(1), unknown.group(1)
+            raise UserError(
+                f"{owner}.{name} is not an option of {owner} ({node.get('_target_')}). Fix: drop {owner}.{name} "
+                f"(set by a `+{owner}.{name}=...` override, or by an experiment or head config made for another "
+                f"{owner} config), or choose a {owner} config that takes it; `python train.py --cfg job` shows what "
+                "was composed."
+            ) from err
         if find_user_error(err) is not None or not isinstance(cause, (ValueError, MisconfigurationException)):
             raise
-        key = re.search(r"full_key: (\S+)", str(err))
         where = f" (config key `{key.group(1)}`)" if key else ""
         raise UserError(f"A configured value was refused{where}: {cause}") from err
+
+
+@contextmanager
+def reported_stop(trainer: L.Trainer, checkpoints: Path) -> Iterator[None]:
+    """A run stopped by SIGTERM or Ctrl-C says so, says how to resume, and exits 143 or 130 (128 + the signal).
+
+    Lightning stops gracefully on either, then exits with 0 (SIGTERM) or 1 (Ctrl-C): a scheduler's time limit or
+    `timeout` looked like success, with no metrics written and nothing said.
+    """
+    from lightning.pytorch.trainer.states import TrainerStatus
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except SystemExit as stop:
+        sigterm = isinstance(stop, SIGTERMException) or trainer.received_sigterm
+        if not sigterm and trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        last = checkpoints / "last.ckpt"
+        resume = (
+            f"Resume with the same command and ckpt_path={last} (written every last_every_n_steps steps)."
+            if last.is_file()
+            else "No last.ckpt was written yet: run again (a lower last_every_n_steps saves more often)."
+        )
+        name = "SIGTERM" if sigterm else "Ctrl-C (SIGINT)"
+        print(f"\nStopped by {name} at step {trainer.global_step}, before the run finished. {resume}", file=sys.stderr)
+        raise SystemExit(128 + (signal.SIGTERM if sigterm else signal.SIGINT)) from None
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -161,23 +211,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
     checkpoint = trainer.checkpoint_callback
 
     metrics: dict[str, float] = {}
-    if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-    if cfg.test:
-        best = checkpoint.best_model_path if cfg.train and checkpoint.best_model_path else None
-        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
-        metrics.update({k: float(v) for k, v in results.items()})
-    if cfg.data.get("predict_dir"):
-        trainer.predict(model, datamodule=datamodule, return_predictions=False)
-        print(f"Predictions written to {cfg.head.predict_dir_out}")
-
-    if metrics:
+    with reported_stop(trainer, Path(checkpoint.dirpath)):
+        if cfg.train:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        if cfg.test:
+            best = checkpoint.best_model_path if cfg.train and checkpoint.best_model_path else None
+            (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+            metrics.update({k: float(v) for k, v in results.items()})
+    if metrics:  # written before predicting: an unreadable image in predict_dir must not lose them
         random_weights = any(getattr(module, "random_weights", False) for module in model.modules())
         # strict JSON: a metric that could not be computed is null, with the module's reason logged
         record = {**({"random_weights": True, "note": RANDOM_WEIGHTS_NOTE} if random_weights else {}), **metrics}
         write_json(output_dir / "metrics.json", record, getattr(model, "metric_notes", None))
         print(format_metrics(metrics, random_weights))
+    if cfg.data.get("predict_dir"):
+        with reported_stop(trainer, Path(checkpoint.dirpath)):
+            trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        print(f"Predictions written to {cfg.head.predict_dir_out}")
     print(f"Run directory: {output_dir}")
     return metrics
 

@@ -7,9 +7,11 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from utils.errors import option
+
 from .datasets import PredictImages, Sample, SegmentationDataset
 from .errors import DatasetError
-from .files import list_images
+from .files import list_images, predict_folder
 from .loaders import DenseDataModule, check_loader_options, usable_workers
 from .transforms import eval_transform, train_transform
 
@@ -47,6 +49,11 @@ class SegmentationDataModule(DenseDataModule):
     ):
         super().__init__()
         check_loader_options(batch_size=batch_size, num_workers=num_workers, crop_size=crop_size, short_side=short_side)
+        if not isinstance(crop_size, int):  # the segmentation crops are square (mmseg's RandomCrop)
+            raise DatasetError(
+                f"{option('data', 'crop_size', crop_size)}: segmentation crops are square, one side in pixels. "
+                f"Fix: e.g. {option('data', 'crop_size', 512)}."
+            )
         if num_classes is not None and num_classes != len(self.class_names):
             raise DatasetError(
                 f"{self.name} has {len(self.class_names)} classes but data.num_classes={num_classes}: "
@@ -58,7 +65,7 @@ class SegmentationDataModule(DenseDataModule):
         self.crop_size, self.scale_range = crop_size, (float(scale_range[0]), float(scale_range[1]))
         self.short_side, self.cat_max_ratio = short_side, cat_max_ratio
         self.download = download
-        self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
+        self.predict_dir = predict_folder(predict_dir)
 
     def _samples(self, split: str) -> list[Sample]:
         """(image, label, label map) of split "train" or "val", sorted."""

@@ -20,7 +20,7 @@ from .depth_transforms import (
     depth_train_transform,
 )
 from .errors import DatasetError
-from .files import list_images, load_image
+from .files import list_images, load_image, predict_folder
 from .loaders import DenseDataModule, check_loader_options, usable_workers
 
 
@@ -103,7 +103,7 @@ class DepthDataModule(DenseDataModule):
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.rotate_degrees = rotate_degrees
         self.min_depth, self.max_depth, self.eval_crop = min_depth, max_depth, eval_crop
-        self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
+        self.predict_dir = predict_folder(predict_dir)
         self.predict_short_side = predict_short_side
 
     def _samples(self, split: str) -> list[tuple[Path, Path]]:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils.atomic import atomic_folder
+
 FOCAL = 518.8579  # NYU's focal length, the third column of its split files
 
 
@@ -19,10 +21,15 @@ def write_nyu_like(
     horizon, a back wall at 4-9.5 m bending towards the sides, and 2-4 boxes standing on the floor
     (nearer boxes lower and larger). Surfaces have their own colour, darkened with distance, and a
     stripe texture whose period shrinks with distance; one patch per map has no depth (0), as NYU's holes.
-    Depth PNGs hold millimetres (uint16). Deterministic given seed.
+    Depth PNGs hold millimetres (uint16). Deterministic given seed. The set is written beside its place and renamed
+    into it under a lock (`utils.atomic.atomic_folder`): runs started together write it once, and an existing set is
+    kept.
     """
-    out = Path(root).expanduser() / "nyu"
     rng = np.random.default_rng(seed)
+    return atomic_folder(Path(root).expanduser() / "nyu", lambda out: _write_splits(out, rng, n_train, n_test, size))
+
+
+def _write_splits(out: Path, rng: np.random.Generator, n_train: int, n_test: int, size: tuple[int, int]) -> None:
     for split, n in (("train", n_train), ("test", n_test)):
         lines = []
         for i in range(n):
@@ -37,7 +44,6 @@ def write_nyu_like(
             lead = "/" if split == "train" else ""  # NYU's training list starts its paths with "/"
             lines.append(f"{lead}{scene.name}/rgb_00000.jpg {lead}{scene.name}/sync_depth_00000.png {FOCAL}")
         (out / f"nyu_{split}.txt").write_text("\n".join(lines) + "\n")
-    return out
 
 
 def _room(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

@@ -63,6 +63,7 @@ from .cache_store import (
 )
 from .depth import DepthDataModule
 from .files import LabelMap
+from .loaders import check_full_batch, usable_workers
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, RescaleToBox
 
 __all__ = [
@@ -398,6 +399,7 @@ class CachedFeatureDataModule(L.LightningDataModule):
             self.train_set = CachedFeatures(self.directory)
 
     def train_dataloader(self) -> DataLoader:
+        check_full_batch(len(self.train_set), self.batch_size)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
@@ -466,20 +468,19 @@ class FeatureCache:
         num_workers: int = 4,
         backbone_options: dict[str, Any] | None = None,
     ):
-        if views < 0 or samples_per_shard < 1 or batch_size < 1:
-            given = ", ".join(
-                option("feature_cache", name, value)
-                for name, value in (
-                    ("views", views),
-                    ("samples_per_shard", samples_per_shard),
-                    ("batch_size", batch_size),
-                )
+        minimums = {"views": 0, "num_workers": 0, "samples_per_shard": 1, "batch_size": 1}
+        numbers = {"views": views, "num_workers": num_workers, "samples_per_shard": samples_per_shard}
+        numbers["batch_size"] = batch_size
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimums[k] for k, v in numbers.items()):
+            given = ", ".join(option("feature_cache", name, value) for name, value in numbers.items())
+            raise CacheError(
+                f"{given}: views and num_workers must be whole numbers 0 or more, the other two 1 or more."
             )
-            raise CacheError(f"{given}: views must be 0 or more, the other two 1 or more.")
         self.root, self.backbone_name, self.blocks, self.views = root, backbone, blocks, views
         self.norm, self.class_tokens, self.seed = norm, class_tokens, seed
         self.backbone_options = json.loads(json.dumps(dict(backbone_options or {})))
-        self.samples_per_shard, self.batch_size, self.num_workers = samples_per_shard, batch_size, num_workers
+        self.samples_per_shard, self.batch_size = samples_per_shard, batch_size
+        self.num_workers = usable_workers(num_workers)  # more loader processes than CPUs only compete for them
 
     def key(
         self,

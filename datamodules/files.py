@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from utils.errors import option
 from utils.images import opened_image
 
 from .errors import DatasetError
@@ -104,8 +105,24 @@ def _index(folder: Path, suffix: str) -> dict[str, Path]:
 def list_images(folder: Path) -> list[Path]:
     """Sorted image files (jpg, jpeg, png, bmp, webp) directly in folder."""
     if not folder.is_dir():
-        raise DatasetError(f"data.predict_dir={folder} is not a folder: point it at a folder of images.")
+        raise DatasetError(
+            f"{option('data', 'predict_dir', folder)} is not a folder. Fix: {option('data', 'predict_dir', 'FOLDER')}, a "
+            "folder of images."
+        )
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DatasetError(f"data.predict_dir={folder} holds no {'/'.join(IMAGE_SUFFIXES)} images.")
+        raise DatasetError(
+            f"{option('data', 'predict_dir', folder)} holds no {'/'.join(IMAGE_SUFFIXES)} images. Fix: "
+            f"{option('data', 'predict_dir', 'FOLDER')}, a folder of images."
+        )
     return files
+
+
+def predict_folder(predict_dir: str | None) -> Path | None:
+    """``predict_dir`` as a Path, checked when the datamodule is built: a wrong folder stops the run before
+    training, not after it, when the trained run's metrics would be lost with it."""
+    if predict_dir is None:
+        return None
+    folder = Path(predict_dir).expanduser()
+    list_images(folder)
+    return folder

@@ -18,7 +18,7 @@ from utils.errors import option
 
 from .episodes import Episode, check_protocol, load_episodes, sample_episodes, save_episodes
 from .errors import DatasetError
-from .files import IMAGE_SUFFIXES, list_images, load_image
+from .files import IMAGE_SUFFIXES, list_images, load_image, predict_folder
 from .loaders import check_loader_options, usable_workers
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -62,17 +62,21 @@ class LabelledImages(Dataset):
         return np.array([label for _, label in self.samples], dtype=np.int64)
 
 
-def class_folder_samples(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted sub-folders) and the sorted (image, class id) pairs under folder, searched recursively."""
+def class_folder_samples(folder: Path, setting: str = "root") -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sorted sub-folders) and the sorted (image, class id) pairs under folder, searched recursively.
+
+    ``setting``: the data option that chose ``folder``, named in the fix when it is not a folder of classes.
+    """
+    fix = f"Fix: {option('data', setting, 'FOLDER')}, a folder of class folders."
     if not folder.is_dir():
         raise ClassFolderError(
-            f"{folder} is not a folder. Expected one sub-folder of images per class: {folder}/<class>/<image>.jpg."
+            f"{folder} is not a folder. Expected one sub-folder of images per class: {folder}/<class>/<image>.jpg. {fix}"
         )
     try:
         names, class_to_idx = find_classes(folder)
     except FileNotFoundError:
         raise ClassFolderError(
-            f"{folder} has no class sub-folders. Expected one sub-folder of images per class: {folder}/<class>/<image>.jpg."
+            f"{folder} has no class sub-folders. Expected one sub-folder of images per class: {folder}/<class>/<image>.jpg. {fix}"
         ) from None
     samples = make_dataset(folder, class_to_idx, extensions=IMAGE_SUFFIXES, allow_empty=True)
     counts = np.bincount([label for _, label in samples], minlength=len(names))
@@ -153,7 +157,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.episodes_file = None if episodes_file is None else Path(episodes_file).expanduser()
         self.too_few = too_few
         self.base_dir = None if base_dir is None else Path(base_dir).expanduser()
-        self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
+        self.predict_dir = predict_folder(predict_dir)
         self.transform = eval_transform(resize_size, crop_size)
         self.batch_size, self.num_workers = batch_size, usable_workers(num_workers)
 
@@ -177,7 +181,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
         if self.base_dir is not None:
             self.sets.append(
-                LabelledImages(class_folder_samples(self.base_dir)[1], self.transform, part=len(self.sets))
+                LabelledImages(class_folder_samples(self.base_dir, "base_dir")[1], self.transform, part=len(self.sets))
             )
 
     def _episode_classes(

@@ -106,6 +106,7 @@ def resumable_loader(
     def batches_done() -> int:  # Lightning's count of this epoch's batches fetched and trained on
         return datamodule.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
+    check_full_batch(len(sampler), batch_size, replicas)
     return ResumableLoader(
         SeededSamples(dataset),
         batch_size=batch_size,
@@ -114,6 +115,18 @@ def resumable_loader(
         batches_done=None if trainer is None else batches_done,
         **options,
     )
+
+
+def check_full_batch(samples: int, batch_size: int, replicas: int = 1) -> None:
+    """DatasetError when ``samples`` (one rank's share) make no full training batch: the loader drops the partial
+    one, so Lightning would stop with "No training batches" and the run test an untrained head, exit 0."""
+    if samples < batch_size:
+        share = f" ({samples} per process of {replicas})" if replicas > 1 else ""
+        raise DatasetError(
+            f"{option('data', 'batch_size', batch_size)} but the training set has {samples * replicas} "
+            f"sample(s){share}: not one full batch to train on (the partial last batch is dropped). Fix: "
+            f"{option('data', 'batch_size', max(samples, 1))} or less, or more training images."
+        )
 
 
 # What each checked option counts, and the least value that makes sense (every other option: 1).
@@ -131,7 +144,8 @@ MINIMUMS = {"num_workers": 0}
 
 
 def check_loader_options(**options: int | Sequence[int]) -> None:
-    """Refuse a loader option that is not a whole number at least its minimum (0 for ``num_workers``, else 1).
+    """Refuse a loader option that is not a whole number at least its minimum (0 for ``num_workers``, else 1), or a
+    pair ``[H, W]`` of them.
 
     Every datamodule calls this when it is built, so that ``data.batch_size=0`` is one DatasetError naming it
     rather than a traceback from torch's DataLoader (or albumentations) at the first batch. Sequence values
@@ -139,12 +153,16 @@ def check_loader_options(**options: int | Sequence[int]) -> None:
     """
     for name, value in options.items():
         minimum = MINIMUMS.get(name, 1)
-        items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-        if items and all(isinstance(v, Integral) and not isinstance(v, bool) and v >= minimum for v in items):
+        pair = isinstance(value, Sequence) and not isinstance(value, str)
+        items = list(value) if pair else [value]
+        if (not pair or len(items) == 2) and all(
+            isinstance(v, Integral) and not isinstance(v, bool) and v >= minimum for v in items
+        ):
             continue
         raise DatasetError(
             f"{option('data', name, value)} is not a valid {name}: it must be a whole number of at least {minimum} "
-            f"({OPTION_MEANINGS.get(name, name)}). Set {option('data', name)} to such a number."
+            f"({OPTION_MEANINGS.get(name, name)}){' or a pair [H, W] of them' if pair else ''}. Set "
+            f"{option('data', name)} to such a number."
         )
 
 

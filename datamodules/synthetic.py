@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from utils.atomic import atomic_folder
+
 N_SHAPE_CLASSES = 8  # classes 1..8 are drawn; 0 is "other"
 
 
@@ -22,12 +24,27 @@ def write_ade20k_like(
     Each image (H, W) with H, W drawn from size_range ((min_h, max_h), (min_w, max_w)) is a background class
     plus a few rectangles and ellipses of classes 1..min(8, num_classes), each class with its own colour and
     stripe texture plus noise, and one patch of grey noise labelled 0 ("other"). JPEG images, uint8 PNG labels.
-    Deterministic given seed.
+    Deterministic given seed. The set is written beside its place and renamed into it under a lock
+    (`utils.atomic.atomic_folder`): runs started together write it once, and an existing set is kept.
     """
-    out = Path(root).expanduser() / "ADEChallengeData2016"
     rng = np.random.default_rng(seed)
     classes = np.arange(1, min(N_SHAPE_CLASSES, num_classes) + 1)
     colours = np.array([colorsys.hsv_to_rgb(k / len(classes), 0.75, 0.9) for k in range(len(classes))]) * 255
+    return atomic_folder(
+        Path(root).expanduser() / "ADEChallengeData2016",
+        lambda out: _write_splits(out, rng, classes, colours, n_train, n_val, size_range),
+    )
+
+
+def _write_splits(
+    out: Path,
+    rng: np.random.Generator,
+    classes: np.ndarray,
+    colours: np.ndarray,
+    n_train: int,
+    n_val: int,
+    size_range: tuple[tuple[int, int], tuple[int, int]],
+) -> None:
     for split, prefix, n in (("training", "train", n_train), ("validation", "val", n_val)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "annotations" / split).mkdir(parents=True, exist_ok=True)
@@ -38,7 +55,6 @@ def write_ade20k_like(
             stem = f"ADE_{prefix}_{i + 1:08d}"
             Image.fromarray(image).save(out / "images" / split / f"{stem}.jpg", quality=90)
             Image.fromarray(label).save(out / "annotations" / split / f"{stem}.png")
-    return out
 
 
 def _draw_label(rng: np.random.Generator, h: int, w: int, classes: np.ndarray) -> np.ndarray:

@@ -2,11 +2,15 @@
 
 import colorsys
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+
+from utils.atomic import atomic_write, write_text
 
 CATEGORIES = ("rectangle", "ellipse", "triangle")
 
@@ -24,17 +28,35 @@ def write_coco_like(
     background with 2-6 shapes (categories 1..3 of CATEGORIES, 8 px to half the image wide) in flat colours;
     later shapes hide earlier ones, and each annotation is the visible part as an RLE mask with its
     area and bbox. Deterministic given seed.
+
+    Every file is written atomically and the annotations last, under a lock beside them: runs started together
+    write the set once, a killed writer's images are written again (no annotations name them yet), and a set with
+    its annotations is kept.
     """
     root = Path(root).expanduser()
-    (root / split).mkdir(parents=True, exist_ok=True)
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    path = root / "annotations" / f"instances_{split}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        if not path.is_file():
+            _write_set(root, path, n_images, split, size_range, seed)
+    return path
+
+
+def _write_set(
+    root: Path,
+    path: Path,
+    n_images: int,
+    split: str,
+    size_range: tuple[tuple[int, int], tuple[int, int]],
+    seed: int,
+) -> None:
     rng = np.random.default_rng(seed)
     images, annotations = [], []
     for image_id in range(1, n_images + 1):
         h, w = (int(rng.integers(lo, hi + 1)) for lo, hi in size_range)
         image, masks, categories = _draw(rng, h, w)
         file_name = f"{image_id:012d}.jpg"
-        Image.fromarray(image).save(root / split / file_name, quality=95)
+        atomic_write(root / split / file_name, partial(_save_jpeg, image))
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
         for mask, category in zip(masks, categories):
             rle = mask_utils.encode(np.asfortranarray(mask))
@@ -48,9 +70,11 @@ def write_coco_like(
                 "iscrowd": 0,
             })  # fmt: skip
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
-    path = root / "annotations" / f"instances_{split}.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return path
+    write_text(path, json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+
+def _save_jpeg(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(image).save(path, quality=95)
 
 
 def _draw(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:

@@ -12,11 +12,23 @@ PredictFn = Callable[[Tensor], Tensor]
 """Windows `(N, 3, h, w)` -> logits `(N, K, h, w)` at the window size."""
 
 
+def check_windows(crop_size: int, stride: int, owner: str = "slide_windows") -> None:
+    """ValueError unless ``1 <= stride <= crop_size`` (whole numbers): a stride of 0 divides by zero, and one
+    larger than the window leaves pixels that no window covers (their logits would be 0 / 0)."""
+    numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (crop_size, stride))
+    if not (numbers and 1 <= stride <= crop_size):
+        raise ValueError(
+            f"{owner}: stride={stride} with crop_size={crop_size}: the sliding windows need whole numbers with "
+            f"1 <= stride <= crop_size. Fix: e.g. stride={max(1, (2 * crop_size) // 3) if numbers else 341}."
+        )
+
+
 def slide_windows(height: int, width: int, crop_size: int, stride: int) -> list[tuple[int, int, int, int]]:
     """mmseg's sliding-window grid as `(y1, y2, x1, x2)`, each window clipped to the image.
 
     All windows have size `(min(crop_size, height), min(crop_size, width))`.
     """
+    check_windows(crop_size, stride)
     h_grids = max(height - crop_size + stride - 1, 0) // stride + 1
     w_grids = max(width - crop_size + stride - 1, 0) // stride + 1
     windows = []

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.weights import check_state_dict, load_state_dict_file, resolve_checkpoint
+from utils.errors import option
 
 _VIT_WIDTHS = {384: "ViT-S", 768: "ViT-B", 1024: "ViT-L", 1536: "ViT-g"}
 
@@ -60,6 +61,11 @@ def load_official_head(path: str | os.PathLike, head: LinearSegHead, sha256: str
 
 def _fix_hint(state: dict[str, Tensor], head: LinearSegHead) -> str:
     """How to fix a mismatch, read from the file's classifier shape `(K, C, 1, 1)`."""
+    if any(key.startswith(("head.", "heads.")) for key in state):
+        return (
+            "Fix: this is a train.py checkpoint (best-*.ckpt, last.ckpt), not a released head: test it by resuming "
+            f"its run, {option('', 'ckpt_path', 'PATH')} with the run's overrides (a finished run only tests)."
+        )
     weight = state.get("conv_seg.weight")
     if weight is None or weight.ndim != 4:
         return "Fix: give a released DINOv2 linear segmentation head (mmseg BNHead checkpoint)."

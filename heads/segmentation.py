@@ -25,7 +25,7 @@ from heads.grid import (
     to_plain,
     union_blocks,
 )
-from heads.inference import multiscale_flip_probs
+from heads.inference import check_windows, multiscale_flip_probs
 from heads.label_png import save_label_png
 from heads.linear_seg import LinearSegHead, load_official_head
 from heads.losses import upsample_cross_entropy
@@ -95,6 +95,7 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
         )
         self.backbone = backbone.eval().requires_grad_(False)
         owner = type(self).__name__
+        check_windows(crop_size, stride, owner)  # used first at the first validation, after training steps
         choices = [self.hparams.blocks] if block_choices is None else self.hparams.block_choices
         if not choices:
             raise ValueError(f"{owner}: block_choices is empty. Fix: list at least one block choice, or drop it.")

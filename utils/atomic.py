@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from filelock import FileLock
 
 TEMP_MARK = ".tmp-"
 _TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[^/]*$")
@@ -33,15 +36,18 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that killed writers left in ``folder`` (not recursive); return them."""
+    """Delete the temporary files (and `atomic_folder` folders) that killed writers left in ``folder``; return them."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for entry in folder.iterdir():
         match = _TEMP_NAME.match(entry.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))) and entry.is_file():
-            entry.unlink(missing_ok=True)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
 
@@ -71,3 +77,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_folder(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Create folder ``path`` by calling ``write(tmp)`` on a hidden temporary folder beside it, then renaming it;
+    an existing ``path`` is kept as it is.
+
+    It runs under the file lock ``.<name>.lock`` beside ``path``: a second process (two runs started together)
+    waits, then finds the finished folder and reuses it. A killed writer leaves only its temporary folder, which
+    the next writer removes, so a half-written folder is never taken for a whole one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        if path.is_dir():
+            return path
+        remove_stale_temps(path.parent)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path)))
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -22,6 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from utils.errors import UserError, exit_on_user_error, hydra_style, option
+
 
 def unique_name() -> str:
     """This run's folder name: start time to the microsecond, then the process id."""
@@ -51,13 +53,47 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True, replace=True)
 
 
+def unwritable_reason(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created and written to (a file in its way, a read-only parent), or None."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 class ResolveSweepDir(Callback):
-    """A Hydra callback: makes ``${hydra:...}`` resolvable where a multirun resolves its sweep folder.
+    """A Hydra callback: makes ``${hydra:...}`` resolvable where a multirun resolves its sweep folder, and checks
+    that the run (or sweep) folder can be made before Hydra makes it.
 
     Hydra's launcher resolves ``hydra.sweep.dir`` before any job has set the Hydra config that ``${hydra:...}``
     reads, so the sweep folder, which goes through ``paths.log_dir`` (``${hydra:runtime.cwd}/logs``) and
-    ``task_name``, could not be resolved and every multirun stopped there.
+    ``task_name``, could not be resolved and every multirun stopped there. Hydra would report a folder it cannot
+    make (a file in the way, no write permission) with a traceback.
     """
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        HydraConfig.instance().set_config(config)
+        _check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         HydraConfig.instance().set_config(config)
+        _check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+def _check_writable(folder: Path, key: str) -> None:
+    """Exit 2 with one paragraph when ``folder`` cannot be made: Hydra would make it with a traceback (and its
+    callbacks turn exceptions into warnings, so the error leaves as `exit_on_user_error`'s exit)."""
+
+    def check() -> None:
+        reason = unwritable_reason(folder.expanduser().absolute())
+        if reason is not None:
+            raise UserError(
+                f"Cannot create the run folder {folder}: {reason}. Fix: set {option('paths', 'log_dir', 'PATH')} to a "
+                f"folder you can write to (runs go under PATH/<task>/), or {key}=PATH for this run's own folder."
+            )
+
+    exit_on_user_error(check, hydra_style)

@@ -15,9 +15,32 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from visualize.features import patch_maps
-from visualize.images import IMAGENET_MEAN, IMAGENET_STD
-from visualize.pca_maps import pca_rgb
+from utils.errors import option
+from visualize.features import block_index, patch_maps
+from visualize.images import IMAGENET_MEAN, IMAGENET_STD, InputError
+from visualize.pca_maps import SIGNS, pca_rgb
+
+OWNER = "callbacks.pca_maps"  # the options' config node under train.py
+
+
+def _check_options(max_images: int, block: int, threshold: float | None, sign: str) -> None:
+    """InputError naming the first option that is not of its kind (they are used only at the first validation)."""
+    whole = [("max_images", max_images, 1), ("block", block, None)]
+    for name, value, minimum in whole:
+        if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+            kind = f"a whole number of at least {minimum}" if minimum is not None else "a whole number"
+            raise InputError(
+                f"{option(OWNER, name, value)} is not {kind}; e.g. {option(OWNER, name, 4 if minimum else -1)}."
+            )
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise InputError(
+            f"{option(OWNER, 'threshold', threshold)} is not a number; e.g. {option(OWNER, 'threshold', 0.0)}, or "
+            f"{option(OWNER, 'threshold', None)} to keep every patch."
+        )
+    if sign not in SIGNS:
+        raise InputError(
+            f"{option(OWNER, 'sign', sign)} is not one of {', '.join(SIGNS)}; e.g. {option(OWNER, 'sign', 'auto')}."
+        )
 
 
 class PCAMapCallback(L.Callback):
@@ -46,12 +69,20 @@ class PCAMapCallback(L.Callback):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
+        _check_options(max_images, block, threshold, sign)
         self.max_images, self.block, self.threshold, self.sign = max_images, block, threshold, sign
         self.backbone_attr, self.image_key = backbone_attr, image_key
         self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
         self.images: list[Tensor] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        backbone = getattr(pl_module, self.backbone_attr)
+        try:  # checked before training, not at the first validation hours later
+            block_index(backbone, self.block)
+        except ValueError as err:
+            raise InputError(
+                f"{option(OWNER, 'block', self.block)}: {err} Fix: {option(OWNER, 'block', -1)}."
+            ) from None
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             rank_zero_warn("PCAMapCallback logs images to TensorBoard only, and the trainer has no TensorBoardLogger.")
 
@@ -77,7 +108,12 @@ class PCAMapCallback(L.Callback):
         if not (self.images and loggers and trainer.is_global_zero):
             return
         backbone = getattr(pl_module, self.backbone_attr)
-        maps = pca_rgb(patch_maps(backbone, self.images, self.block), self.threshold, self.sign)
+        try:
+            maps = pca_rgb(patch_maps(backbone, self.images, self.block), self.threshold, self.sign)
+        except ValueError as err:  # e.g. no patch above the threshold: a missing figure must not end the training
+            rank_zero_warn(f"PCAMapCallback: no PCA maps at step {trainer.global_step}: {err}")
+            self.images = []
+            return
         # a reader of TensorBoard must not take random-weight maps for DINOv2's
         tag = "pca_RANDOM_WEIGHTS" if getattr(backbone, "random_weights", False) else "pca"
         for k, (image, rgb) in enumerate(zip(self.images, maps.rgb)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from sklearn.decomposition import PCA
 from torch import Tensor
 
 Sign = Literal["auto", "positive", "negative"]
+SIGNS: tuple[Sign, ...] = get_args(Sign)
 
 
 @dataclass
@@ -62,8 +63,8 @@ def _border(grids: list[tuple[int, int]]) -> np.ndarray:
 def check_threshold_sign(threshold: float, sign: str) -> None:
     """ValueError unless ``threshold`` is a finite number and ``sign`` one of ``Sign``'s values (any other sign
     was read as "positive", and a NaN threshold keeps no patch)."""
-    if sign not in ("auto", "positive", "negative"):
-        raise ValueError(f"sign={sign!r} is not an orientation: use 'auto', 'positive' or 'negative'.")
+    if sign not in SIGNS:
+        raise ValueError(f"sign={sign!r} is not an orientation: use one of {', '.join(map(repr, SIGNS))}.")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ValueError(f"threshold={threshold!r}: give a finite number (the paper's is 0).")
 
