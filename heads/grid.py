@@ -24,6 +24,7 @@ from torchmetrics import MetricCollection
 
 from heads.finite import is_finite, loss_error, nonfinite_gradients, nonfinite_inputs
 from heads.results import write_rows
+from utils.errors import UserError, option
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,16 @@ class HeadGridModule(L.LightningModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """One optimiser param group per head, with its learning rate."""
         return [{"params": head.parameters(), "lr": spec.lr} for head, spec in zip(self.grid_heads, self.grid)]
+
+    def on_fit_start(self) -> None:
+        # A skipped batch (training_step returning None) on one process of several would leave the others waiting
+        # for its gradients: under DDP the guard stops the run instead, as it does by default.
+        if self.hparams.get("skip_nonfinite", False) and self.trainer.world_size > 1:
+            raise UserError(
+                f"{option('head', 'skip_nonfinite', True)} works in a single process only; this run has "
+                f"{self.trainer.world_size} ({option('trainer', 'devices', self.trainer.num_devices)}). Drop "
+                f"{option('head', 'skip_nonfinite', True)} (non-finite batches then stop the run) or train on one device."
+            )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The forward pass of a batch updates the heads' buffers (BatchNorm statistics) before its loss is known;

@@ -241,3 +241,17 @@ def test_nonfinite_gradient_stops_or_skips_the_optimiser_step() -> None:
             with pytest.warns(UserWarning, match="Skipped a training batch"):
                 probe.on_before_optimizer_step(optimizer)
             assert all(p.grad is None for p in probe.head.parameters())
+
+
+def test_skipping_nonfinite_batches_is_refused_under_ddp() -> None:
+    """A batch skipped on one process would leave the others waiting for its gradients."""
+    from types import SimpleNamespace
+
+    from utils.errors import UserError
+
+    probe = SegmentationProbe(StubBackbone(), num_classes=NUM_CLASSES, warmup_steps=1, max_steps=4, skip_nonfinite=True)
+    probe._trainer = SimpleNamespace(world_size=2, num_devices=2)
+    with pytest.raises(UserError, match="skip_nonfinite=True works in a single process only"):
+        probe.on_fit_start()
+    probe._trainer = SimpleNamespace(world_size=1, num_devices=1)
+    probe.on_fit_start()
