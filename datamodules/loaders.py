@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -209,7 +210,25 @@ class DenseDataModule(L.LightningDataModule):
         return self._loader(self.predict_set)
 
     def _loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=1, **self._loader_options())
+        return DataLoader(dataset, batch_size=1, sampler=self._eval_sampler(dataset), **self._loader_options())
+
+    def _eval_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each process's share of an evaluation split, every image once.
+
+        Lightning's default (torch's DistributedSampler) pads the split with repeated images to equal shares, which
+        the metrics would then count twice; Lightning's unrepeated sampler gives shares that differ by one instead.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        if len(dataset) < trainer.world_size:  # type: ignore[arg-type]
+            raise DatasetError(
+                f"The evaluation split has {len(dataset)} image(s), fewer than the {trainer.world_size} processes "  # type: ignore[arg-type]
+                f"of this run: evaluate on fewer devices ({option('trainer', 'devices', len(dataset))})."  # type: ignore[arg-type]
+            )
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
 
     def _loader_options(self) -> dict[str, Any]:
         return {

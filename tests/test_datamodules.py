@@ -300,3 +300,20 @@ def test_workers_never_exceed_the_cpus(tmp_path: Path, monkeypatch: pytest.Monke
     assert ade(tmp_path, num_workers=0).num_workers == 0
     monkeypatch.setattr(loaders, "available_cpus", lambda: 1)
     assert usable_workers(4) == 1 and usable_workers(1) == 1
+
+
+def test_evaluation_under_ddp_sees_every_image_once(tmp_path: Path) -> None:
+    """torch's DistributedSampler pads 7 images to 3 x 3 with repeats; each process must get its own, once."""
+    from types import SimpleNamespace
+
+    write_ade20k_like(tmp_path, n_train=4, n_val=7)
+    shares = []
+    for rank in range(3):
+        dm = ade(tmp_path)
+        dm.trainer = SimpleNamespace(world_size=3, global_rank=rank)
+        dm.setup("validate")
+        shares.append(list(dm.val_dataloader().sampler))
+    assert sorted(i for share in shares for i in share) == list(range(7))
+    dm.trainer = SimpleNamespace(world_size=8, global_rank=0)
+    with pytest.raises(DatasetError, match="7 image"):
+        dm.val_dataloader()
