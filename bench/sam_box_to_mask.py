@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 from utils.argtypes import positive_int
 
@@ -76,8 +77,8 @@ def main() -> None:
         for n in args.boxes:
             xy = rng.uniform(0, [w * 0.8, h * 0.8], (n, 2))
             boxes = np.concatenate([xy, xy + rng.uniform(8, [w * 0.2, h * 0.2], (n, 2))], 1).astype(np.float32)
-            fast = best_time(lambda: batched.predict(image, boxes), args.repeats)
-            slow = best_time(lambda: box_by_box(reference, image, boxes), args.repeats)
+            fast = best_time(partial(batched.predict, image, boxes), args.repeats)
+            slow = best_time(partial(box_by_box, reference, image, boxes), args.repeats)
             print(f"{device:<7}{n:>7}{fast:>12.3f}{slow:>15.3f}{slow / fast:>9.1f}x")
 
 

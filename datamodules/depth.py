@@ -51,7 +51,10 @@ class DepthDataset(Dataset):
             crop_h, crop_w = self.top_crop
             height, width = depth.shape
             top, left = max(height - crop_h, 0), max((width - crop_w) // 2, 0)
-            image, depth = image[top : top + crop_h, left : left + crop_w], depth[top : top + crop_h, left : left + crop_w]
+            image, depth = (
+                image[top : top + crop_h, left : left + crop_w],
+                depth[top : top + crop_h, left : left + crop_w],
+            )
         out = self.transform(image=image, mask=depth)
         return {"image": out["image"], "depth": torch.as_tensor(out["mask"])[None].float(), "path": str(image_path)}
 

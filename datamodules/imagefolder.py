@@ -143,7 +143,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         num_workers: int = 4,
     ):
         super().__init__()
-        check_loader_options(batch_size=batch_size, num_workers=num_workers, crop_size=crop_size, resize_size=resize_size)
+        check_loader_options(
+            batch_size=batch_size, num_workers=num_workers, crop_size=crop_size, resize_size=resize_size
+        )
         if too_few not in ("skip", "fail"):
             raise DatasetError(
                 f"data.too_few={too_few!r} is not an option: use skip (leave small classes out with a warning) or fail."

@@ -79,7 +79,7 @@ def _save_jpeg(image: np.ndarray, path: Path) -> None:
 
 def _draw(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
     """(h, w, 3) uint8 image, the visible (h, w) bool mask of each shape, and each shape's category id."""
-    y, x = np.mgrid[:h, :w]
+    _, x = np.mgrid[:h, :w]
     image = 100 + 40 * np.sin(x / 7.0)[..., None] * np.array([1.0, 0.6, 0.3]) + rng.normal(0, 8, (h, w, 3))
     masks, categories = [], []
     for _ in range(int(rng.integers(2, 7))):

@@ -12,7 +12,9 @@ from torch import Tensor
 from utils.atomic import atomic_write
 
 
-def save_label_png(labels: Tensor, path: str | os.PathLike, palette: Sequence[Sequence[int]] | np.ndarray | None = None) -> None:
+def save_label_png(
+    labels: Tensor, path: str | os.PathLike, palette: Sequence[Sequence[int]] | np.ndarray | None = None
+) -> None:
     """Write class ids `(H, W)` (< 256) as a PNG whose pixel values are the ids.
 
     With a `palette` `(K, 3)` the PNG is "P" mode, colour-coded; without one it is greyscale.

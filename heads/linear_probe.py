@@ -76,7 +76,9 @@ def train_grid(
     for epoch in tqdm(range(epochs), desc="linear probe grid", unit="epoch"):
         for batch in torch.randperm(len(labels), device=labels.device).split(batch_size):
             loss = sum(
-                F.cross_entropy(head(linear_input(class_tokens[batch], patch_means[batch], c.n_blocks, c.avgpool)), labels[batch])
+                F.cross_entropy(
+                    head(linear_input(class_tokens[batch], patch_means[batch], c.n_blocks, c.avgpool)), labels[batch]
+                )
                 for head, c in zip(heads, configs)
             )
             check_loss(loss, f"linear-probe epoch {epoch}", {"features": (class_tokens, patch_means)}, LINEAR_CAUSES)
@@ -88,7 +90,9 @@ def train_grid(
 
 
 @torch.no_grad()
-def grid_accuracy(heads: nn.ModuleList, configs: list[ProbeConfig], class_tokens: Tensor, patch_means: Tensor, labels: Tensor) -> list[float]:
+def grid_accuracy(
+    heads: nn.ModuleList, configs: list[ProbeConfig], class_tokens: Tensor, patch_means: Tensor, labels: Tensor
+) -> list[float]:
     """Top-1 accuracy of each trained classifier on features `(N, B, C)`, `(N, C)` with labels `(N,)`."""
     return [
         (head(linear_input(class_tokens, patch_means, c.n_blocks, c.avgpool)).argmax(1) == labels).float().mean().item()

@@ -82,7 +82,14 @@ def build_sam(
     """
     if model_type not in CHECKPOINTS:
         raise CheckpointError(f"Unknown SAM size sam.model_type={model_type!r}: choose one of {sorted(CHECKPOINTS)}.")
-    overrides = (encoder_embed_dim, encoder_depth, encoder_num_heads, encoder_global_attn_indexes, prompt_embed_dim, image_size)
+    overrides = (
+        encoder_embed_dim,
+        encoder_depth,
+        encoder_num_heads,
+        encoder_global_attn_indexes,
+        prompt_embed_dim,
+        image_size,
+    )
     if all(value is None for value in overrides):
         return sam_model_registry[model_type]()
     check_sam_sizes(encoder_embed_dim, encoder_depth, encoder_num_heads, prompt_embed_dim, image_size)
@@ -228,7 +235,9 @@ class SamBoxPredictor:
         chunks = [self._decode(boxes=chunk, multimask=False) for chunk in boxes.split(self.chunk_size) if len(chunk)]
         return self._collect(chunks)
 
-    def predict_points(self, image: np.ndarray | None, points: np.ndarray, multimask: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def predict_points(
+        self, image: np.ndarray | None, points: np.ndarray, multimask: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One foreground point per prompt `(N, 2)` xy pixels -> masks `(N, H, W)` bool, scores `(N,)`.
 
         With `multimask`, SAM's three candidate masks are made and the one with the highest predicted IoU is

@@ -101,7 +101,13 @@ class SamBoxEvaluator(L.LightningModule):
         self.predictor.set_image(image)
         masks, sam_scores = self.predictor.predict(None, boxes[valid])
         scores = sam_scores if item["prompt_scores"] is None else item["prompt_scores"][valid]
-        return {"masks": masks, "scores": scores, "labels": item["prompt_labels"][valid], "boxes": boxes[valid], "valid": valid}
+        return {
+            "masks": masks,
+            "scores": scores,
+            "labels": item["prompt_labels"][valid],
+            "boxes": boxes[valid],
+            "valid": valid,
+        }
 
     def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
         out = self.segment(item)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 
-def warmup_poly(
-    step: int, warmup_steps: int, max_steps: int, power: float = 1.0, warmup_ratio: float = 1e-6
-) -> float:
+def warmup_poly(step: int, warmup_steps: int, max_steps: int, power: float = 1.0, warmup_ratio: float = 1e-6) -> float:
     """LR factor at `step`: mmcv's `poly` policy with `warmup='linear'`.
 
     Poly decay `(1 - step / max_steps) ** power` down to 0 at `max_steps`; during the first

@@ -95,7 +95,9 @@ def test_wrong_architecture_lists_mismatches(tiny_checkpoint: Path) -> None:
 
 def test_missing_weights_say_how_to_get_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(backbones.WeightsNotFoundError, match="dinov2_vits14_pretrain.pth.*download=True.*random_fallback=True"):
+    with pytest.raises(
+        backbones.WeightsNotFoundError, match="dinov2_vits14_pretrain.pth.*download=True.*random_fallback=True"
+    ):
         backbones.load_backbone("dinov2_vits14", **TINY)
     with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
         backbones.load_backbone("dinov2_vits14", random_fallback=True, **TINY)

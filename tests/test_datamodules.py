@@ -23,7 +23,7 @@ SMALL = ((40, 60), (50, 80))  # (min_h, max_h), (min_w, max_w) of the synthetic 
 
 
 def ade(root: Path, **kwargs) -> ADE20kDataModule:
-    defaults = dict(batch_size=2, num_workers=0, crop_size=64, short_side=64)
+    defaults = {"batch_size": 2, "num_workers": 0, "crop_size": 64, "short_side": 64}
     return ADE20kDataModule(root=str(root), **defaults | kwargs)
 
 
@@ -212,7 +212,7 @@ def test_label_size_mismatch(ade_root: Path):
 
 
 def test_label_out_of_range(ade_root: Path):
-    image, label = val_files(ade_root)
+    _, label = val_files(ade_root)
     raw = read(label)
     raw[0, :2] = (151, 200)
     write_png(label, raw)

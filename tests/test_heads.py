@@ -92,7 +92,7 @@ def loaders() -> tuple[DataLoader, DataLoader, DataLoader]:
 
 
 def make_probe(**kwargs) -> SegmentationProbe:
-    args = dict(num_classes=NUM_CLASSES, crop_size=28, stride=14, warmup_steps=2, max_steps=10)
+    args = {"num_classes": NUM_CLASSES, "crop_size": 28, "stride": 14, "warmup_steps": 2, "max_steps": 10}
     return SegmentationProbe(StubBackbone(), **{**args, **kwargs})
 
 
@@ -294,7 +294,7 @@ def test_fit_validate_test_predict(tmp_path: Path) -> None:
     labels = trainer.predict(probe, datamodule=PaletteData(predict, palette))
     assert [label.shape for label in labels] == [(45, 60), (45, 60)] and labels[0].dtype == torch.uint8
     png = Image.open(tmp_path / "pred" / "img_0.png")
-    assert png.mode == "P" and png.getpalette()[:12] == sum(palette, [])
+    assert png.mode == "P" and png.getpalette()[:12] == [value for colour in palette for value in colour]
     np.testing.assert_array_equal(np.asarray(png), labels[0].numpy())
 
 
