@@ -5,28 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from tests.helpers import CONFIGS, compose_train
 
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml") if not p.stem.startswith("_"))
-
-
-def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose configs/train.yaml as `python train.py OVERRIDES` would, with the run directory at `output_dir`."""
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(output_dir)
-        cfg.paths.output_dir = str(output_dir / "run")
-        del cfg.hydra
-    return cfg
 
 
 def targets(node: object) -> list[str]:

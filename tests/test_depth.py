@@ -18,7 +18,7 @@ from datamodules.errors import DatasetError
 from heads.depth import DepthModel
 from heads.depth_metrics import depth_metrics, eval_mask
 from tests.conftest import TINY
-from tests.test_configs import compose_train
+from tests.helpers import tiny_depth_run
 
 KINDS = ("linear", "linear4", "dpt")
 
@@ -139,31 +139,6 @@ def test_bad_depth_files_name_the_file_and_the_fix(tmp_path: Path) -> None:
         DatasetError, match=r"train_01/sync_depth_00000\.png is missing, but .*nyu_train\.txt \(line 2\) lists it"
     ):
         read_split(root / "nyu_train.txt", root, root, "layout")
-
-
-def tiny_depth_run(tmp_path: Path, checkpoint: Path, *overrides: str):
-    """The depth quickstart shrunk to seconds: 42x56 images, the 64-wide fixture backbone, 4 steps."""
-    return compose_train(
-        [
-            "experiment=depth_quickstart",
-            f"backbone.checkpoint={checkpoint}",
-            *(f"backbone.{key}={value}" for key, value in TINY.items()),
-            f"data.root={tmp_path / 'data'}",
-            "data.generate_n_train=4",
-            "data.generate_n_test=2",
-            "data.generate_size=[42,56]",
-            "data.crop_size=[28,42]",
-            "data.batch_size=2",
-            "data.num_workers=0",
-            "trainer.max_steps=4",
-            "trainer.val_check_interval=2",
-            "trainer.log_every_n_steps=1",
-            "head.warmup_steps=2",
-            "head.sigloss_warmup_steps=1",
-            *overrides,
-        ],
-        tmp_path,
-    )
 
 
 @pytest.mark.parametrize("head", ["depth_linear", "depth_linear4", "depth_dpt"])

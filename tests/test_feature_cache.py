@@ -34,7 +34,7 @@ from datamodules.feature_cache import (
 from datamodules.nyu import NYUDataModule
 from datamodules.synthetic import write_ade20k_like
 from tests.conftest import TINY
-from tests.test_train import tiny_run
+from tests.helpers import tiny_run
 
 CROP = 42
 
@@ -273,7 +273,7 @@ def test_ranks_split_the_pending_shards_without_overlap(tmp_path: Path, ade_root
 
 
 def cached_run(tmp_path: Path, checkpoint: Path) -> DictConfig:
-    """tests/test_train.py's tiny quickstart, trained from a feature cache."""
+    """The tiny quickstart of tests/helpers.py (`tiny_run`), trained from a feature cache."""
     return tiny_run(
         tmp_path,
         checkpoint,

@@ -15,7 +15,7 @@ import train
 from datamodules.errors import DatasetError
 from datamodules.imagefolder import ClassFolderError, ImageFolderDataModule
 from tests.conftest import TINY
-from tests.test_configs import compose_train
+from tests.helpers import compose_train
 
 
 def make_class_folders(root: Path, counts: dict[str, int], seed: int = 0) -> None:

@@ -19,9 +19,7 @@ from heads.depth_probe import DepthProbe
 from heads.grid import block_choice, clip_each_group, format_lr, lr_choices, make_grid, union_blocks
 from heads.schedule import warmup_poly
 from tests.conftest import TINY
-from tests.test_depth import tiny_depth_run
-from tests.test_heads import NUM_CLASSES, DictDataset, loaders, make_trainer
-from tests.test_train import tiny_run
+from tests.helpers import NUM_CLASSES, DictDataset, loaders, make_trainer, tiny_depth_run, tiny_run
 
 SEG_GRID = {"lr": [1e-3, 1e-2], "block_choices": [1, [1, 3]]}
 DEPTH_GRID = {"lr": [1e-3, 5e-3], "out_index_choices": [[0, 1, 2, 3], [2, 2, 3, 3]]}

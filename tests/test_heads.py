@@ -13,100 +13,17 @@ import torch.nn.functional as F
 from omegaconf import ListConfig
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from heads import CheckpointError, LinearSegHead, SegmentationProbe, load_official_head
 from heads.inference import multiscale_flip_probs, slide_logits, slide_windows
 from heads.schedule import warmup_poly
-
-NUM_CLASSES = 4
-
-
-class StubBackbone(nn.Module):
-    """Stand-in for a frozen DINOv2: centre pads to a multiple of 14, strided conv, 1x1 conv "blocks"."""
-
-    embed_dim = 8
-    patch_size = 14
-    num_register_tokens = 0
-    n_blocks = 4
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.patch_embed = nn.Conv2d(3, self.embed_dim, self.patch_size, stride=self.patch_size)
-        self.blocks = nn.ModuleList(nn.Conv2d(self.embed_dim, self.embed_dim, 1) for _ in range(self.n_blocks))
-        self.requires_grad_(False)
-
-    def get_intermediate_layers(
-        self,
-        x: Tensor,
-        n: int | list[int] = 1,
-        reshape: bool = True,
-        return_class_token: bool = False,
-        norm: bool = True,
-    ) -> tuple[Tensor, ...]:
-        """`(B, 3, H, W)` -> maps `(B, C, ceil(H/14), ceil(W/14))` of the chosen blocks."""
-        pad_h, pad_w = -x.shape[-2] % self.patch_size, -x.shape[-1] % self.patch_size
-        x = self.patch_embed(F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)))
-        outputs = []
-        for block in self.blocks:
-            x = x + block(x)
-            outputs.append(x)
-        indices = range(self.n_blocks - n, self.n_blocks) if isinstance(n, int) else n
-        return tuple(outputs[i] for i in indices)
-
-
-class DictDataset(Dataset):
-    """In-memory samples (dicts), collated by the default collate."""
-
-    def __init__(self, samples: list[dict]) -> None:
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.samples[index]
-
-
-def random_label(height: int, width: int, generator: torch.Generator) -> Tensor:
-    label = torch.randint(0, NUM_CLASSES, (height, width), generator=generator)
-    label[0, :3] = 255
-    return label
-
-
-def loaders() -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Train crops 28x28; eval images 30x40 with labels at an "original" 45x60."""
-    g = torch.Generator().manual_seed(0)
-    train = [{"image": torch.randn(3, 28, 28, generator=g), "label": random_label(28, 28, g)} for _ in range(4)]
-    evaluation = [{"image": torch.randn(3, 30, 40, generator=g), "label": random_label(45, 60, g)} for _ in range(2)]
-    predict = [
-        {"image": torch.randn(3, 30, 40, generator=g), "size": (45, 60), "path": f"images/img_{i}.jpg"}
-        for i in range(2)
-    ]
-    return (
-        DataLoader(DictDataset(train), batch_size=2),
-        DataLoader(DictDataset(evaluation), batch_size=1),
-        DataLoader(DictDataset(predict), batch_size=1),
-    )
+from tests.helpers import NUM_CLASSES, StubBackbone, loaders, make_trainer
 
 
 def make_probe(**kwargs) -> SegmentationProbe:
     args = {"num_classes": NUM_CLASSES, "crop_size": 28, "stride": 14, "warmup_steps": 2, "max_steps": 10}
     return SegmentationProbe(StubBackbone(), **{**args, **kwargs})
-
-
-def make_trainer(root: Path, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        default_root_dir=root,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        **kwargs,
-    )
 
 
 def random_head(in_channels: int, num_classes: int) -> LinearSegHead:

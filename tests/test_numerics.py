@@ -23,7 +23,7 @@ from heads.depth_probe import DepthProbe
 from heads.fewshot import mean_confidence_interval
 from heads.finite import NonFiniteLossError
 from heads.schedule import warmup_poly
-from tests.test_heads import NUM_CLASSES, DictDataset, StubBackbone, random_label
+from tests.helpers import NUM_CLASSES, DictDataset, StubBackbone, random_label
 from utils.results import strict_json, write_json
 
 

@@ -21,8 +21,8 @@ from datamodules.errors import DatasetError
 from datamodules.synthetic_coco import write_coco_like
 from heads.sam import build_sam
 from heads.sam_eval import SamBoxEvaluator, mask_centres
-from tests.test_configs import compose_train
-from tests.test_sam import TINY_SAM
+from tests.conftest import TINY_SAM
+from tests.helpers import compose_train
 
 
 @pytest.fixture(scope="module")

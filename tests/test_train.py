@@ -9,37 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig
 from PIL import Image
 
 import train
-from tests.test_configs import compose_train
+from tests.helpers import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_run(tmp_path: Path, checkpoint: Path, *overrides: str, experiment: str = "quickstart") -> DictConfig:
-    """The quickstart (or `experiment`, built on it) shrunk to seconds: 56 px crops, a few steps, the fixture backbone."""
-    return compose_train(
-        [
-            f"experiment={experiment}",
-            f"backbone.checkpoint={checkpoint}",
-            "backbone.embed_dim=64",
-            "backbone.depth=4",
-            "backbone.num_heads=4",
-            f"data.root={tmp_path / 'ade'}",
-            "data.num_workers=0",
-            "data.batch_size=2",
-            "data.crop_size=56",
-            "data.short_side=56",
-            "head.stride=28",
-            "trainer.max_steps=4",
-            "trainer.val_check_interval=2",
-            "trainer.log_every_n_steps=1",
-            *overrides,
-        ],
-        tmp_path,
-    )
 
 
 @pytest.mark.parametrize("head", ["linear_seg", "linear_seg_ms"])

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from backbones import load_backbone
 from tests.conftest import TINY
-from tests.test_configs import compose_train
+from tests.helpers import compose_train
 from visualize import foreground_masks, mutual_matches, patch_centres, pca_rgb, spread_matches
 from visualize.callback import PCAMapCallback
 from visualize.match import main as match_main
