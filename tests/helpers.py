@@ -168,3 +168,16 @@ def make_trainer(root: Path, **kwargs) -> L.Trainer:
         enable_checkpointing=False,
         **kwargs,
     )
+
+
+def extraction_trainer(**kwargs: object) -> L.Trainer:
+    """The CPU trainer a feature-cache extraction runs on in tests: no logger, checkpoints or progress bar."""
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        **kwargs,
+    )

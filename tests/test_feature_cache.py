@@ -34,7 +34,7 @@ from datamodules.feature_cache import (
 from datamodules.nyu import NYUDataModule
 from datamodules.synthetic import write_ade20k_like
 from tests.conftest import TINY
-from tests.helpers import tiny_run
+from tests.helpers import extraction_trainer, tiny_run
 
 CROP = 42
 
@@ -55,25 +55,13 @@ def datamodule(root: Path, crop: int = CROP) -> ADE20kDataModule:
     return ADE20kDataModule(str(root), batch_size=2, num_workers=0, crop_size=crop, short_side=crop)
 
 
-def make_trainer(**kwargs: object) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        use_distributed_sampler=False,
-        **kwargs,
-    )
-
-
 def cache(root: Path, **kwargs: object) -> FeatureCache:
     options = {"backbone": "dinov2_vits14", "blocks": 1, "samples_per_shard": 3, "batch_size": 2, "num_workers": 0}
     return FeatureCache(str(root), **(options | kwargs))
 
 
 def build(settings: FeatureCache, root: Path, backbone: FrozenBackbone) -> Path:
-    return settings.prepare(datamodule(root), backbone, make_trainer).directory
+    return settings.prepare(datamodule(root), backbone, extraction_trainer).directory
 
 
 def dead_pid() -> int:
@@ -183,7 +171,7 @@ def test_a_complete_cache_is_reused_without_extracting(
     stamp = (first / "manifest.json").stat().st_mtime_ns
 
     def no_extraction(**kwargs: object) -> L.Trainer:
-        trainer = make_trainer(**kwargs)
+        trainer = extraction_trainer(**kwargs)
         trainer.predict = lambda *args, **kwargs: pytest.fail("a complete cache was extracted again")
         return trainer
 
@@ -227,7 +215,7 @@ def test_a_changed_resolution_extracts_into_its_own_folder(
     tmp_path: Path, ade_root: Path, backbone: FrozenBackbone
 ) -> None:
     first = build(cache(tmp_path), ade_root, backbone)
-    second = cache(tmp_path).prepare(datamodule(ade_root, crop=28), backbone, make_trainer).directory
+    second = cache(tmp_path).prepare(datamodule(ade_root, crop=28), backbone, extraction_trainer).directory
     assert second != first and (second / "manifest.json").is_file()
     assert CachedFeatures(second)[0]["tokens"][3].shape[-2:] == (2, 2)
     assert CachedFeatures(first)[0]["tokens"][3].shape[-2:] == (3, 3)
@@ -305,7 +293,7 @@ def test_depth_views_cache_class_tokens_and_depth_maps(tmp_path: Path, backbone:
 
     for views in (0, 2):
         settings = cache(tmp_path / "cache", blocks=[0, 3], norm=False, class_tokens=True, views=views)
-        item = CachedFeatures(settings.prepare(nyu(), backbone, make_trainer).directory)[views]
+        item = CachedFeatures(settings.prepare(nyu(), backbone, extraction_trainer).directory)[views]
         assert item["tokens"][0].shape == (64, 2, 3) and item["class_tokens"][3].shape == (64,)
         assert item["depth"].shape == (1, 28, 42) and item["depth"].dtype == torch.float32
     data = nyu()
@@ -401,7 +389,9 @@ def test_the_key_holds_the_device_and_precision(
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", not torch.backends.cudnn.allow_tf32)
     assert digest("cuda", "32-true").digest() != keys["cuda fp32 (bf16 autocast)"].digest()
     fp32 = build(settings, ade_root, backbone)
-    bf16 = settings.prepare(datamodule(ade_root), backbone, lambda **kw: make_trainer(precision="bf16-mixed", **kw))
+    bf16 = settings.prepare(
+        datamodule(ade_root), backbone, lambda **kw: extraction_trainer(precision="bf16-mixed", **kw)
+    )
     assert bf16.directory != fp32
     assert json.loads((bf16.directory / "key.json").read_text())["numerics"]["trainer_precision"] == "bf16-mixed"
     assert not all(torch.equal(a, b) for a, b in zip(all_tokens(bf16.directory), all_tokens(fp32)))

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from tests.helpers import extraction_trainer
 from tests.reliability import TINY_CHECKPOINT, TINY_TRAIN, Case, Result, run_cli
 
 CACHED_TRAIN = ("train.py", "experiment=cached_quickstart", *TINY_TRAIN[1:], "feature_cache.samples_per_shard=4")
@@ -43,16 +44,7 @@ def _extract(tmp: Path, die_after: int | None = None, precision: str = "32-true"
             raise RuntimeError("killed")
 
     def make_trainer(**kwargs: Any) -> L.Trainer:
-        return L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            precision=precision,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            use_distributed_sampler=False,
-            **kwargs,
-        )
+        return extraction_trainer(precision=precision, **kwargs)
 
     if die_after is None:
         return FeatureCache(str(tmp / "cache"), **settings).prepare(data, backbone, make_trainer).directory
