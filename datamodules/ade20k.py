@@ -11,7 +11,7 @@ from .base import SegmentationDataModule
 from .datasets import Sample
 from .download import fetch_archive
 from .errors import DatasetError
-from .files import make_label_map, pair_files
+from .files import LabelMap, make_label_map, pair_files
 from .synthetic import write_ade20k_like
 
 URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
@@ -59,8 +59,10 @@ PALETTE = np.array([
     184, 255, 0, 0, 133, 255, 255, 214, 0, 25, 194, 194, 102, 255, 0, 92, 0, 255,
 ], dtype=np.uint8).reshape(-1, 3)  # fmt: skip
 
-# mmseg's reduce_zero_label: 0 ("other") -> 255 (ignored), v -> v - 1
-LABELS = make_label_map({0: 255} | {v: v - 1 for v in range(1, 151)}, "0 (other) and 1..150")
+
+def label_map(ignore_index: int) -> LabelMap:
+    """mmseg's reduce_zero_label: 0 ("other") -> ignore_index, v -> v - 1 for v in 1..150."""
+    return make_label_map({0: ignore_index} | {v: v - 1 for v in range(1, 151)}, "0 (other) and 1..150")
 
 
 class ADE20kDataModule(SegmentationDataModule):
@@ -103,7 +105,8 @@ class ADE20kDataModule(SegmentationDataModule):
     def _samples(self, split: str) -> list[Sample]:
         images, labels = (self.root / DIRNAME / kind / SPLITS[split] for kind in ("images", "annotations"))
         self._require(images, labels)
-        return [(image, label, LABELS) for image, label in pair_files(images, ".jpg", labels, ".png")]
+        mapping = label_map(self.ignore_index)
+        return [(image, label, mapping) for image, label in pair_files(images, ".jpg", labels, ".png")]
 
     def _download(self) -> None:
         fetch_archive(self.name, URL, self.root, "ADEChallengeData2016.zip", DIRNAME, check=self._check_download)

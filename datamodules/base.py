@@ -13,7 +13,7 @@ from .datasets import PredictImages, Sample, SegmentationDataset
 from .errors import DatasetError
 from .files import list_images, predict_folder
 from .loaders import DenseDataModule, check_loader_options, usable_workers
-from .transforms import eval_transform, train_transform
+from .transforms import IGNORE_INDEX, eval_transform, train_transform
 
 
 class SegmentationDataModule(DenseDataModule):
@@ -23,7 +23,8 @@ class SegmentationDataModule(DenseDataModule):
         train:    {"image": (B, 3, crop, crop) float32, "label": (B, crop, crop) int64, "path": [str] * B}
         val/test: {"image": (1, 3, h, w) float32, "label": (1, H, W) int64 at the file's resolution, "path": [str]}
         predict:  {"image": (1, 3, h, w) float32, "size": (1, 2) int64 original (H, W), "path": [str]}
-    Labels hold class ids 0..K-1 and 255 = ignore. Images are fitted in the (4 * short_side, short_side) box,
+    Labels hold class ids 0..K-1 and `ignore_index` (default 255) for unlabelled pixels: the dataset's own ignored
+    values, and the padding of training crops. Images are fitted in the (4 * short_side, short_side) box,
     times r ~ U(scale_range) for training: mmseg's (2048, 512) at the default short_side.
     """
 
@@ -46,6 +47,7 @@ class SegmentationDataModule(DenseDataModule):
         cat_max_ratio: float = 0.75,
         download: bool = False,
         predict_dir: str | None = None,
+        ignore_index: int = IGNORE_INDEX,
     ):
         super().__init__()
         check_loader_options(batch_size=batch_size, num_workers=num_workers, crop_size=crop_size, short_side=short_side)
@@ -61,6 +63,7 @@ class SegmentationDataModule(DenseDataModule):
             )
         self.root = Path(root).expanduser()
         self.num_classes = len(self.class_names)
+        self.ignore_index = check_ignore_index(ignore_index, self.num_classes)
         self.batch_size, self.num_workers = batch_size, usable_workers(num_workers)
         self.crop_size, self.scale_range = crop_size, (float(scale_range[0]), float(scale_range[1]))
         self.short_side, self.cat_max_ratio = short_side, cat_max_ratio
@@ -68,7 +71,7 @@ class SegmentationDataModule(DenseDataModule):
         self.predict_dir = predict_folder(predict_dir)
 
     def _samples(self, split: str) -> list[Sample]:
-        """(image, label, label map) of split "train" or "val", sorted."""
+        """(image, label, label map) of split "train" or "val", sorted; ignored values map to self.ignore_index."""
         raise NotImplementedError
 
     def _download(self) -> None:
@@ -97,6 +100,20 @@ class SegmentationDataModule(DenseDataModule):
         if stage == "fit":
             # albumentations ignores global seeds: tie it to torch's so that seed_everything makes runs repeatable
             seed = torch.initial_seed() % 2**32
-            transform = train_transform(self.crop_size, self.scale_range, self.short_side, self.cat_max_ratio, seed)
+            transform = train_transform(
+                self.crop_size, self.scale_range, self.short_side, self.cat_max_ratio, seed, self.ignore_index
+            )
             self.train_set = SegmentationDataset(self._samples("train"), transform)
         self.eval_set = SegmentationDataset(self._samples("val"), eval_transform(self.short_side), keep_label_size=True)
+
+
+def check_ignore_index(value: object, num_classes: int) -> int:
+    """`value` as the label value of unlabelled pixels: an int in num_classes..255 (labels are uint8, and the value
+    must not be a class id); else DatasetError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not num_classes <= value <= 255:
+        raise DatasetError(
+            f"{option('data', 'ignore_index', value)} cannot mark unlabelled pixels: labels are uint8 and class ids "
+            f"are 0..{num_classes - 1}, so it must be an int in {num_classes}..255. Fix: "
+            f"{option('data', 'ignore_index', IGNORE_INDEX)} (the default) or another value in {num_classes}..255."
+        )
+    return int(value)

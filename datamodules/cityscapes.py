@@ -6,13 +6,21 @@ from torchvision.datasets import Cityscapes
 from .base import SegmentationDataModule
 from .datasets import Sample
 from .errors import DatasetError
-from .files import make_label_map, pair_files
+from .files import LabelMap, make_label_map, pair_files
 
+# torchvision's table marks the classes left out of evaluation with trainId 255 (or -1)
 EVAL_CLASSES = sorted((c for c in Cityscapes.classes if 0 <= c.train_id < 255), key=lambda c: c.train_id)
-LABEL_IDS = make_label_map(
-    {c.id: c.train_id if 0 <= c.train_id < 255 else 255 for c in Cityscapes.classes if c.id >= 0}, "labelIds 0..33"
-)
-TRAIN_IDS = make_label_map({v: v for v in range(19)} | {255: 255}, "trainIds 0..18 and 255")
+
+
+def label_ids_map(ignore_index: int) -> LabelMap:
+    """*_gtFine_labelIds.png: each evaluated labelId -> its trainId 0..18, every other labelId -> ignore_index."""
+    mapping = {c.id: c.train_id if 0 <= c.train_id < 255 else ignore_index for c in Cityscapes.classes if c.id >= 0}
+    return make_label_map(mapping, "labelIds 0..33")
+
+
+def train_ids_map(ignore_index: int) -> LabelMap:
+    """*_gtFine_labelTrainIds.png: trainIds 0..18 as they are, the files' 255 (not evaluated) -> ignore_index."""
+    return make_label_map({v: v for v in range(len(EVAL_CLASSES))} | {255: ignore_index}, "trainIds 0..18 and 255")
 
 
 class CityscapesDataModule(SegmentationDataModule):
@@ -34,10 +42,13 @@ class CityscapesDataModule(SegmentationDataModule):
     def _samples(self, split: str) -> list[Sample]:
         images, labels = self.root / "leftImg8bit" / split, self.root / "gtFine" / split
         self._require(images, labels)
-        samples = []
+        samples, by_label_id, by_train_id = [], label_ids_map(self.ignore_index), train_ids_map(self.ignore_index)
         for image, label in pair_files(images, "_leftImg8bit.png", labels, "_gtFine_labelIds.png"):
-            train_ids = label.with_name(label.name.replace("_labelIds", "_labelTrainIds"))
-            samples.append((image, train_ids, TRAIN_IDS) if train_ids.is_file() else (image, label, LABEL_IDS))
+            train_id_file = label.with_name(label.name.replace("_labelIds", "_labelTrainIds"))
+            if train_id_file.is_file():
+                samples.append((image, train_id_file, by_train_id))
+            else:
+                samples.append((image, label, by_label_id))
         return samples
 
     def _download(self) -> None:

@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 class LabelMap(NamedTuple):
     """How a dataset's label values become class ids.
 
-    lut: (256,) int16, raw value -> class id, 255 = ignore, -1 = not a valid value.
+    lut: (256,) int16, raw value -> class id or the datamodule's ignore_index, -1 = not a valid value.
     valid: the valid raw values in words, for error messages.
     """
 
@@ -28,7 +28,7 @@ class LabelMap(NamedTuple):
 
 
 def make_label_map(mapping: dict[int, int], valid: str) -> LabelMap:
-    """LabelMap sending each raw value in mapping to its class id (or 255); every other value is invalid."""
+    """LabelMap sending each raw value in mapping to its class id (or ignore_index); every other value is invalid."""
     lut = np.full(256, -1, dtype=np.int16)
     lut[list(mapping)] = list(mapping.values())
     return LabelMap(lut, valid)
@@ -57,7 +57,7 @@ def load_image(path: Path) -> np.ndarray:
 
 
 def load_label(path: Path, label_map: LabelMap, image_path: Path, image_hw: tuple[int, int]) -> np.ndarray:
-    """Read a single-channel label PNG as (H, W) uint8 class ids (255 = ignore), checking it against its image."""
+    """Read a single-channel label PNG as (H, W) uint8 class ids (or ignore_index), checking it against its image."""
     with open_image(path, "label") as img:
         raw = np.asarray(img)
     if raw.ndim != 2:

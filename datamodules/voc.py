@@ -1,4 +1,4 @@
-"""Pascal VOC 2012 segmentation: 21 classes (background + 20), 255 = object border (ignored)."""
+"""Pascal VOC 2012 segmentation: 21 classes (background + 20); the files' 255 (object border) is ignored."""
 
 import numpy as np
 from torchvision.datasets.voc import DATASET_YEAR_DICT
@@ -7,14 +7,18 @@ from .base import SegmentationDataModule
 from .datasets import Sample
 from .download import fetch_archive
 from .errors import DatasetError
-from .files import make_label_map
+from .files import LabelMap, make_label_map
 
 DIRNAME = "VOCdevkit/VOC2012"
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
-LABELS = make_label_map({v: v for v in range(21)} | {255: 255}, "0..20 and 255 (border)")
+
+
+def label_map(ignore_index: int) -> LabelMap:
+    """Class ids 0..20 as they are, the object border 255 -> ignore_index."""
+    return make_label_map({v: v for v in range(21)} | {255: ignore_index}, "0..20 and 255 (border)")
 
 
 def voc_palette(n: int) -> np.ndarray:
@@ -49,7 +53,7 @@ class VOC2012DataModule(SegmentationDataModule):
             raise DatasetError(
                 f"Split list {split_file} is missing; expected under data.root={self.root}:\n{self.layout}"
             )
-        samples = []
+        samples, mapping = [], label_map(self.ignore_index)
         for stem in split_file.read_text().split():
             image, label = base / "JPEGImages" / f"{stem}.jpg", base / "SegmentationClass" / f"{stem}.png"
             for path in (image, label):
@@ -57,7 +61,7 @@ class VOC2012DataModule(SegmentationDataModule):
                     raise DatasetError(
                         f"{path} is missing, but {split_file} lists {stem!r}: restore the file or remove the line."
                     )
-            samples.append((image, label, LABELS))
+            samples.append((image, label, mapping))
         return samples
 
     def _download(self) -> None:

@@ -1,4 +1,7 @@
-"""datamodules: layouts, label mappings, transforms, batches and the errors for bad inputs, on tiny sets in tmp_path."""
+"""datamodules: layouts, label mappings, transforms, batches and the errors for bad inputs, on tiny sets in tmp_path.
+
+Longer than 300 lines: every segmentation dataset's layout, transforms and errors, one short test each, sharing the generated sets.
+"""
 
 from pathlib import Path
 
@@ -8,7 +11,7 @@ import torch
 from PIL import Image
 
 from datamodules import ADE20kDataModule, CityscapesDataModule, DatasetError, VOC2012DataModule, loaders
-from datamodules.ade20k import LABELS as ADE_LABELS
+from datamodules.ade20k import label_map as ade_label_map
 from datamodules.coco import CocoDataModule
 from datamodules.depth_files import load_depth
 from datamodules.files import image_size, load_image, load_label
@@ -16,7 +19,7 @@ from datamodules.imagefolder import ImageFolderDataModule
 from datamodules.loaders import available_cpus, usable_workers
 from datamodules.nyu import NYUDataModule
 from datamodules.synthetic import write_ade20k_like
-from datamodules.transforms import cat_max_ratio_crop_box, eval_transform
+from datamodules.transforms import IGNORE_INDEX, cat_max_ratio_crop_box, eval_transform
 from utils.errors import hydra_style, option_style
 
 SMALL = ((40, 60), (50, 80))  # (min_h, max_h), (min_w, max_w) of the synthetic images
@@ -73,7 +76,7 @@ def test_generator_layout_and_determinism(tmp_path: Path):
 def test_ade_label_mapping(tmp_path: Path):
     path = tmp_path / "label.png"
     write_png(path, np.array([[0, 1, 2, 150]], dtype=np.uint8))
-    label = load_label(path, ADE_LABELS, tmp_path / "image.jpg", (1, 4))
+    label = load_label(path, ade_label_map(IGNORE_INDEX), tmp_path / "image.jpg", (1, 4))
     assert label.tolist() == [[255, 0, 1, 149]]
 
 
@@ -252,7 +255,7 @@ def test_decompression_bombs_are_refused_wherever_images_are_read(tmp_path: Path
     bomb = write_bomb(tmp_path / "huge.png")
     for read_file, what in (
         (lambda: load_image(bomb), "image"),
-        (lambda: load_label(bomb, ADE_LABELS, bomb, (1, 1)), "label"),
+        (lambda: load_label(bomb, ade_label_map(IGNORE_INDEX), bomb, (1, 1)), "label"),
         (lambda: load_depth(bomb, 1000.0, bomb, (1, 1)), "depth map"),
         (lambda: image_size(bomb), "image"),
     ):
