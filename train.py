@@ -187,11 +187,11 @@ def reported_stop(trainer: L.Trainer, checkpoints: Path) -> Iterator[None]:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit (unless `train=false`), test the best checkpoint, predict a folder if asked; return the metrics.
 
-    With a `feature_cache` node, the head trains on cached tokens, extracted first if no cache has the run's key.
+    With a `feature_cache` node, the head trains on cached tokens (the features its probe reads, `feature_spec`),
+    extracted first if no cache has the run's key.
     """
     import lightning as L
 
-    from datamodules.feature_cache import find_backbone
     from utils.checkpoints import resume_checkpoint
 
     check_run_options(cfg)
@@ -206,7 +206,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         extraction_trainer = partial(
             instantiate, cfg.trainer, logger=False, enable_checkpointing=False, use_distributed_sampler=False
         )
-        datamodule = instantiate(cfg.feature_cache).prepare(datamodule, find_backbone(model), extraction_trainer)
+        datamodule = instantiate(cfg.feature_cache).prepare(datamodule, model, extraction_trainer)
     trainer = build_trainer(cfg, model.monitor, model.monitor_mode)
     checkpoint = trainer.checkpoint_callback
 

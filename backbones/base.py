@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from backbones.features import parse_blocks
 from backbones.padding import center_pad
 
 WEIGHT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -166,17 +167,7 @@ class FrozenBackbone(nn.Module):
             return_class_token: pair every output with its class token ``(B, C)``.
             norm: apply the final norm to every output.
         """
-        if isinstance(n, int) and not isinstance(n, bool):
-            indices = list(range(self.n_blocks - n, self.n_blocks))
-        elif isinstance(n, Sequence) and not isinstance(n, str) and all(isinstance(i, int) for i in n):
-            indices = list(n)
-        else:
-            raise ValueError(f"n={n!r} is not a block count (an int) or a list of block indices (ints).")
-        if not indices or min(indices) < 0 or max(indices) >= self.n_blocks:
-            raise ValueError(
-                f"n={n!r}: block indices out of range for a backbone with {self.n_blocks} blocks: give a count "
-                f"from 1 to {self.n_blocks}, or indices from 0 to {self.n_blocks - 1}."
-            )
+        indices = parse_blocks(n, self.n_blocks, "n")
         x = check_images(x)
         with self._autocast(x):
             raw, normed, (h, w) = self._run(x, indices, norm)

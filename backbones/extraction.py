@@ -2,42 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
 
 from backbones.base import FrozenBackbone
+from backbones.features import Features, FeatureSpec, read_features
 
 
 class FeatureExtractor(L.LightningModule):
     """Frozen backbone -> float16 tokens on the CPU, ready to be written to disk by a prediction writer.
 
-    ``predict_step``: a batch ``{"image": (B, 3, H, W), ...}`` ->
-    ``{"tokens": {block: (B, C, H/p, W/p) float16}, "class_tokens": {block: (B, C) float16}}``,
-    with ``class_tokens`` empty unless asked for. Blocks are absolute indices; ``norm`` applies the final norm.
+    ``predict_step``: a batch ``{"image": (B, 3, H, W), ...}`` -> the features of ``spec``
+    (`backbones.features.read_features`) as float16 on the CPU:
+    ``{"tokens": {block: (B, C, H/p, W/p)}, "class_tokens": {block: (B, C)}}``, ``class_tokens`` empty unless asked for.
     Under CUDA the backbone runs in its autocast dtype (bf16), as it does when a head trains on images; the
     trainer's precision plugin may add its own autocast (``bf16-mixed`` on the CPU): `token_numerics` says which.
     """
 
-    def __init__(self, backbone: FrozenBackbone, blocks: Sequence[int], norm: bool = True, class_tokens: bool = False):
+    def __init__(self, backbone: FrozenBackbone, spec: FeatureSpec):
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
-        self.blocks = [int(b) for b in blocks]
-        self.norm, self.class_tokens = norm, class_tokens
+        self.spec = spec
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, dict[int, Tensor]]:
-        outputs = self.backbone.get_intermediate_layers(
-            batch["image"], n=self.blocks, reshape=True, return_class_token=True, norm=self.norm
-        )
-        return {
-            "tokens": {b: patches.half().cpu() for b, (patches, _) in zip(self.blocks, outputs)},
-            "class_tokens": {b: cls.half().cpu() for b, (_, cls) in zip(self.blocks, outputs)}
-            if self.class_tokens
-            else {},
-        }
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Features:
+        features = read_features(self.backbone, batch["image"], self.spec)
+        return {kind: {block: t.half().cpu() for block, t in by_block.items()} for kind, by_block in features.items()}
 
 
 def token_numerics(backbone: FrozenBackbone, device_type: str, precision: str) -> dict[str, str]:

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from datamodules.episodes import sample_episodes
-from heads.classification import evaluate_episodes
-from heads.fewshot import centre_and_project, cosine_knn, logistic_regression
+from ops.classifiers import centre_and_project, cosine_knn, logistic_regression
+from probes.fewshot import evaluate_episodes
 
 METHODS = {"centre_and_project": centre_and_project, "knn": cosine_knn, "logistic_regression": logistic_regression}
 

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from heads.linear_seg import LinearSegHead
-from heads.losses import upsample_cross_entropy, use_triton
+from ops.losses import upsample_cross_entropy, use_triton
 
 SCHEDULE_STEPS = 40_000
 TILES = [
@@ -186,7 +186,7 @@ def step_table(args: argparse.Namespace, device: torch.device, losses: dict[str,
 
 
 def tile_table(args: argparse.Namespace, device: torch.device) -> None:
-    from heads.upsample_ce_triton import upsample_cross_entropy_triton
+    from ops.upsample_ce_triton import upsample_cross_entropy_triton
 
     logits, labels = random_batch(args, device)
     logits = logits.bfloat16()

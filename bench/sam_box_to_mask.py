@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from segment_anything import SamPredictor
 
-from heads.sam import SamBoxPredictor, build_sam
+from sam import SamBoxPredictor, build_sam
 
 TINY = {"encoder_embed_dim": 64, "encoder_depth": 2, "encoder_num_heads": 4, "prompt_embed_dim": 64, "image_size": 256}
 

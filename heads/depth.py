@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.dinov2 import DINOV2_BASE_URL
+from backbones.features import parse_blocks
 from backbones.weights import (
     CheckpointError,
     check_state_dict,
@@ -25,7 +26,9 @@ from backbones.weights import (
 )
 from heads.depth_heads import DPTDepthHead, LinearDepthHead
 
-KINDS = ("linear", "linear4", "dpt")
+BLOCKS_READ = {"linear": 1, "linear4": 4, "dpt": 4}
+"""How many backbone blocks each head kind reads: the one place that says "linear" is 1 block, the others 4."""
+KINDS = tuple(BLOCKS_READ)
 OFFICIAL_BLOCKS = {12: [2, 5, 8, 11], 24: [4, 11, 17, 23], 40: [9, 19, 29, 39]}
 """The blocks the released linear4 and DPT heads read, by backbone depth (ViT-S/B, ViT-L, ViT-g)."""
 RELEASED_HEAD = re.compile(r"(?P<backbone>dinov2_vit[sblg]14)_(?P<dataset>nyu|kitti)_(?P<kind>linear4?|dpt)_head\.pth")
@@ -36,18 +39,24 @@ def default_out_index(kind: str, n_blocks: int) -> list[int]:
 
     Depths without a released model (small test models) take the 4 evenly spaced blocks ending at the last.
     """
-    if kind == "linear":
+    check_kind(kind)
+    if BLOCKS_READ[kind] == 1:
         return [n_blocks - 1]
     return OFFICIAL_BLOCKS.get(n_blocks, [n_blocks * (i + 1) // 4 - 1 for i in range(4)])
 
 
 def build_depth_head(kind: str, embed_dim: int, min_depth: float, max_depth: float, channels: int = 256) -> nn.Module:
     """A fresh head of `kind` ("linear", "linear4" or "dpt") for a backbone of width `embed_dim`."""
-    if kind not in KINDS:
-        raise ValueError(f"Unknown depth head kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    check_kind(kind)
     if kind == "dpt":
         return DPTDepthHead(embed_dim, min_depth, channels)
-    return LinearDepthHead(embed_dim, 1 if kind == "linear" else 4, min_depth, max_depth)
+    return LinearDepthHead(embed_dim, BLOCKS_READ[kind], min_depth, max_depth)
+
+
+def check_kind(kind: str) -> None:
+    """ValueError unless `kind` is a depth head kind."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown depth head kind {kind!r}; choose one of {', '.join(KINDS)}.")
 
 
 def resolve_depth_head(checkpoint: str | os.PathLike, download: bool = False, sha256: str | None = None) -> Path:
@@ -110,17 +119,16 @@ def check_depth_range(min_depth: float, max_depth: float) -> None:
 
 def check_out_index(out_index: Sequence[int], kind: str, n_blocks: int) -> None:
     """ValueError unless ``out_index`` names as many blocks as a ``kind`` head reads (1 or 4), each in range."""
-    wanted = 1 if kind == "linear" else 4
-    blocks = list(out_index) if isinstance(out_index, Sequence) and not isinstance(out_index, str) else None
-    if (
-        blocks is None
-        or len(blocks) != wanted
-        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_blocks for i in blocks)
-    ):
-        raise ValueError(
-            f"out_index={out_index!r} does not fit a {kind!r} head on a backbone with {n_blocks} blocks: give "
-            f"{wanted} block index(es) from 0 to {n_blocks - 1}, or leave out_index=None for the official ones."
-        )
+    check_kind(kind)
+    wanted = BLOCKS_READ[kind]
+    if isinstance(out_index, Sequence) and not isinstance(out_index, str):
+        blocks = parse_blocks(out_index, n_blocks, f"out_index for a {kind!r} head")
+        if len(blocks) == wanted:
+            return
+    raise ValueError(
+        f"out_index={out_index!r} does not fit a {kind!r} head on a backbone with {n_blocks} blocks: give "
+        f"{wanted} block index(es) from 0 to {n_blocks - 1}, or leave out_index=None for the official ones."
+    )
 
 
 class DepthModel(nn.Module):

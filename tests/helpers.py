@@ -19,6 +19,8 @@ from omegaconf import DictConfig, open_dict
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from backbones.features import FeatureSpec, parse_blocks
+from datamodules.feature_cache import CachedFeatureDataModule, CacheKey, FeatureCache
 from tests.conftest import TINY
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -60,11 +62,12 @@ def tiny_run(tmp_path: Path, checkpoint: Path, *overrides: str, experiment: str 
     )
 
 
-def tiny_depth_run(tmp_path: Path, checkpoint: Path, *overrides: str):
-    """The depth quickstart shrunk to seconds: 42x56 images, the 64-wide fixture backbone, 4 steps."""
+def tiny_depth_run(tmp_path: Path, checkpoint: Path, *overrides: str, experiment: str = "depth_quickstart"):
+    """The depth quickstart (or `experiment`, built on it) shrunk to seconds: 42x56 images, the 64-wide fixture
+    backbone, 4 steps."""
     return compose_train(
         [
-            "experiment=depth_quickstart",
+            f"experiment={experiment}",
             f"backbone.checkpoint={checkpoint}",
             *(f"backbone.{key}={value}" for key, value in TINY.items()),
             f"data.root={tmp_path / 'data'}",
@@ -110,8 +113,9 @@ class StubBackbone(nn.Module):
         reshape: bool = True,
         return_class_token: bool = False,
         norm: bool = True,
-    ) -> tuple[Tensor, ...]:
-        """`(B, 3, H, W)` -> maps `(B, C, ceil(H/14), ceil(W/14))` of the chosen blocks."""
+    ) -> tuple[Tensor, ...] | tuple[tuple[Tensor, Tensor], ...]:
+        """`(B, 3, H, W)` -> maps `(B, C, ceil(H/14), ceil(W/14))` of the chosen blocks, each paired with a "class
+        token" (its mean, `(B, C)`) when `return_class_token`."""
         pad_h, pad_w = -x.shape[-2] % self.patch_size, -x.shape[-1] % self.patch_size
         x = self.patch_embed(F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)))
         outputs = []
@@ -119,6 +123,8 @@ class StubBackbone(nn.Module):
             x = x + block(x)
             outputs.append(x)
         indices = range(self.n_blocks - n, self.n_blocks) if isinstance(n, int) else n
+        if return_class_token:
+            return tuple((outputs[i], outputs[i].mean((2, 3))) for i in indices)
         return tuple(outputs[i] for i in indices)
 
 
@@ -181,3 +187,28 @@ def extraction_trainer(**kwargs: object) -> L.Trainer:
         use_distributed_sampler=False,
         **kwargs,
     )
+
+
+class SpecProbe(nn.Module):
+    """The least a feature cache asks of a probe: one frozen backbone and the `FeatureSpec` the head reads."""
+
+    def __init__(self, backbone: nn.Module, blocks: int | list[int] = 1, norm: bool = True, class_tokens: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_spec = FeatureSpec.of(parse_blocks(blocks, backbone.n_blocks), norm, class_tokens)
+
+
+class CacheFor:
+    """A `FeatureCache` and the features a head would read from it: `cache(...)` of the feature-cache tests."""
+
+    def __init__(self, root: Path, blocks: int | list[int] = 1, norm: bool = True, class_tokens: bool = False, **kw):
+        options = {"backbone": "dinov2_vits14", "samples_per_shard": 3, "batch_size": 2, "num_workers": 0}
+        self.cache = FeatureCache(str(root), **(options | kw))
+        self.read = {"blocks": blocks, "norm": norm, "class_tokens": class_tokens}
+
+    def prepare(self, data: L.LightningDataModule, backbone: nn.Module, make_trainer) -> CachedFeatureDataModule:
+        return self.cache.prepare(data, SpecProbe(backbone, **self.read), make_trainer)
+
+    def key(self, backbone: nn.Module, source: Dataset, crop_size: object, numerics: dict | None = None) -> CacheKey:
+        spec = SpecProbe(backbone, **self.read).feature_spec
+        return self.cache.key(backbone, spec, source, crop_size, numerics)

@@ -64,7 +64,7 @@ def test_intermediate_layers_api(tiny: backbones.DinoVisionBackbone) -> None:
     torch.testing.assert_close(final.flatten(2).transpose(1, 2), patches)
     (raw,) = tiny.get_intermediate_layers(x, n=[3], norm=False)
     torch.testing.assert_close(raw, tiny.forward_features(x)["x_prenorm"][:, 1:])
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="is not a block choice for a backbone with"):
         tiny.get_intermediate_layers(x, n=[4])
 
 

@@ -16,7 +16,7 @@ from datamodules.depth_files import load_depth, read_split
 from datamodules.depth_synthetic import write_nyu_like
 from datamodules.errors import DatasetError
 from heads.depth import DepthModel
-from heads.depth_metrics import depth_metrics, eval_mask
+from metrics.depth import depth_metrics, eval_mask
 from tests.conftest import TINY
 from tests.helpers import tiny_depth_run
 

@@ -1,4 +1,7 @@
-"""Feature cache: exact round trip, resumption after a kill, keys that change with their inputs, training from it."""
+"""Feature cache: exact round trip, resumption after a kill, keys that change with their inputs, training from it.
+
+Longer than 300 lines: the feature cache's whole life (extract, reuse, resume, key, lock, train from it), one short test each, sharing module-scoped fixtures.
+"""
 
 from __future__ import annotations
 
@@ -21,20 +24,12 @@ import train
 from backbones import FrozenBackbone, load_backbone
 from backbones.extraction import token_numerics
 from datamodules import ADE20kDataModule
-from datamodules.feature_cache import (
-    CachedFeatures,
-    CacheError,
-    ExtractionData,
-    FeatureCache,
-    ImageViews,
-    ShardLayout,
-    _OpenShard,
-    fixed_view_transform,
-)
+from datamodules.feature_cache import CachedFeatures, CacheError, FeatureCache, ShardLayout
+from datamodules.feature_cache.extraction import ExtractionData, ImageViews, _OpenShard, fixed_view_transform
 from datamodules.nyu import NYUDataModule
 from datamodules.synthetic import write_ade20k_like
 from tests.conftest import TINY
-from tests.helpers import extraction_trainer, tiny_run
+from tests.helpers import CacheFor, extraction_trainer, tiny_run
 
 CROP = 42
 
@@ -55,12 +50,11 @@ def datamodule(root: Path, crop: int = CROP) -> ADE20kDataModule:
     return ADE20kDataModule(str(root), batch_size=2, num_workers=0, crop_size=crop, short_side=crop)
 
 
-def cache(root: Path, **kwargs: object) -> FeatureCache:
-    options = {"backbone": "dinov2_vits14", "blocks": 1, "samples_per_shard": 3, "batch_size": 2, "num_workers": 0}
-    return FeatureCache(str(root), **(options | kwargs))
+def cache(root: Path, **kwargs: object) -> CacheFor:
+    return CacheFor(root, **kwargs)
 
 
-def build(settings: FeatureCache, root: Path, backbone: FrozenBackbone) -> Path:
+def build(settings: CacheFor, root: Path, backbone: FrozenBackbone) -> Path:
     return settings.prepare(datamodule(root), backbone, extraction_trainer).directory
 
 
@@ -179,7 +173,7 @@ def test_a_complete_cache_is_reused_without_extracting(
     assert again == first and (first / "manifest.json").stat().st_mtime_ns == stamp
 
 
-def key_of(settings: FeatureCache, root: Path, backbone: FrozenBackbone, crop: int = CROP) -> str:
+def key_of(settings: CacheFor, root: Path, backbone: FrozenBackbone, crop: int = CROP) -> str:
     data = datamodule(root, crop)
     data.setup("fit")
     return settings.key(backbone, data.train_set, data.crop_size).digest()

@@ -13,8 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 from datamodules.episodes import load_episodes, sample_episodes, save_episodes
 from datamodules.errors import DatasetError
-from heads.classification import evaluate_episodes
-from heads.fewshot import (
+from ops.classifiers import (
     centre_and_project,
     cosine_knn,
     cosine_topk,
@@ -22,7 +21,8 @@ from heads.fewshot import (
     mean_confidence_interval,
     weighted_votes,
 )
-from heads.linear_probe import grid_accuracy, linear_input, probe_grid, train_grid
+from ops.linear_classifiers import grid_accuracy, linear_input, probe_grid, train_grid
+from probes.fewshot import evaluate_episodes
 
 N_CLASSES, PER_CLASS, DIM = 10, 30, 32
 

@@ -1,4 +1,7 @@
-"""Head grids (heads/grid.py): several heads on one frozen forward pass, the best on val kept, cached features."""
+"""Head grids (probes/grid.py): several heads on one frozen forward pass, the best on val kept, cached features.
+
+Longer than 300 lines: the head grid of both probes (names, choice of the best head, checkpoints, cached features), one short test each.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from torch.utils.data import DataLoader
 
 import train
 from backbones import load_backbone
-from heads import SegmentationProbe
-from heads.depth_probe import DepthProbe
-from heads.grid import block_choice, clip_each_group, format_lr, lr_choices, make_grid, union_blocks
-from heads.schedule import warmup_poly
+from ops.schedules import warmup_poly
+from probes.depth import DepthProbe
+from probes.grid import block_choice, clip_each_group, format_lr, lr_choices, make_grid, union_blocks
+from probes.segmentation import SegmentationProbe
 from tests.conftest import TINY
 from tests.helpers import NUM_CLASSES, DictDataset, loaders, make_trainer, tiny_depth_run, tiny_run
 
@@ -75,9 +78,9 @@ def test_grid_names_blocks_and_bad_choices() -> None:
     assert union_blocks(grid) == [2, 5, 8, 9, 10, 11]
     assert [h.name for h in make_grid([("", (11,))], [5e-3], "P")] == ["lr5e-3"]
     assert (format_lr(0.01), format_lr(3e-4), format_lr(1.0)) == ("1e-2", "3e-4", "1e0")
-    with pytest.raises(ValueError, match=r"P: blocks 13 asks for the last 13 blocks of a backbone with 12\. Fix"):
+    with pytest.raises(ValueError, match=r"P: blocks=13 is not a block choice for a backbone with 12 blocks\. Fix"):
         block_choice(13, 12, "P")
-    with pytest.raises(ValueError, match=r"block choice \[3, 12\] is not valid .* indices in 0\.\.11"):
+    with pytest.raises(ValueError, match=r"blocks=\[3, 12\] is not a block choice .* indices from 0 to 11"):
         block_choice([3, 12], 12, "P")
     with pytest.raises(ValueError, match=r"lr=\[\] is neither a positive number"):
         lr_choices([], "P")
@@ -88,7 +91,9 @@ def test_grid_names_blocks_and_bad_choices() -> None:
 def test_probes_refuse_bad_grids(backbone: nn.Module, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"checkpoint=.*head\.pth is one released head, but the grid has 4 heads"):
         seg_probe(backbone, checkpoint=str(tmp_path / "head.pth"), **SEG_GRID)
-    with pytest.raises(ValueError, match=r"out_index \[0, 1\] has 2 blocks, but a 'linear4' head reads 4"):
+    with pytest.raises(
+        ValueError, match=r"out_index=\[0, 1\] does not fit a 'linear4' head on a backbone with 4 blocks: give 4 block"
+    ):
         depth_probe(backbone, out_index_choices=[[0, 1]])
 
 
@@ -247,27 +252,26 @@ def test_cached_features_train_as_images_do(backbone: nn.Module, tmp_path: Path,
     half = next(iter(cached_batches(backbone, train_loader, torch.float16, class_tokens=task == "depth")))
     probe = make()
     from_half, from_images = probe.features(half), probe.features(next(iter(train_loader)))
-    assert from_half.keys() == from_images.keys()
-    for block in from_half:
-        got, want = (
-            (from_half[block], from_images[block])
-            if task == "segmentation"
-            else (from_half[block][0], from_images[block][0])
-        )
-        assert got.dtype == torch.float32
-        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    assert from_half["tokens"].keys() == from_images["tokens"].keys()
+    assert from_half["class_tokens"].keys() == from_images["class_tokens"].keys()
+    for kind, by_block in from_half.items():
+        for block, got in by_block.items():
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, from_images[kind][block], rtol=1e-2, atol=1e-2)
 
 
 def test_cache_without_a_needed_block_says_how_to_fix(backbone: nn.Module) -> None:
     maps = torch.zeros(2, TINY["embed_dim"], 2, 2)
     with pytest.raises(
-        ValueError, match=r"head blocks1-3_lr1e-3 reads block 1\. Fix: rebuild the feature cache with blocks \[1, 3\]"
+        ValueError,
+        match=r"the head reads block 1\. Fix: rebuild the feature cache for this head \(blocks \[1, 3\], final norm",
     ):
         seg_probe(backbone, **SEG_GRID).features({"tokens": {3: maps}, "label": torch.zeros(2, 28, 28)})
     cls = torch.zeros(2, TINY["embed_dim"])
     batch = {"tokens": {i: maps for i in range(4)}, "class_tokens": {3: cls}}
     with pytest.raises(
-        ValueError, match=r"reads block 0\. Fix: rebuild the feature cache with blocks \[0, 1, 2, 3\] and class tokens"
+        ValueError,
+        match=r"reads block 0\. Fix: rebuild the feature cache for this head \(blocks \[0, 1, 2, 3\], no final norm, with class",
     ):
         depth_probe(backbone, **DEPTH_GRID).features(batch)
 

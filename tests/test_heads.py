@@ -15,9 +15,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from heads import CheckpointError, LinearSegHead, SegmentationProbe, load_official_head
-from heads.inference import multiscale_flip_probs, slide_logits, slide_windows
-from heads.schedule import warmup_poly
+from heads import CheckpointError, LinearSegHead, load_official_head
+from ops.inference import multiscale_flip_probs, slide_logits, slide_windows
+from ops.schedules import warmup_poly
+from probes.segmentation import SegmentationProbe
 from tests.helpers import NUM_CLASSES, StubBackbone, loaders, make_trainer
 
 

@@ -1,4 +1,7 @@
-"""The fused upsample + cross-entropy equals interpolate-then-cross-entropy, in value and in gradient."""
+"""The fused upsample + cross-entropy equals interpolate-then-cross-entropy, in value and in gradient.
+
+Longer than 300 lines: the fused loss against its references (forward, gradients, edge cases, the Triton self-check), one short test each.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heads import losses
-from heads.losses import upsample_cross_entropy
+from ops import losses
+from ops.losses import upsample_cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
 # (B, K, h, w, H, W): odd sizes, non-square, upsampling by non-integer factors, downsampling, 1x1 sources.
@@ -212,7 +215,7 @@ class FeaturesOnly(torch.nn.Module):
 
 def test_segmentation_loss_averages_over_all_pixels() -> None:
     """mmseg 0.x (avg_non_ignore=False): the summed loss over labelled pixels divided by ALL pixels of the batch."""
-    from heads.segmentation import SegmentationProbe
+    from probes.segmentation import SegmentationProbe
 
     generator = torch.Generator().manual_seed(7)
     probe = SegmentationProbe(FeaturesOnly(), num_classes=5, blocks=1, warmup_steps=1, max_steps=2)
@@ -239,8 +242,8 @@ def test_segmentation_loss_averages_over_all_pixels() -> None:
 INTERPRETER_SCRIPT = """
 import sys
 import torch
-import heads.upsample_ce_triton as kernel
-from heads import losses
+import ops.upsample_ce_triton as kernel
+from ops import losses
 
 self_check = losses.self_check_problem(torch.device("cpu")) or ""
 plain, handed_over = kernel.upsample_cross_entropy_torch, []

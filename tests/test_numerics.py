@@ -15,14 +15,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 import train
-from heads import SegmentationProbe
-from heads.classification import format_fewshot_row
-from heads.depth_losses import EPS, gradient_loss, sig_loss
-from heads.depth_metrics import AbsRel, depth_metrics
-from heads.depth_probe import DepthProbe
-from heads.fewshot import mean_confidence_interval
-from heads.finite import NonFiniteLossError
-from heads.schedule import warmup_poly
+from metrics.depth import AbsRel, depth_metrics
+from ops.classifiers import mean_confidence_interval
+from ops.depth_losses import EPS, gradient_loss, sig_loss
+from ops.finite import NonFiniteLossError
+from ops.schedules import warmup_poly
+from probes.depth import DepthProbe
+from probes.fewshot import format_fewshot_row
+from probes.segmentation import SegmentationProbe
 from tests.helpers import NUM_CLASSES, DictDataset, StubBackbone, random_label
 from utils.results import strict_json, write_json
 

@@ -1,4 +1,4 @@
-"""heads.sam: batched box prompts match SamPredictor box by box; loading and checking SAM checkpoints."""
+"""sam.model: batched box prompts match SamPredictor box by box; loading and checking SAM checkpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from segment_anything import SamPredictor
 
 from backbones.weights import CheckpointError, WeightsNotFoundError
-from heads.sam import CHECKPOINTS, SamBoxPredictor, _size_hint, build_sam, clip_boxes, load_sam
+from sam import SamBoxPredictor, build_sam, clip_boxes, load_sam
+from sam.model import CHECKPOINTS, _size_hint
 from tests.conftest import TINY_SAM
 
 

@@ -19,8 +19,8 @@ import train
 from datamodules.coco import CocoDataModule
 from datamodules.errors import DatasetError
 from datamodules.synthetic_coco import write_coco_like
-from heads.sam import build_sam
-from heads.sam_eval import SamBoxEvaluator, mask_centres
+from sam.evaluation import SamBoxEvaluation, mask_centres
+from sam.model import build_sam
 from tests.conftest import TINY_SAM
 from tests.helpers import compose_train
 
@@ -61,7 +61,7 @@ class OraclePredictor:
         return masks[hits], np.ones(len(hits), np.float32)
 
 
-def run_test(model: SamBoxEvaluator, dm: CocoDataModule) -> dict[str, float]:
+def run_test(model: SamBoxEvaluation, dm: CocoDataModule) -> dict[str, float]:
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
     (metrics,) = trainer.test(model, datamodule=dm, verbose=False)
     return metrics
@@ -87,7 +87,7 @@ def test_mask_centre_is_farthest_from_the_boundary() -> None:
 
 def test_perfect_masks_score_ap_one_and_match_pycocotools(coco_root: Path, tmp_path: Path) -> None:
     dm = datamodule(coco_root)
-    model = SamBoxEvaluator(build_sam("vit_b", **TINY_SAM), results_file=str(tmp_path / "r.json"))
+    model = SamBoxEvaluation(build_sam("vit_b", **TINY_SAM), results_file=str(tmp_path / "r.json"))
     model.predictor = OraclePredictor(dm.dataset)
     metrics = run_test(model, dm)
     assert metrics["test/mask_AP"] == pytest.approx(1.0) and metrics["test/mask_AP50"] == pytest.approx(1.0)
@@ -98,7 +98,7 @@ def test_results_file_evaluates_to_the_logged_ap(coco_root: Path, tmp_path: Path
     torch.manual_seed(0)
     results = tmp_path / "segm.json"
     overlays = tmp_path / "overlays"
-    model = SamBoxEvaluator(
+    model = SamBoxEvaluation(
         build_sam("vit_b", **TINY_SAM), results_file=str(results), overlays=2, overlay_dir=str(overlays)
     )
     dm = datamodule(coco_root)
@@ -136,7 +136,7 @@ def test_detector_boxes_bad_ones_are_counted_and_the_rest_answered(coco_root: Pa
     write_detections(coco_root, dets)
     with pytest.warns(UserWarning, match="1 of 6 detections .* image ids that are not in the annotations"):
         dm = datamodule(coco_root, detections=str(dets))
-    model = SamBoxEvaluator(build_sam("vit_b", **TINY_SAM), results_file=str(tmp_path / "r.json"), point_prompts=False)
+    model = SamBoxEvaluation(build_sam("vit_b", **TINY_SAM), results_file=str(tmp_path / "r.json"), point_prompts=False)
     with pytest.warns(UserWarning, match="2 reached outside .* 2 had zero width or height"):
         metrics = run_test(model, dm)
     assert (metrics["test/boxes"], metrics["test/boxes_clipped"], metrics["test/boxes_degenerate"]) == (5, 2, 2)

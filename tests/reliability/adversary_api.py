@@ -67,7 +67,7 @@ def depth_model(**kwargs: object) -> object:
 def cross_entropy(batch: int = 2, labels: object = None) -> object:
     import torch
 
-    from heads.losses import upsample_cross_entropy
+    from ops.losses import upsample_cross_entropy
 
     logits = torch.zeros(batch, 3, 4, 4)
     return upsample_cross_entropy(logits, torch.zeros(batch, 8, 8, dtype=torch.long) if labels is None else labels)
@@ -76,7 +76,7 @@ def cross_entropy(batch: int = 2, labels: object = None) -> object:
 def few_shot(method: str, labels: list[int], n_classes: int = 3, **kwargs: object) -> object:
     import torch
 
-    from heads import fewshot
+    from ops import classifiers as fewshot
 
     support = torch.randn(len(labels), 8, generator=torch.Generator().manual_seed(0))
     return getattr(fewshot, method)(support, torch.tensor(labels), torch.randn(4, 8), n_classes, **kwargs)
@@ -95,14 +95,14 @@ def image_loader(tmp: Path, **kwargs: object) -> object:
 
 
 def tiny_sam(**overrides: object) -> object:
-    from heads.sam import build_sam
+    from sam.model import build_sam
 
     sizes = {"encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2, "prompt_embed_dim": 32}
     return build_sam("vit_b", **(sizes | {"image_size": 128} | overrides))
 
 
 def sam_points(multimask: object) -> object:
-    from heads.sam import SamBoxPredictor
+    from sam import SamBoxPredictor
 
     return SamBoxPredictor(tiny_sam()).predict_points(np.zeros((40, 60, 3), np.uint8), [[3, 3]], multimask)
 
@@ -214,7 +214,7 @@ CASES = [
          names=("torch.Tensor", "ndarray")),
     Case("adv-api-intermediate-n-float", "traceback", call=lambda tmp: intermediate(2.0), names=("n=2.0",)),
     Case("adv-api-intermediate-n-bool", "silent", call=lambda tmp: intermediate(True), names=("n=True",)),
-    # heads.sam: build_sam's size overrides, SamBoxPredictor.predict_points
+    # sam.model: build_sam's size overrides, SamBoxPredictor.predict_points
     Case("adv-api-sam-embed-dim-zero", "silent", call=lambda tmp: tiny_sam(encoder_embed_dim=0),
          names=("encoder_embed_dim=0",)),
     Case("adv-api-sam-heads-indivisible", "traceback", call=lambda tmp: tiny_sam(encoder_num_heads=3),
@@ -229,11 +229,11 @@ CASES = [
          names=("min_depth=0.0",), needs_fixtures=True),
     Case("adv-api-depth-out-index-count", "traceback", call=lambda tmp: depth_model(out_index=[0, 1]),
          names=("out_index=[0, 1]", "'linear'", "1 block"), needs_fixtures=True),
-    # heads.losses.upsample_cross_entropy
+    # ops.losses.upsample_cross_entropy
     Case("adv-api-loss-empty-batch", "traceback", call=lambda tmp: cross_entropy(batch=0), names=("(0, 3, 4, 4)",)),
     Case("adv-api-loss-numpy-labels", "traceback",
          call=lambda tmp: cross_entropy(labels=np.zeros((2, 8, 8), np.int64)), names=("labels", "ndarray")),
-    # heads.fewshot and datamodules.episodes
+    # ops.classifiers and datamodules.episodes
     Case("adv-api-fewshot-label-over", "traceback",
          call=lambda tmp: few_shot("centre_and_project", [0, 0, 1, 1, 2, 5]), names=("0..5", "n_classes=3")),
     Case("adv-api-fewshot-logreg-negative-label", "silent",

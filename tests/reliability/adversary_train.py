@@ -1,5 +1,8 @@
 """train.py tried as a new user and as an adversary would: runs started together, killed generations, odd values,
-head and data configs that do not fit together."""
+head and data configs that do not fit together.
+
+Longer than 300 lines: one area's table of cases (CASES) with the small builders they call; split, a case would sit apart from its builder.
+"""
 
 from __future__ import annotations
 
@@ -302,7 +305,7 @@ def _cache_with_many_workers(tmp: Path) -> object:
     from datamodules.feature_cache import FeatureCache
     from datamodules.loaders import available_cpus
 
-    cache = FeatureCache(str(tmp / "cache"), "dinov2_vits14", 1, num_workers=available_cpus() + 64)
+    cache = FeatureCache(str(tmp / "cache"), "dinov2_vits14", num_workers=available_cpus() + 64)
     assert cache.num_workers == available_cpus(), cache.num_workers
     return cache
 
@@ -310,7 +313,7 @@ def _cache_with_many_workers(tmp: Path) -> object:
 def _cache_with_negative_workers(tmp: Path) -> object:
     from datamodules.feature_cache import FeatureCache
 
-    return FeatureCache(str(tmp / "cache"), "dinov2_vits14", 1, num_workers=-1)
+    return FeatureCache(str(tmp / "cache"), "dinov2_vits14", num_workers=-1)
 
 
 CASES += [
@@ -327,7 +330,7 @@ CASES += [
 
 
 def _windows_with_gaps(tmp: Path) -> object:
-    from heads.inference import slide_windows
+    from ops.inference import slide_windows
 
     return slide_windows(200, 200, crop_size=20, stride=50)  # rows 20..50 in no window: their logits were 0 / 0
 

@@ -29,12 +29,14 @@ def _extract(tmp: Path, die_after: int | None = None, precision: str = "32-true"
 
     from backbones import load_backbone
     from datamodules import ADE20kDataModule
-    from datamodules.feature_cache import FeatureCache, _OpenShard
+    from datamodules.feature_cache import FeatureCache
+    from datamodules.feature_cache.extraction import _OpenShard
+    from tests.helpers import SpecProbe
 
     _write_images(tmp)
     backbone = load_backbone("dinov2_vits14", TINY_CHECKPOINT, **TINY)
     data = ADE20kDataModule(str(tmp / "ade"), batch_size=2, num_workers=0, crop_size=42, short_side=42)
-    settings = {"backbone": "dinov2_vits14", "blocks": 1, "views": 2, "batch_size": 2, "num_workers": 0} | options
+    settings = {"backbone": "dinov2_vits14", "views": 2, "batch_size": 2, "num_workers": 0} | options
     commit, done = _OpenShard.commit, []
 
     def commit_then_die(self: _OpenShard) -> None:
@@ -47,10 +49,10 @@ def _extract(tmp: Path, die_after: int | None = None, precision: str = "32-true"
         return extraction_trainer(precision=precision, **kwargs)
 
     if die_after is None:
-        return FeatureCache(str(tmp / "cache"), **settings).prepare(data, backbone, make_trainer).directory
+        return FeatureCache(str(tmp / "cache"), **settings).prepare(data, SpecProbe(backbone), make_trainer).directory
     _OpenShard.commit = commit_then_die  # type: ignore[method-assign]
     try:
-        return FeatureCache(str(tmp / "cache"), **settings).prepare(data, backbone, make_trainer).directory
+        return FeatureCache(str(tmp / "cache"), **settings).prepare(data, SpecProbe(backbone), make_trainer).directory
     finally:
         _OpenShard.commit = commit  # type: ignore[method-assign]
 

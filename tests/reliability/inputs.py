@@ -26,7 +26,7 @@ BOMB_SIZE = (14000, 14000)
 def sam_predict(boxes: list[list[float]], hw: tuple[int, int] = (40, 60)) -> object:
     import torch
 
-    from heads.sam import SamBoxPredictor, build_sam
+    from sam import SamBoxPredictor, build_sam
 
     torch.manual_seed(0)
     return SamBoxPredictor(build_sam("vit_b", **TINY_SAM)).predict(np.zeros((*hw, 3), np.uint8), np.array(boxes))

@@ -25,7 +25,7 @@ def triton_kernel_that_is_wrong(tmp: Path) -> None:
 
     import torch
 
-    from heads import losses
+    from ops import losses
 
     def off_by_one_percent(*args):
         total, grad, count = losses.upsample_cross_entropy_torch(*args)

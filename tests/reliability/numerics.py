@@ -63,7 +63,7 @@ class NoBackbone(nn.Module):
 
 
 def nan_cached_tokens(tmp: Path) -> None:
-    from heads import SegmentationProbe
+    from probes.segmentation import SegmentationProbe
 
     probe = SegmentationProbe(NoBackbone(), num_classes=3, blocks=1)
     tokens = torch.full((2, 8, 2, 2), math.nan)
@@ -71,7 +71,7 @@ def nan_cached_tokens(tmp: Path) -> None:
 
 
 def one_valid_pixel(tmp: Path) -> None:
-    from heads.depth_losses import sig_loss
+    from ops.depth_losses import sig_loss
 
     pred = torch.full((2, 1, 4, 4), 1.5, requires_grad=True)
     target = torch.zeros(2, 1, 4, 4)
@@ -84,7 +84,7 @@ def one_valid_pixel(tmp: Path) -> None:
 
 
 def strict_results_json(tmp: Path) -> None:
-    from heads.results import write_rows
+    from writers.tables import write_rows
 
     write_rows([{"head": "a", "val/RMSE": math.nan}, {"head": "b", "val/RMSE": 0.5}], tmp / "head_grid")
     rows = strict_load(tmp / "head_grid.json")
@@ -111,8 +111,8 @@ def collapsed_features(tmp: Path) -> None:
     import warnings
 
     from datamodules.episodes import sample_episodes
-    from heads.classification import evaluate_episodes, format_fewshot_row
-    from heads.fewshot import DEGENERATE_SPREAD, collapsed_features_warning, feature_spread, logistic_regression
+    from ops.classifiers import DEGENERATE_SPREAD, collapsed_features_warning, feature_spread, logistic_regression
+    from probes.fewshot import evaluate_episodes, format_fewshot_row
 
     # random ViT-S/14 class tokens differ by about 2e-5 after L2 normalisation
     g = torch.Generator().manual_seed(0)

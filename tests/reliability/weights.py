@@ -3,6 +3,8 @@ random weights made visible, the visualisation CLIs' weights, images and --help.
 
 `before` is what the code did before this issue's weights work (commit 5d3c64a): where it already printed one
 paragraph but in the wrong syntax or with an empty reason, it says "clear".
+
+Longer than 300 lines: one area's table of cases (CASES) with the small builders they call; split, a case would sit apart from its builder.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def depth_head(checkpoint: Path | str, **options: object) -> object:
 
 
 def sam(**options: object) -> object:
-    from heads.sam import load_sam
+    from sam.model import load_sam
 
     return load_sam("vit_b", **TINY_SAM, **options)
 
@@ -108,7 +110,7 @@ def head_files(tmp: Path) -> None:
     import torch
 
     from heads.linear_seg import LinearSegHead
-    from heads.sam import build_sam
+    from sam.model import build_sam
 
     torch.save(LinearSegHead(64, 150).state_dict(), tmp / "seg_head.pth")
     torch.save(build_sam("vit_b", **TINY_SAM).state_dict(), tmp / "sam.pth")

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from utils.atomic import write_text
 from utils.errors import option
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 FORMAT_VERSION = 2  # 2: shard size and numerics in the key, self-describing shard markers
 KEY_FILE, PATHS_FILE, MANIFEST_FILE = "key.json", "paths.json", "manifest.json"

@@ -16,9 +16,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.detection import MeanAveragePrecision
 
-from heads.sam import SamBoxPredictor, clip_boxes
-from heads.sam_overlay import save_overlay
+from sam.predictor import SamBoxPredictor, clip_boxes
 from utils.results import write_json
+from writers.overlays import save_overlay
 
 AP_NAMES = {"map": "mask_AP", "map_50": "mask_AP50", "map_75": "mask_AP75", "map_small": "mask_APs",
             "map_medium": "mask_APm", "map_large": "mask_APl"}  # fmt: skip
@@ -51,7 +51,7 @@ def encode_results(image_id: int, masks: np.ndarray, labels: np.ndarray, scores:
     ]  # fmt: skip
 
 
-class SamBoxEvaluator(L.LightningModule):
+class SamBoxEvaluation(L.LightningModule):
     """SAM prompted with each image's boxes (ground truth or a detector's); nothing is trained.
 
     Test batches are `datamodules.coco.CocoInstances` items (one image). Boxes are clipped to the image
@@ -63,7 +63,7 @@ class SamBoxEvaluator(L.LightningModule):
     SAM's most confident of three masks: the SAM paper's single-point evaluation), and the box counts.
 
     Args:
-        sam: a `segment_anything` Sam model (see `heads.sam.load_sam`).
+        sam: a `segment_anything` Sam model (see `sam.model.load_sam`).
         chunk_size: prompts per mask-decoder call.
         point_prompts: also run the single-point evaluation.
         results_file: where to write the COCO results JSON of RLE masks; None writes nothing.

@@ -1,4 +1,4 @@
-"""The fused bilinear-upsample + cross-entropy as one Triton kernel (CUDA); `heads.losses` decides when it runs.
+"""The fused bilinear-upsample + cross-entropy as one Triton kernel (CUDA); `ops.losses` decides when it runs.
 
 Each program owns `ROWS` output rows by `COLS` output columns of one image. An output row blends two source rows
 (`y0`, `y1`); blending them first leaves a row of source logits `(BLOCK_K, NJ)` whose columns the tile reads
@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from heads.upsample_ce_torch import bilinear_taps, upsample_cross_entropy_torch
+from ops.upsample_ce_torch import bilinear_taps, upsample_cross_entropy_torch
 
 DEFAULT_TILE = (16, 64, 32, 4)
 """(ROWS, COLS, BLOCK_K, num_warps): the largest tile that ptxas (sm_90) fits in 250 registers without spills.
@@ -177,7 +177,7 @@ def upsample_cross_entropy_triton(
     need_grad: bool,
     tile: tuple[int, int, int, int] = DEFAULT_TILE,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """The contract of `heads.upsample_ce_torch.upsample_cross_entropy_torch`: summed loss, float32 gradient, count."""
+    """The contract of `ops.upsample_ce_torch.upsample_cross_entropy_torch`: summed loss, float32 gradient, count."""
     rows, cols, block_k, num_warps = tile
     batch, classes, height_in, width_in = logits.shape
     height, width = labels.shape[-2:]

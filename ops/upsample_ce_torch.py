@@ -1,6 +1,6 @@
-"""The PyTorch path of the fused upsample + cross-entropy (`heads.losses`), and the bilinear taps both paths share.
+"""The PyTorch path of the fused upsample + cross-entropy (`ops.losses`), and the bilinear taps both paths share.
 
-Its own module so that `heads.losses` (which picks a path) and `heads.upsample_ce_triton` (which falls back to this
+Its own module so that `ops.losses` (which picks a path) and `ops.upsample_ce_triton` (which falls back to this
 path for strong downsampling) both import it without importing each other.
 """
 

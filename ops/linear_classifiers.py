@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from heads.finite import check_loss
+from ops.finite import check_loss
 
 LINEAR_CAUSES = {
     "features": "the backbone's features are not finite. Fix: check the backbone checkpoint",
     "diverged": "lower head.learning_rates",
 }
-"""The likely causes of a non-finite linear-probe loss, for `heads.finite.check_loss`."""
+"""The likely causes of a non-finite linear-probe loss, for `ops.finite.check_loss`."""
 
 OFFICIAL_LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 

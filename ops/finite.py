@@ -2,8 +2,8 @@
 
 A NaN or inf loss, back-propagated, turns every weight it reaches into NaN, and Lightning would go on to save those
 weights as `last.ckpt` and `best-*.ckpt` and test them. `check_loss` stops before the backward pass with one
-paragraph naming the step, which input was not finite (the likely cause) and the fix; `HeadGridModule` (heads/grid.py)
-calls it for every probe trained by Lightning, and `heads.linear_probe.train_grid` for the linear-probe grid.
+paragraph naming the step, which input was not finite (the likely cause) and the fix; `probes.guard.NonFiniteGuard`
+calls it for every probe trained by Lightning, and `ops.linear_classifiers.train_grid` for the linear-probe grid.
 """
 
 from __future__ import annotations

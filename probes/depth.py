@@ -13,25 +13,24 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-from heads.depth import KINDS, DepthModel, build_depth_head, default_out_index
-from heads.depth_losses import gradient_loss, sig_loss
-from heads.depth_metrics import depth_metrics, empty_split_reason
-from heads.depth_png import save_depth_color, save_depth_png
-from heads.frozen import FrozenModulesMixin
-from heads.grid import HeadGridModule, block_choice, cached_features, lr_choices, make_grid, to_plain, union_blocks
-
-Features = dict[int, tuple[Tensor, Tensor]]
-"""By block: un-normed patch map `(B, C, h, w)` and class token `(B, C)`."""
+from backbones.features import Features, read_features
+from heads.depth import DepthModel, build_depth_head, check_out_index, default_out_index
+from metrics.depth import depth_metrics, empty_split_reason
+from ops.depth_losses import gradient_loss, sig_loss
+from probes.base import HeadGridProbe
+from probes.grid import block_choice, lr_choices, make_grid, to_plain
+from writers.depth_png import save_depth_color, save_depth_png
 
 
-class DepthProbe(FrozenModulesMixin, HeadGridModule):
+class DepthProbe(HeadGridProbe):
     """A depth head trained on the features of a frozen DINOv2 backbone, as the official depth evaluation, or a
-    grid of heads (`heads.grid`).
+    grid of heads (`probes.grid`).
 
     Batches (dicts; depth in metres, 0 = no ground truth):
         train: `image` `(B, 3, h, w)`, `depth` `(B, 1, h, w)`, `path` `[str]`; or, from a feature cache,
             `tokens` {block index: un-normed patch map `(B, C, h/14, w/14)`} and `class_tokens` {block index:
-            `(B, C)`} instead of `image` (any float dtype).
+            `(B, C)`} instead of `image` (any float dtype). What it reads is its `feature_spec`: every head's
+            blocks, no final norm, with class tokens (the official depther's inputs).
         val / test: `image` `(1, 3, H, W)`, `depth` `(1, 1, H, W)`, `path` `[str]`.
         predict: `image` `(1, 3, h, w)`, `size` the original `(H, W)`, `path` `[str]`.
     Maps without any valid depth are skipped, named in a warning and counted (`*/skipped_maps`).
@@ -61,11 +60,14 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
         colormap, colorbar: the matplotlib colormap of the colour PNG, and whether to draw a colour bar.
         results_dir: where a grid writes `head_grid.csv` / `.json` (every head's val metrics); None writes none.
         skip_nonfinite: skip (and count) a batch whose loss or gradient is NaN or inf instead of stopping the run.
+        gradient_clip: each head's gradient norm is clipped to this (official: 35); a trainer.gradient_clip_val wins.
     """
 
     frozen_modules = ("model.backbone",)
     monitor = "val/RMSE"  # the metric that picks the best checkpoint
     monitor_mode = "min"
+    feature_norm = False  # the official depther reads get_intermediate_layers(..., norm=False)
+    feature_class_tokens = True
 
     def __init__(
         self,
@@ -92,6 +94,7 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
         colorbar: bool = False,
         results_dir: str | None = None,
         skip_nonfinite: bool = False,
+        gradient_clip: float | None = 35.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
@@ -109,8 +112,11 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
                 f"{owner}: out_index_choices is empty. Fix: list at least one list of block indices, or drop it."
             )
         for _, blocks in choices:
-            self._check_block_count(kind, blocks)
+            check_out_index(list(blocks), kind, backbone.n_blocks)
         self.grid = make_grid(choices, lrs, owner)
+        self.one_released_head(
+            checkpoint, len(self.grid), "give a single lr and out_index (no out_index_choices) with a checkpoint."
+        )
         if len(self.grid) == 1:
             if checkpoint is None:
                 head = build_depth_head(kind, backbone.embed_dim, min_depth, max_depth, channels)
@@ -119,11 +125,6 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
                 self.model = DepthModel.from_official(
                     backbone, checkpoint, kind, min_depth, max_depth, self.hparams.out_index, download, sha256
                 )
-        elif checkpoint is not None:
-            raise ValueError(
-                f"{owner}: checkpoint={checkpoint} is one released head, but the grid has {len(self.grid)} heads. "
-                "Fix: give a single lr and out_index (no out_index_choices) with a checkpoint."
-            )
         else:
             heads = [build_depth_head(kind, backbone.embed_dim, min_depth, max_depth, channels) for _ in self.grid]
             self.model = nn.ModuleDict({"backbone": backbone, "heads": nn.ModuleList(heads)})
@@ -133,48 +134,23 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
         self.metric_notes: dict[str, str] = {}
         """Why a logged metric is NaN (train.py writes it as null with this reason), by metric name."""
 
-    @staticmethod
-    def _check_block_count(kind: str, blocks: Sequence[int]) -> None:
-        needed = 1 if kind == "linear" else 4
-        if kind in KINDS and len(blocks) != needed:
-            raise ValueError(
-                f"DepthProbe: out_index {list(blocks)} has {len(blocks)} blocks, but a {kind!r} head reads {needed}. "
-                f"Fix: give {needed} block indices per choice (or null for the official ones)."
-            )
-
     @property
     def grid_heads(self) -> list[nn.Module]:
         """The heads, in grid order."""
         return [self.model.head] if len(self.grid) == 1 else list(self.model.heads)
 
-    def _blocks(self, images: Tensor, blocks: Sequence[int]) -> Features:
-        """Images `(B, 3, H, W)` -> {block: (patch map `(B, C, h, w)`, class token `(B, C)`)}, un-normed, in one pass."""
-        with torch.no_grad():
-            features = self.model.backbone.get_intermediate_layers(
-                images, n=list(blocks), reshape=True, return_class_token=True, norm=False
-            )
-        return dict(zip(blocks, features))
-
-    def features(self, batch: dict[str, Any], keep: Tensor | None = None) -> Features:
-        """The features of every block a head reads, float32, of the samples `keep` (bool `(B,)`; default all): the
-        batch's cached `tokens` and `class_tokens` when it has them, else one backbone pass over its `image`."""
-        if "tokens" in batch:
-            features = cached_features(batch, self.grid, class_tokens=True, owner=type(self).__name__)
-            return features if keep is None else {i: (patch[keep], cls[keep]) for i, (patch, cls) in features.items()}
-        return self._blocks(batch["image"] if keep is None else batch["image"][keep], union_blocks(self.grid))
-
     def _decode(self, index: int, features: Features) -> Tensor:
         """Head `index`'s raw depth `(B, 1, h', w')` (unclamped: for losses) from the features of its blocks."""
-        return self.grid_heads[index]([features[i] for i in self.grid[index].blocks])
+        return self.grid_heads[index](self.head_inputs(features, index))
 
     def depths(self, images: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """Images `(B, 3, H, W)` -> depth `(B, 1, H, W)` metres of each head in `indices`, clamped to the depth range
         and averaged with the mirrored view when `flip_test`; one backbone pass per view for all of them."""
-        blocks = sorted({i for index in indices for i in self.grid[index].blocks})
+        spec = self.spec_of([i for index in indices for i in self.grid[index].blocks])
         views = [images, images.flip(-1)] if self.hparams.flip_test else [images]
         per_view = []
         for flipped, view in enumerate(views):
-            features = self._blocks(view, blocks)
+            features = read_features(self.model.backbone, view, spec)
             depths = []
             for index in indices:
                 depth = self._decode(index, features).clamp(self.hparams.min_depth, self.hparams.max_depth)
@@ -225,10 +201,7 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
             "images": batch.get("image"),
             "ground truth": depth,
         }
-        loss = self.finite_loss(torch.stack(losses).sum(), batch_idx, inputs)
-        if loss is not None:
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(depth))
-        return loss
+        return self.summed_loss(losses, batch_idx, inputs, len(depth))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         valid = self._keep_valid(batch, "val")
@@ -264,8 +237,7 @@ class DepthProbe(FrozenModulesMixin, HeadGridModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Depth `(H, W)` metres at the original size; written as PNGs when `predict_dir_out` is set."""
-        # `size` collates to a (1, 2) tensor or to two (1,) tensors, depending on the dataset's type for it.
-        height, width = torch.cat([torch.as_tensor(side).reshape(-1) for side in batch["size"]]).tolist()
+        height, width = self.original_size(batch)
         depth = F.interpolate(self(batch["image"]), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
         if self.hparams.predict_dir_out is not None:
             out_dir, stem = Path(self.hparams.predict_dir_out), Path(batch["path"][0]).stem

@@ -12,32 +12,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from heads.frozen import FrozenModulesMixin
-from heads.grid import (
-    HeadGridModule,
-    block_choice,
-    cached_features,
-    lr_choices,
-    make_grid,
-    shared_windows,
-    to_plain,
-    union_blocks,
-)
-from heads.inference import check_windows, multiscale_flip_probs
-from heads.label_png import save_label_png
+from backbones.features import read_features
 from heads.linear_seg import LinearSegHead, load_official_head
-from heads.losses import upsample_cross_entropy
-from heads.schedule import warmup_poly
+from metrics.segmentation import class_iou, segmentation_metrics
+from ops.inference import check_windows, multiscale_flip_probs
+from ops.losses import upsample_cross_entropy
+from ops.schedules import warmup_poly
+from probes.base import HeadGridProbe
+from probes.grid import block_choice, lr_choices, make_grid, shared_windows, to_plain
+from writers.label_png import save_label_png
 
 
-class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
-    """A `LinearSegHead` trained on the features of a frozen DINOv2 backbone, or a grid of them (`heads.grid`).
+class SegmentationProbe(HeadGridProbe):
+    """A `LinearSegHead` trained on the features of a frozen DINOv2 backbone, or a grid of them (`probes.grid`).
 
     Batches (dicts; labels are class ids with `ignore_index` for unlabelled pixels):
         train: `image` `(B, 3, H, W)`, `label` `(B, H, W)`; or, from a feature cache, `tokens` instead of
-            `image`: {block index: normed patch map `(B, C, H/14, W/14)`} (any float dtype).
+            `image`: {block index: normed patch map `(B, C, H/14, W/14)`} (any float dtype). What it reads is
+            its `feature_spec`: every head's blocks, final norm, no class tokens.
         val / test: `image` `(1, 3, h, w)` at eval size, `label` `(1, H, W)` at the original size.
         predict: `image` `(1, 3, h, w)`, `size` the original `(H, W)`, `path` `[str]`.
 
@@ -47,14 +40,14 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
 
     Args:
         backbone: frozen DINOv2 with `embed_dim`, `n_blocks` and `get_intermediate_layers`.
-        num_classes: K (ADE20K 150, VOC2012 21).
+        num_classes: K (ADE20K 150, VOC2012 21): the data's (`${data.num_classes}`).
         blocks: last n blocks (1: "linear" probe, 4: "ms" probe) or a list of block indices.
         block_choices: several `blocks` values (each an int or a list of indices), one head each; replaces `blocks`.
         checkpoint: a released head (`dinov2_*_{linear,ms}_head.pth`) to start from (a single head only).
         sha256: the checkpoint's expected SHA-256 (else a `<file>.sha256` beside it is checked).
         lr, weight_decay: AdamW over the head; a list of lrs trains one head per lr.
         warmup_steps, max_steps, poly_power: per-step linear warm-up then poly decay to 0.
-        ignore_index: label value left out of the loss and the metrics.
+        ignore_index: label value left out of the loss and the metrics: the data's (`${data.ignore_index}`).
         crop_size, stride: slide inference windows at evaluation.
         tta_scales, tta_flip: evaluation views ("+ms": (1.0, 1.32, 1.73, 2.28, 3.0) and flip).
         predict_dir_out: where `predict` writes `<image stem>.png` label maps; None writes nothing.
@@ -64,6 +57,8 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
 
     monitor = "val/mIoU"  # the metric that picks the best checkpoint
     monitor_mode = "max"
+    feature_norm = True  # mmseg's BNHead reads the final-normed patch tokens
+    feature_class_tokens = False
 
     def __init__(
         self,
@@ -102,29 +97,19 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
         blocks = [block_choice(choice, backbone.n_blocks, owner) for choice in choices]
         self.grid = make_grid(blocks, lr_choices(self.hparams.lr, owner), owner)
         heads = [LinearSegHead(backbone.embed_dim * len(spec.blocks), num_classes) for spec in self.grid]
+        self.one_released_head(
+            checkpoint, len(heads), "give a single lr and blocks (no block_choices) with a checkpoint."
+        )
         if len(heads) == 1:
             self.head = heads[0]
             if checkpoint is not None:
                 load_official_head(checkpoint, self.head, sha256)
-        elif checkpoint is not None:
-            raise ValueError(
-                f"{owner}: checkpoint={checkpoint} is one released head, but the grid has {len(heads)} heads. "
-                "Fix: give a single lr and blocks (no block_choices) with a checkpoint."
-            )
         else:
             self.heads = nn.ModuleList(heads)
-        # Macro Jaccard skips classes absent from both predictions and labels over the split: mmseg's nanmean.
-        metrics = MetricCollection(
-            {
-                "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index),
-                "aAcc": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index),
-            }
-        )
+        metrics = segmentation_metrics(num_classes, ignore_index)
         self.init_grid_metrics(metrics)
         self.test_metrics = metrics.clone(prefix="test/")
-        self.test_class_iou = MulticlassJaccardIndex(
-            num_classes, average="none", ignore_index=ignore_index, zero_division="nan"
-        )
+        self.test_class_iou = class_iou(num_classes, ignore_index)
         self.per_class_iou: Tensor | None = None
         """IoU per class `(K,)` of the last test run, NaN for classes absent from the split."""
 
@@ -133,23 +118,10 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
         """The heads, in grid order."""
         return [self.head] if len(self.grid) == 1 else list(self.heads)
 
-    def _blocks(self, images: Tensor, blocks: Sequence[int]) -> dict[int, Tensor]:
-        """Images `(B, 3, H, W)` -> {block: normed patch map `(B, C, H/14, W/14)`} for `blocks`, in one backbone pass."""
-        with torch.no_grad():
-            maps = self.backbone.get_intermediate_layers(images, n=list(blocks), reshape=True, norm=True)
-        return dict(zip(blocks, maps))
-
-    def features(self, batch: dict[str, Any]) -> dict[int, Tensor]:
-        """{block: patch map `(B, C, H/14, W/14)` float32} for every block a head reads: the batch's cached
-        `tokens` when it has them, else one backbone pass over its `image`."""
-        if "tokens" in batch:
-            return cached_features(batch, self.grid, class_tokens=False, owner=type(self).__name__)
-        return self._blocks(batch["image"], union_blocks(self.grid))
-
     def extract(self, images: Tensor) -> tuple[Tensor, ...]:
         """Images `(B, 3, H, W)` -> the chosen head's blocks' normed patch maps, each `(B, C, H/14, W/14)`."""
         blocks = self.grid[self.best_head].blocks
-        maps = self._blocks(images, blocks)
+        maps = read_features(self.backbone, images, self.spec_of(blocks))["tokens"]
         return tuple(maps[index] for index in blocks)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -162,12 +134,12 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
 
     def grid_window_logits(self, windows: Tensor) -> list[Tensor]:
         """Slide-inference windows `(N, 3, h, w)` -> every head's logits `(N, K, h, w)`, from one backbone pass."""
-        maps = self._blocks(windows, union_blocks(self.grid))
+        features = read_features(self.backbone, windows, self.feature_spec)
         return [
             F.interpolate(
-                head([maps[i] for i in spec.blocks]), size=windows.shape[-2:], mode="bilinear", align_corners=False
+                head(self.head_inputs(features, index)), size=windows.shape[-2:], mode="bilinear", align_corners=False
             )
-            for head, spec in zip(self.grid_heads, self.grid)
+            for index, head in enumerate(self.grid_heads)
         ]
 
     def segment(self, images: Tensor, size: Sequence[int]) -> Tensor:
@@ -194,20 +166,17 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         labels = batch["label"]
-        maps = self.features(batch)
+        features = self.features(batch)
         losses = []
-        for index, (head, spec) in enumerate(zip(self.grid_heads, self.grid)):
-            logits = head([maps[i] for i in spec.blocks])
+        for index, head in enumerate(self.grid_heads):
+            logits = head(self.head_inputs(features, index))
             # Mean over all pixels, ignored ones included, as mmseg 0.x's default (avg_non_ignore=False).
             loss = upsample_cross_entropy(logits, labels, self.hparams.ignore_index, reduction="sum") / labels.numel()
             if len(self.grid) > 1:
                 self.log(self.head_key("train/loss", index), loss, batch_size=labels.shape[0])
             losses.append(loss)
-        inputs = {"cached features" if "tokens" in batch else "features": maps, "images": batch.get("image")}
-        loss = self.finite_loss(torch.stack(losses).sum(), batch_idx, inputs)
-        if loss is not None:
-            self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
-        return loss
+        inputs = {"cached features" if "tokens" in batch else "features": features, "images": batch.get("image")}
+        return self.summed_loss(losses, batch_idx, inputs, labels.shape[0])
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         labels = batch["label"]
@@ -235,8 +204,7 @@ class SegmentationProbe(FrozenModulesMixin, HeadGridModule):
 
         The PNG is colour-coded with the datamodule's `palette` `(K, 3)` when it has one.
         """
-        # `size` collates to a (1, 2) tensor or to two (1,) tensors, depending on the dataset's type for it.
-        height, width = torch.cat([torch.as_tensor(side).reshape(-1) for side in batch["size"]]).tolist()
+        height, width = self.original_size(batch)
         dtype = torch.uint8 if self.hparams.num_classes <= 256 else torch.int64
         labels = self.segment(batch["image"], (height, width))[0].argmax(0).to(dtype).cpu()
         if self.hparams.predict_dir_out is not None:

@@ -1,0 +1,1 @@
+"""Task metrics as torchmetrics `Metric`s: segmentation (mIoU, aAcc) and depth (AbsRel, RMSE, delta...)."""

@@ -1,0 +1,172 @@
+"""SAM's box and point prompts batched per image (`SamBoxPredictor`), and the checks of prompts in pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+
+
+class SamBoxPredictor:
+    """Masks for many prompts on one image: the image encoder runs once, the prompts go through the
+    prompt encoder and mask decoder in batches of `chunk_size`. bf16 autocast on CUDA.
+
+    Preprocessing and postprocessing are `segment_anything.SamPredictor`'s (ResizeLongestSide, padding,
+    mask upsampling), so each mask matches `SamPredictor.predict(box=b, multimask_output=False)`.
+    """
+
+    def __init__(self, sam_model: Sam, chunk_size: int = 64) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(
+                f"chunk_size={chunk_size!r} must be a whole number of at least 1 (prompts per decoder call)."
+            )
+        self.predictor = SamPredictor(sam_model)
+        self.chunk_size = chunk_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode an `(H, W, 3)` uint8 RGB image for the following `predict*` calls with `image=None`."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"SAM takes an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}.")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(
+                f"SAM got an empty {image.shape[1]}x{image.shape[0]} (WxH) image: pass an (H, W, 3) image with at "
+                "least one pixel."
+            )
+        with self._autocast():
+            self.predictor.set_image(image)
+
+    def predict(self, image: np.ndarray | None, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Box prompts `(N, 4)` xyxy pixels -> masks `(N, H, W)` bool, scores `(N,)` (SAM's predicted IoU).
+
+        `image` `(H, W, 3)` uint8 RGB, or None to reuse the last one set. Boxes are `(x1, y1, x2, y2)` pixel
+        corners with x2 > x1 and y2 > y1. A box reaching outside the image is clipped to it (the mask is that of
+        its part inside, as `clip_boxes` does); a box with a non-finite value, no area, or entirely outside
+        the image raises `ValueError` naming it.
+        """
+        if image is not None:
+            self.set_image(image)
+        boxes = check_boxes(boxes, *self._image_size())
+        boxes = torch.as_tensor(boxes, device=self.device)
+        boxes = self.predictor.transform.apply_boxes_torch(boxes, self.predictor.original_size)
+        chunks = [self._decode(boxes=chunk, multimask=False) for chunk in boxes.split(self.chunk_size) if len(chunk)]
+        return self._collect(chunks)
+
+    def predict_points(
+        self, image: np.ndarray | None, points: np.ndarray, multimask: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One foreground point per prompt `(N, 2)` xy pixels -> masks `(N, H, W)` bool, scores `(N,)`.
+
+        With `multimask`, SAM's three candidate masks are made and the one with the highest predicted IoU is
+        kept, as SAM does for ambiguous single points.
+        """
+        if not isinstance(multimask, (bool, np.bool_)):
+            raise ValueError(f"multimask={multimask!r} must be True or False.")  # noqa: TRY004 (API: ValueError)
+        if image is not None:
+            self.set_image(image)
+        points = torch.as_tensor(check_points(points, *self._image_size())[:, None], device=self.device)
+        points = self.predictor.transform.apply_coords_torch(points, self.predictor.original_size)
+        labels = torch.ones(points.shape[:2], dtype=torch.int, device=self.device)
+        chunks = [
+            self._decode(points=(p, l), multimask=multimask)
+            for p, l in zip(points.split(self.chunk_size), labels.split(self.chunk_size))
+            if len(p)
+        ]
+        return self._collect(chunks)
+
+    def _image_size(self) -> tuple[int, int]:
+        """(H, W) of the image set; a ValueError when there is none."""
+        if not self.predictor.is_image_set:
+            raise ValueError("No image is set: pass an (H, W, 3) uint8 image, or call set_image(image) first.")
+        return self.predictor.original_size
+
+    @torch.no_grad()
+    def _decode(self, boxes: torch.Tensor | None = None, points: tuple | None = None, multimask: bool = False) -> tuple:
+        """A batch of prompts -> the best mask `(B, H, W)` bool and its score `(B,)`, on the CPU."""
+        coords, labels = points if points is not None else (None, None)
+        with self._autocast():
+            masks, scores, _ = self.predictor.predict_torch(coords, labels, boxes, multimask_output=multimask)
+        best = scores.argmax(1)
+        rows = torch.arange(len(best), device=best.device)
+        return masks[rows, best].cpu(), scores[rows, best].float().cpu()
+
+    def _collect(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
+        if not chunks:
+            return np.zeros((0, *self.predictor.original_size), dtype=bool), np.zeros(0, dtype=np.float32)
+        return torch.cat([m for m, _ in chunks]).numpy(), torch.cat([s for _, s in chunks]).numpy()
+
+
+def _as_array(values: object, width: int, what: str, layout: str) -> np.ndarray:
+    """``values`` as a float32 ``(N, width)`` array, or a ValueError that says what was expected."""
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{what} must be numbers, an (N, {width}) array of {layout}; got {str(values)[:80]} ({err})."
+        ) from None
+    if array.ndim == 1 and array.size == width:
+        array = array[None]
+    if array.size == 0:
+        return array.reshape(0, width)
+    if array.ndim != 2 or array.shape[1] != width:
+        raise ValueError(f"{what} must be an (N, {width}) array of {layout}; got shape {array.shape}.")
+    return array
+
+
+def check_boxes(boxes: object, height: int, width: int) -> np.ndarray:
+    """Box prompts `(N, 4)` xyxy pixels checked against an `height` x `width` image -> `(N, 4)` float32 clipped to it.
+
+    A box partly outside the image is clipped (SAM was trained on boxes inside their images); a box with a
+    NaN or infinite value, x2 <= x1 or y2 <= y1, or no part inside the image is refused with a ValueError that
+    names its index and values: boxes must be XYXY pixel corners, not XYWH or normalised coordinates.
+    """
+    boxes = _as_array(boxes, 4, "Boxes", "(x1, y1, x2, y2) pixel corners")
+    inside, _, valid = clip_boxes(boxes, height, width)
+    problems = (
+        (~np.isfinite(boxes).all(1), "has a value that is not finite: every corner must be a finite number"),
+        ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]), "has x2 <= x1 or y2 <= y1, so no area"),
+        (~valid, f"lies entirely outside the {width}x{height} (WxH) image"),
+    )
+    for bad, why in problems:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"Box {i} = {boxes[i].tolist()} {why} ({int(bad.sum())} such box(es)). Boxes are XYXY pixel corners "
+                "(x1, y1, x2, y2) with x1 < x2 and y1 < y2, overlapping the image: convert XYWH boxes (COCO's) with "
+                "x2 = x + w, y2 = y + h, scale normalised ones by the image size, and drop the others."
+            )
+    return inside
+
+
+def check_points(points: object, height: int, width: int) -> np.ndarray:
+    """Point prompts `(N, 2)` xy pixels -> `(N, 2)` float32; a ValueError names a point that is not finite or not
+    in the `height` x `width` image."""
+    points = _as_array(points, 2, "Points", "(x, y) pixel coordinates")
+    outside = ~np.isfinite(points).all(1) | (points < 0).any(1) | (points[:, 0] > width) | (points[:, 1] > height)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(
+            f"Point {i} = {points[i].tolist()} is not a finite (x, y) pixel position inside the {width}x{height} "
+            f"(WxH) image ({int(outside.sum())} such point(s)): pass pixel coordinates 0 <= x <= {width}, "
+            f"0 <= y <= {height}."
+        )
+    return points
+
+
+def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes `(N, 4)` xyxy clipped to the image -> clipped boxes, `clipped` `(N,)` bool (a box moved),
+    `valid` `(N,)` bool (positive width and height after clipping)."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    inside = boxes.clip(0, [width, height, width, height]).astype(np.float32)
+    clipped = (inside != boxes).any(1)
+    valid = (inside[:, 2] > inside[:, 0]) & (inside[:, 3] > inside[:, 1])
+    return inside, clipped, valid
