@@ -125,6 +125,34 @@ def check_run_options(cfg: DictConfig) -> None:
         )
 
 
+def resolved_yaml(cfg: DictConfig) -> str:
+    """The run's config with every interpolation resolved; UserError for one that points at nothing."""
+    from omegaconf.errors import InterpolationKeyError
+
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except InterpolationKeyError as err:
+        # e.g. a depth head (`${data.min_depth}`) on a segmentation dataset: configs that do not go together
+        missing = re.search(r"Interpolation key '([^']+)' not found", str(err))
+        reads = f"{err.full_key} reads {missing.group(1)}" if missing else str(err)
+        choices = ", ".join(f"{group}={cfg_choice}" for group, cfg_choice in _choices().items())
+        raise UserError(
+            f"{reads}, which the composed config ({choices}) does not have: these configs do not go together (a depth "
+            "head needs a depth dataset, data=nyu or data=kitti; a segmentation head a segmentation dataset). Fix: "
+            "choose matching configs; `python train.py --cfg job` shows what was composed."
+        ) from None
+
+
+def _choices() -> dict[str, str]:
+    """The run's config group choices that shape it (head, data, backbone), as the command line spells them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {group: choices[group] for group in ("head", "data", "backbone") if group in choices}
+
+
 def build(node: DictConfig, **kwargs: object) -> object:
     """``instantiate(node)``; a value the built object refuses is reported as the user's to fix.
 
@@ -197,7 +225,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume = resume_checkpoint(cfg.ckpt_path) if cfg.train else None  # a bad file stops the run before it starts
-    write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(output_dir / "config.yaml", resolved_yaml(cfg))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
     model = build(cfg.head)

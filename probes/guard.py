@@ -57,7 +57,7 @@ class NonFiniteGuard(L.LightningModule):
         self._buffers_before = [buffer.detach().clone() for head in self.grid_heads for buffer in head.buffers()]
 
     def finite_loss(self, loss: Tensor, batch_idx: int, inputs: Mapping[str, Any]) -> Tensor | None:
-        """`loss` if it is finite; else stop (or, with `skip_nonfinite`, skip the batch: None) - see the class.
+        """`loss` if it is finite; else stop (or, with `skip_nonfinite`, skip the batch: None) - see the module.
 
         `inputs` names the batch's tensors (keys of `NONFINITE_CAUSES`), to tell the likely cause.
         """

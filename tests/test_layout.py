@@ -117,3 +117,16 @@ def test_no_long_module_without_a_reason() -> None:
         if len(text.splitlines()) > MAX_LINES and REASON not in docstring:
             long.append(f"{path.relative_to(ROOT)} ({len(text.splitlines())} lines)")
     assert not long, f"over {MAX_LINES} lines without '{REASON}' in the docstring: {long}"
+
+
+def test_the_import_paths_users_rely_on_keep_working() -> None:
+    from backbones import load_backbone
+    from heads.depth import DepthModel
+    from heads.losses import upsample_cross_entropy
+    from heads.sam import SamBoxPredictor, load_sam
+    from ops.losses import upsample_cross_entropy as fused_loss
+    from sam import SamBoxPredictor as Predictor
+    from sam import load_sam as load
+
+    assert callable(load_backbone) and DepthModel.from_official
+    assert (upsample_cross_entropy, SamBoxPredictor, load_sam) == (fused_loss, Predictor, load)
