@@ -83,6 +83,51 @@ class SamBoxPredictor:
         ]
         return self._collect(chunks)
 
+    def predict_prompts(
+        self,
+        image: np.ndarray | None,
+        points: np.ndarray,
+        point_labels: np.ndarray,
+        boxes: np.ndarray | None = None,
+        multimask: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """N prompt sets at once -> masks `(N, H, W)` bool, scores `(N,)` (SAM's predicted IoU of each mask).
+
+        Set i is the points `points[i]` `(P, 2)` xy pixels with labels `point_labels[i]` `(P,)` (1 foreground,
+        0 background, -1 padding: SAM's "not a point", for sets with fewer points than P), plus the box
+        `boxes[i]` xyxy pixels when `boxes` `(N, 4)` is given (checked and clipped as `predict` does). P may be 0
+        when boxes are given. Each mask matches `SamPredictor.predict(points[i], point_labels[i], boxes[i],
+        multimask)`'s most confident one.
+        """
+        if not isinstance(multimask, (bool, np.bool_)):
+            raise ValueError(f"multimask={multimask!r} must be True or False.")  # noqa: TRY004 (API: ValueError)
+        if image is not None:
+            self.set_image(image)
+        height, width = self._image_size()
+        coords, labels = check_prompt_points(points, point_labels, height, width)
+        n = len(coords)
+        if boxes is not None:
+            boxes = check_boxes(boxes, height, width)
+            if len(boxes) != n:
+                raise ValueError(f"boxes holds {len(boxes)} box(es) for {n} point set(s): give one box per set.")
+            boxes = self.predictor.transform.apply_boxes_torch(
+                torch.as_tensor(boxes, device=self.device), self.predictor.original_size
+            )
+        elif coords.shape[1] == 0 and n:
+            raise ValueError("Each prompt set needs a point or a box: pass points (N, P >= 1, 2) or boxes (N, 4).")
+        coords = self.predictor.transform.apply_coords_torch(
+            torch.as_tensor(coords, device=self.device), self.predictor.original_size
+        )
+        labels = torch.as_tensor(labels, dtype=torch.int, device=self.device)
+        chunks = []
+        for start in range(0, n, self.chunk_size):
+            rows = slice(start, start + self.chunk_size)
+            prompt = (coords[rows], labels[rows]) if coords.shape[1] else None
+            chunks.append(
+                self._decode(boxes=None if boxes is None else boxes[rows], points=prompt, multimask=multimask)
+            )
+        return self._collect(chunks)
+
     def _image_size(self) -> tuple[int, int]:
         """(H, W) of the image set; a ValueError when there is none."""
         if not self.predictor.is_image_set:
@@ -160,6 +205,28 @@ def check_points(points: object, height: int, width: int) -> np.ndarray:
             f"0 <= y <= {height}."
         )
     return points
+
+
+def check_prompt_points(points: object, labels: object, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Point sets `(N, P, 2)` xy pixels and labels `(N, P)` -> float32 points, int64 labels; a ValueError names a
+    point outside the `height` x `width` image (as `check_points`), a wrong shape, or a label other than 1, 0, -1."""
+    try:
+        coords = np.asarray(points, dtype=np.float32)
+        values = np.asarray(labels, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"points and point_labels must be numeric arrays (N, P, 2) and (N, P) ({err}).") from None
+    if coords.ndim != 3 or coords.shape[2] != 2 or values.shape != coords.shape[:2]:
+        raise ValueError(
+            f"points must be (N, P, 2) xy pixels and point_labels (N, P), one row per prompt set; got shapes "
+            f"{coords.shape} and {values.shape}. One set of P points: add the set dimension, points[None]."
+        )
+    check_points(coords.reshape(-1, 2), height, width)
+    bad = ~np.isin(values, (1, 0, -1))
+    if bad.any():
+        raise ValueError(
+            f"point_labels holds {values[bad][0]:g}: each label must be 1 (foreground), 0 (background) or -1 (padding)."
+        )
+    return coords, values.astype(np.int64)
 
 
 def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
