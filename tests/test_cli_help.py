@@ -14,6 +14,7 @@ COMMANDS = [
     ["train.py"],
     ["-m", "visualize.pca"],
     ["-m", "visualize.match"],
+    ["-m", "visualize.oneshot"],
     *(["-m", f"bench.{path.stem}"] for path in sorted((ROOT / "bench").glob("*.py")) if path.stem != "__init__"),
 ]
 

@@ -38,6 +38,10 @@ PAIRS = [
     ("knn", "imagefolder"),
     ("linear_probe", "imagefolder"),
     ("sam_box", "coco"),
+    ("oneshot", "fss1000"),
+    ("oneshot", "coco20i"),
+    ("oneshot", "perseg"),
+    ("oneshot", "oneshot_synthetic"),
 ]
 
 

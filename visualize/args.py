@@ -21,8 +21,15 @@ CLI_FLAGS = {"random_fallback": "--random-weights"}
 """Backbone options whose flag differs from ``--<name>`` (for ``utils.errors.cli_style``)."""
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """The backbone options of the Hydra backbone config, plus image size, block and device."""
+def add_common_args(
+    parser: argparse.ArgumentParser,
+    size: tuple[int, str] = (448, "shorter image side in pixels, a multiple of the patch size"),
+    random_weights: str = "no weights found: warn loudly and use random ones (the figure then says RANDOM WEIGHTS)",
+) -> None:
+    """The backbone options of the Hydra backbone config, plus image size, block and device.
+
+    ``size``: the default of ``--size`` and what it means to this tool; ``random_weights``: what ``--random-weights``
+    does in this tool."""
     group = parser.add_argument_group("backbone (as configs/backbone)")
     group.add_argument(
         "--backbone",
@@ -37,17 +44,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--embed-dim", type=positive_int, help="architecture override for small models")
     group.add_argument("--depth", type=positive_int, help="architecture override for small models")
     group.add_argument("--num-heads", type=positive_int, help="architecture override for small models")
-    group.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="no weights found: warn loudly and use random ones (the figure then says RANDOM WEIGHTS)",
-    )
-    parser.add_argument(
-        "--size",
-        type=positive_int,
-        default=448,
-        help="shorter image side in pixels, a multiple of the patch size (default: %(default)s)",
-    )
+    group.add_argument("--random-weights", action="store_true", help=random_weights)
+    parser.add_argument("--size", type=positive_int, default=size[0], help=f"{size[1]} (default: %(default)s)")
     parser.add_argument(
         "--block", type=int, default=-1, help="block whose normed patch tokens are used; -1 = last (default)"
     )
@@ -121,4 +119,41 @@ def match_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="k-means seed (default: %(default)s)")
     add_common_args(parser)
+    return parser
+
+
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+
+
+def oneshot_parser() -> argparse.ArgumentParser:
+    """``python -m visualize.oneshot``'s arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m visualize.oneshot",
+        description="Segment an object in your photos from one labelled example: DINOv2 patch matches between the "
+        "reference (inside its mask) and each target become SAM prompts (points and boxes), SAM's masks are scored "
+        "against the reference and the good ones merged. No training.",
+    )
+    parser.add_argument("reference", metavar="REF_IMAGE")
+    parser.add_argument("reference_mask", metavar="REF_MASK", help="PNG mask of REF_IMAGE's size: 0/1 or 0/255")
+    parser.add_argument("targets", nargs="+", metavar="TARGET")
+    parser.add_argument("--out", type=Path, default=Path("oneshot"), help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--method",
+        choices=("matcher", "persam"),
+        default="matcher",
+        help="matcher: matched patches -> clustered points and boxes, scored masks (default); persam: the "
+        "similarity map's best and worst points",
+    )
+    sam = parser.add_argument_group("SAM (as the sam config of head=sam_box)")
+    sam.add_argument("--sam-model-type", choices=SAM_MODEL_TYPES, default="vit_h", help="(default: %(default)s)")
+    sam.add_argument("--sam-checkpoint", help="sam_vit_{b,l,h}_*.pth; default: the torch.hub cache")
+    sam.add_argument("--sam-download", action="store_true", help="allow downloading the official SAM weights")
+    sam.add_argument("--sam-sha256", help="the SAM file's expected SHA-256")
+    for name in ("encoder-embed-dim", "encoder-depth", "encoder-num-heads", "prompt-embed-dim", "image-size"):
+        sam.add_argument(f"--sam-{name}", type=positive_int, help="architecture override for small SAM models")
+    add_common_args(
+        parser,
+        size=(518, "longer side of the DINOv2 input in pixels"),
+        random_weights="no weights found (backbone or SAM): warn loudly and use random ones (a pipeline check)",
+    )
     return parser

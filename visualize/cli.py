@@ -101,10 +101,13 @@ def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
         raise InputError(f"Cannot write {path} ({err.strerror}): give --out a path on a writable disk.") from None
 
 
-def run(main: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
-    """Run ``main`` on parsed ``args``; a user error prints one paragraph (options spelt as flags), no traceback: 2."""
+def run(
+    main: Callable[[argparse.Namespace], None], args: argparse.Namespace, flags: dict[str, str] | None = None
+) -> int:
+    """Run ``main`` on parsed ``args``; a user error prints one paragraph (options spelt as flags: ``CLI_FLAGS``, or
+    ``flags``), no traceback: 2."""
     try:
-        exit_on_user_error(lambda: main(args), cli_style(CLI_FLAGS))
+        exit_on_user_error(lambda: main(args), cli_style(CLI_FLAGS if flags is None else flags))
     except SystemExit as stop:
         return int(stop.code or 0)
     return 0
