@@ -1,0 +1,201 @@
+"""Interactive point evaluation (RITM's protocol, the SAM paper's 1..N click curves) as a Lightning test loop.
+
+Each object gets a first click at its centre; SAM answers with three masks (multimask). Two runs follow from there:
+"top" keeps SAM's most confident mask, "oracle" the one closest to the ground truth (the paper's oracle); each then
+adds a click at the centre of its largest error region (`sam.clicks`) and asks SAM again with all its clicks and its
+previous low-res logits as the mask input, one mask per call (multimask off), up to N clicks. An object whose mask
+has no error left gets no further click and keeps its IoU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from sam.clicks import Click, clicks_to_reach, first_click, mask_iou, next_click
+from sam.predictor import SamBoxPredictor
+from utils.results import write_json
+
+RUNS = ("top", "oracle")
+THRESHOLDS = {"NoC@85": 0.85, "NoC@90": 0.90}
+
+
+@dataclass
+class Track:
+    """One run ("top" or "oracle") over the M objects of an image: clicks, masks, logits and IoUs so far."""
+
+    clicks: list[list[Click]]
+    masks: np.ndarray  # (M, H, W) bool, the latest mask of each object
+    logits: torch.Tensor  # (M, 1, 256, 256) SAM's low-res logits of that mask, the next call's mask input
+    ious: list[list[float]] = field(default_factory=list)  # per object, the IoU after each click
+
+
+class InteractiveSegmenter:
+    """Simulated clicks on the objects of one image at a time, SAM answering each round for all objects at once.
+
+    Args:
+        sam: a `segment_anything` Sam model (see `sam.model.load_sam`).
+        clicks: N, the clicks per object.
+        chunk_size: objects per mask-decoder call.
+    """
+
+    def __init__(self, sam: nn.Module, clicks: int = 9, chunk_size: int = 64) -> None:
+        if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 1:
+            raise ValueError(f"clicks={clicks!r} must be a whole number of at least 1 (clicks per object).")
+        self.box_predictor = SamBoxPredictor(sam, chunk_size)
+        self.predictor = self.box_predictor.predictor  # segment_anything's SamPredictor: predict_torch
+        self.clicks, self.chunk_size = clicks, chunk_size
+
+    @torch.no_grad()
+    def _decode(self, clicks: list[list[Click]], mask_input: torch.Tensor | None, multimask: bool) -> tuple:
+        """Click lists of equal length for B objects -> masks `(B, C, H, W)` bool, scores `(B, C)`, low-res logits
+        `(B, C, 256, 256)` float32 (C = 3 with `multimask`, else 1), on the CPU, in chunks of `chunk_size`."""
+        device = self.box_predictor.device
+        coords = torch.tensor([[(c.x, c.y) for c in row] for row in clicks], dtype=torch.float32, device=device)
+        labels = torch.tensor([[int(c.positive) for c in row] for row in clicks], dtype=torch.int, device=device)
+        coords = self.predictor.transform.apply_coords_torch(coords, self.predictor.original_size)
+        out = []
+        for start in range(0, len(clicks), self.chunk_size):
+            rows = slice(start, start + self.chunk_size)
+            prior = None if mask_input is None else mask_input[rows].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                masks, scores, logits = self.predictor.predict_torch(
+                    coords[rows], labels[rows], mask_input=prior, multimask_output=multimask
+                )
+            out.append((masks.cpu(), scores.float().cpu(), logits.float().cpu()))
+        return tuple(torch.cat(parts) for parts in zip(*out))
+
+    def run(self, image: np.ndarray, gt_masks: np.ndarray, ignore: np.ndarray | None = None) -> dict[str, Track]:
+        """Objects `gt_masks` `(M, H, W)` bool, each non-empty, on `image` `(H, W, 3)` uint8 -> one Track per run.
+        `ignore` `(H, W)` bool: pixels left out of IoUs and error regions (None: none)."""
+        if not len(gt_masks):
+            return {}
+        self.box_predictor.set_image(image)
+        first = [first_click(gt) for gt in gt_masks]
+        if any(click is None for click in first):
+            raise ValueError("Every object needs a non-empty mask: drop the empty ones (they have no centre).")
+        masks, scores, logits = self._decode([[c] for c in first], None, multimask=True)
+        masks = masks.numpy()
+        candidate_ious = np.array([[mask_iou(m, gt, ignore) for m in ms] for ms, gt in zip(masks, gt_masks)])
+        picks = {"top": scores.argmax(1).numpy(), "oracle": candidate_ious.argmax(1)}
+        rows = np.arange(len(gt_masks))
+        tracks = {}
+        for run, pick in picks.items():
+            track = Track([[c] for c in first], masks[rows, pick], logits[rows, pick][:, None].clone())
+            track.ious = [[float(candidate_ious[i, pick[i]])] for i in rows]
+            tracks[run] = self._refine(track, gt_masks, ignore)
+        return tracks
+
+    def _refine(self, track: Track, gt_masks: np.ndarray, ignore: np.ndarray | None) -> Track:
+        """Clicks 2..N of one run: each round, the objects with an error left get a click and a new mask."""
+        active = list(range(len(gt_masks)))
+        for _ in range(1, self.clicks):
+            followed = []
+            for i in active:
+                click = next_click(track.masks[i], gt_masks[i], ignore)
+                if click is None:
+                    track.ious[i].append(track.ious[i][-1])
+                else:
+                    track.clicks[i].append(click)
+                    followed.append(i)
+            active = followed
+            if active:
+                masks, _, logits = self._decode([track.clicks[i] for i in active], track.logits[active], False)
+                track.masks[active] = masks[:, 0].numpy()
+                track.logits[active] = logits
+                for i in active:
+                    track.ious[i].append(mask_iou(track.masks[i], gt_masks[i], ignore))
+        return track
+
+
+class SamPointsEvaluation(L.LightningModule):
+    """SAM's interactive point evaluation over a dataset; nothing is trained.
+
+    Test batches are one image each (`datamodules.coco.CocoInstances`, `datamodules.interactive`): `image`,
+    `gt_masks` `(M, H, W)`, `gt_iscrowd` `(M,)` (crowd instances are left out), optionally `gt_ignore` `(H, W)`.
+    Empty masks have no centre: they are skipped and counted (test/skipped_objects).
+
+    Metrics (test/): mIoU@1..@N, NoC@85, NoC@90 for SAM's top-scored mask, the same with the `oracle_` prefix for
+    the oracle (best of the 3 first-click masks), objects and skipped_objects. With `results_dir`, one JSON per
+    image records every click (object, click number, x, y, positive) and the IoU after it.
+
+    Args:
+        sam: a `segment_anything` Sam model (see `sam.model.load_sam`).
+        clicks: N, the clicks per object.
+        chunk_size: objects per mask-decoder call.
+        results_dir: the folder of the per-image JSON files; None writes none.
+    """
+
+    monitor = "test/mIoU@1"
+    """The metric that picks the best checkpoint, and whether higher is better ("max")."""
+    monitor_mode = "max"
+
+    def __init__(self, sam: nn.Module, clicks: int = 9, chunk_size: int = 64, results_dir: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["sam"])
+        self.sam = sam.eval().requires_grad_(False)
+        self.segmenter = InteractiveSegmenter(self.sam, clicks, chunk_size)
+        prefixes = {"top": "", "oracle": "oracle_"}
+        names = [f"mIoU@{k}" for k in range(1, clicks + 1)] + list(THRESHOLDS)
+        self.metrics = nn.ModuleDict(
+            {f"{prefixes[run]}{name}": MeanMetric() for run in RUNS for name in names}
+        )  # keys hold "@": ModuleDict takes any string key
+        self.counts: Counter[str] = Counter()
+
+    def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
+        keep = np.asarray(item["gt_iscrowd"]) == 0
+        gt_masks = np.asarray(item["gt_masks"], dtype=bool)[keep]
+        present = gt_masks.any((1, 2))
+        self.counts.update(objects=int(present.sum()), skipped_objects=int((~present).sum()))
+        ignore = item.get("gt_ignore")
+        tracks = self.segmenter.run(item["image"], gt_masks[present], ignore)
+        for run, track in tracks.items():
+            prefix = "" if run == "top" else "oracle_"
+            ious = np.array(track.ious)
+            for k in range(ious.shape[1]):
+                self.metrics[f"{prefix}mIoU@{k + 1}"].update(torch.from_numpy(ious[:, k]))
+            for name, threshold in THRESHOLDS.items():
+                noc = clicks_to_reach(ious, threshold).astype(np.float64)
+                self.metrics[f"{prefix}{name}"].update(torch.from_numpy(noc))
+        if self.hparams.results_dir is not None:
+            self.write_clicks(item, np.flatnonzero(keep)[present], tracks)
+
+    def write_clicks(self, item: dict[str, Any], object_ids: np.ndarray, tracks: dict[str, Track]) -> None:
+        """`results_dir/<image stem>.json`: per object, each run's clicks with the IoU after each."""
+        objects = []
+        for j, object_id in enumerate(object_ids):
+            entry: dict[str, Any] = {"object": int(object_id)}
+            for run, track in tracks.items():
+                entry[run] = [
+                    {"click": n + 1, "x": c.x, "y": c.y, "positive": c.positive, "iou": track.ious[j][n]}
+                    for n, c in enumerate(track.clicks[j])
+                ]
+            objects.append(entry)
+        record = {"path": str(item["path"]), "image_id": item.get("image_id"), "objects": objects}
+        write_json(Path(self.hparams.results_dir) / f"{Path(item['path']).stem}.json", record)
+
+    def on_test_epoch_start(self) -> None:
+        self.counts.clear()
+
+    def on_test_epoch_end(self) -> None:
+        values = {}
+        for name, metric in self.metrics.items():
+            if metric.update_count:
+                values[f"test/{name}"] = metric.compute()
+            metric.reset()
+        if not values:
+            warnings.warn(
+                "No object was evaluated (every mask was empty or crowd): there is no mIoU or NoC to report.",
+                stacklevel=1,
+            )
+        values |= {f"test/{name}": float(self.counts[name]) for name in ("objects", "skipped_objects")}
+        self.log_dict(values)
