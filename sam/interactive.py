@@ -10,7 +10,6 @@ has no error left gets no further click and keeps its IoU.
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,16 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from sam.clicks import Click, clicks_to_reach, first_click, mask_iou, next_click
 from sam.predictor import SamBoxPredictor
+from utils.errors import UserError, option
 from utils.results import write_json
 
 RUNS = ("top", "oracle")
 THRESHOLDS = {"NoC@85": 0.85, "NoC@90": 0.90}
+COUNTS = ("objects", "skipped_objects")
 
 
 @dataclass
@@ -50,7 +51,9 @@ class InteractiveSegmenter:
 
     def __init__(self, sam: nn.Module, clicks: int = 9, chunk_size: int = 64) -> None:
         if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 1:
-            raise ValueError(f"clicks={clicks!r} must be a whole number of at least 1 (clicks per object).")
+            raise UserError(
+                f"{option('head', 'clicks', clicks)} must be a whole number of at least 1 (clicks per object)."
+            )
         self.box_predictor = SamBoxPredictor(sam, chunk_size)
         self.predictor = self.box_predictor.predictor  # segment_anything's SamPredictor: predict_torch
         self.clicks, self.chunk_size = clicks, chunk_size
@@ -149,13 +152,14 @@ class SamPointsEvaluation(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{prefixes[run]}{name}": MeanMetric() for run in RUNS for name in names}
         )  # keys hold "@": ModuleDict takes any string key
-        self.counts: Counter[str] = Counter()
+        self.counts = nn.ModuleDict({name: SumMetric() for name in COUNTS})  # summed over processes, as the means
 
     def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
         keep = np.asarray(item["gt_iscrowd"]) == 0
         gt_masks = np.asarray(item["gt_masks"], dtype=bool)[keep]
         present = gt_masks.any((1, 2))
-        self.counts.update(objects=int(present.sum()), skipped_objects=int((~present).sum()))
+        self.counts["objects"].update(float(present.sum()))
+        self.counts["skipped_objects"].update(float((~present).sum()))
         ignore = item.get("gt_ignore")
         tracks = self.segmenter.run(item["image"], gt_masks[present], ignore)
         for run, track in tracks.items():
@@ -183,9 +187,6 @@ class SamPointsEvaluation(L.LightningModule):
         record = {"path": str(item["path"]), "image_id": item.get("image_id"), "objects": objects}
         write_json(Path(self.hparams.results_dir) / f"{Path(item['path']).stem}.json", record)
 
-    def on_test_epoch_start(self) -> None:
-        self.counts.clear()
-
     def on_test_epoch_end(self) -> None:
         values = {}
         for name, metric in self.metrics.items():
@@ -197,5 +198,7 @@ class SamPointsEvaluation(L.LightningModule):
                 "No object was evaluated (every mask was empty or crowd): there is no mIoU or NoC to report.",
                 stacklevel=1,
             )
-        values |= {f"test/{name}": float(self.counts[name]) for name in ("objects", "skipped_objects")}
+        for name, count in self.counts.items():
+            values[f"test/{name}"] = count.compute()
+            count.reset()
         self.log_dict(values)
