@@ -42,6 +42,9 @@ PAIRS = [
     ("oneshot", "coco20i"),
     ("oneshot", "perseg"),
     ("oneshot", "oneshot_synthetic"),
+    ("sam_points", "grabcut"),
+    ("sam_points", "berkeley"),
+    ("sam_points", "davis"),
 ]
 
 
