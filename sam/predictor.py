@@ -15,7 +15,8 @@ class SamBoxPredictor:
     prompt encoder and mask decoder in batches of `chunk_size`. bf16 autocast on CUDA.
 
     Preprocessing and postprocessing are `segment_anything.SamPredictor`'s (ResizeLongestSide, padding,
-    mask upsampling), so each mask matches `SamPredictor.predict(box=b, multimask_output=False)`.
+    mask upsampling), so each mask matches `SamPredictor.predict(box=b, multimask_output=False)`. For many
+    images, encode them in one call (`sam.batched.encode_images`) and `set_embedding` each in turn.
     """
 
     def __init__(self, sam_model: Sam, chunk_size: int = 64) -> None:
