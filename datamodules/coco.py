@@ -178,8 +178,16 @@ def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
 
 
+def _items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batches of several images: the list of items, left as numpy (images differ in size)."""
+    return batch
+
+
 class CocoDataModule(L.LightningDataModule):
-    """A COCO-format instance split for evaluation (test and predict loaders, one image per batch).
+    """A COCO-format instance split for evaluation (test and predict loaders).
+
+    A batch is one `CocoInstances` item when `batch_size` is 1, else a list of `batch_size` items (the last may
+    hold fewer), which `SamBoxEvaluation` encodes in one image-encoder call.
 
     Layout "coco": root/<images>/<file_name> and root/<annotations>. Layout "lvis": the LVIS v1 JSON, whose
     images are found by their `coco_url` as root/{train2017,val2017}/<name>.
@@ -192,6 +200,7 @@ class CocoDataModule(L.LightningDataModule):
         detections: a COCO results file of detector boxes to prompt with; None prompts with the ground truth.
         max_detections: detector boxes kept per image, best scores first (COCO evaluates 100).
         num_workers: image-loading processes.
+        batch_size: images per test / predict batch.
         generate: write a small synthetic set of shapes (generate_n images) when the annotations are absent.
     """
 
@@ -206,16 +215,19 @@ class CocoDataModule(L.LightningDataModule):
         num_workers: int = 4,
         generate: bool = False,
         generate_n: int = 16,
+        batch_size: int = 1,
     ) -> None:
         super().__init__()
-        check_loader_options(num_workers=num_workers, max_detections=max_detections, generate_n=generate_n)
+        check_loader_options(
+            num_workers=num_workers, max_detections=max_detections, generate_n=generate_n, batch_size=batch_size
+        )
         if layout not in ("coco", "lvis"):
             raise DatasetError(f"data.layout={layout!r} is not a known layout: use 'coco' or 'lvis'.")
         self.root = Path(root).expanduser()
         self.images, self.annotations, self.layout = self.root / images, self.root / annotations, layout
         self.detections = None if detections is None else Path(detections).expanduser()
         self.max_detections, self.num_workers = max_detections, usable_workers(num_workers)
-        self.generate, self.generate_n = generate, generate_n
+        self.generate, self.generate_n, self.batch_size = generate, generate_n, batch_size
 
     def prepare_data(self) -> None:
         if self.generate and not self.annotations.is_file():
@@ -247,4 +259,5 @@ class CocoDataModule(L.LightningDataModule):
         return self._loader()
 
     def _loader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=1, collate_fn=_single, num_workers=self.num_workers)
+        collate = _single if self.batch_size == 1 else _items
+        return DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers)

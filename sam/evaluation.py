@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.detection import MeanAveragePrecision
 
+from sam.batched import encode_images
 from sam.predictor import SamBoxPredictor, clip_boxes
+from utils.errors import UserError, option
 from utils.results import write_json
 from writers.overlays import save_overlay
 
@@ -54,13 +57,17 @@ def encode_results(image_id: int, masks: np.ndarray, labels: np.ndarray, scores:
 class SamBoxEvaluation(L.LightningModule):
     """SAM prompted with each image's boxes (ground truth or a detector's); nothing is trained.
 
-    Test batches are `datamodules.coco.CocoInstances` items (one image). Boxes are clipped to the image
-    (counted) and boxes with no area after clipping are skipped (counted); every other box gets a mask.
-    A mask's score is the detector's score, or SAM's predicted IoU for ground-truth boxes.
+    Test batches are `datamodules.coco.CocoInstances` items: one item (`data.batch_size=1`), or a list of them,
+    whose images go through SAM's image encoder in one call (`sam.batched.encode_images`) before each image's
+    prompts. Boxes are clipped to the image (counted) and boxes with no area after clipping are skipped
+    (counted); every other box gets a mask. A mask's score is the detector's score, or SAM's predicted IoU for
+    ground-truth boxes. With `refine`, each box is decoded a second time with the first mask's low-res logits
+    as the decoder's mask input, and the second mask is the result.
 
     Metrics (test/): mask_AP, mask_AP50, mask_AP75, mask_APs/m/l (COCO protocol, pycocotools), box_mIoU
     (ground-truth boxes: each mask against its instance), point_mIoU (one point at each instance's centre,
-    SAM's most confident of three masks: the SAM paper's single-point evaluation), and the box counts.
+    SAM's most confident of three masks: the SAM paper's single-point evaluation), and the box counts; with
+    `refine`, also mask_AP_unrefined (the first pass's masks, same run).
 
     Args:
         sam: a `segment_anything` Sam model (see `sam.model.load_sam`).
@@ -68,6 +75,7 @@ class SamBoxEvaluation(L.LightningModule):
         point_prompts: also run the single-point evaluation.
         results_file: where to write the COCO results JSON of RLE masks; None writes nothing.
         overlays: how many images get an overlay picture in `overlay_dir`.
+        refine: decode each box twice, the second time with the first pass's logits as mask input.
     """
 
     monitor = "test/mask_AP"
@@ -82,41 +90,68 @@ class SamBoxEvaluation(L.LightningModule):
         results_file: str | None = None,
         overlays: int = 0,
         overlay_dir: str | None = None,
+        refine: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(refine, (bool, np.bool_)):
+            raise UserError(f"{option('head', 'refine', refine)} must be true or false (decode each box twice).")
         self.save_hyperparameters(ignore=["sam"])
         self.sam = sam.eval().requires_grad_(False)
         self.predictor = SamBoxPredictor(self.sam, chunk_size)
         self.mask_ap = MeanAveragePrecision(iou_type="segm", backend="pycocotools")
+        self.mask_ap_unrefined = MeanAveragePrecision(iou_type="segm", backend="pycocotools") if refine else None
         self.box_miou, self.point_miou = MeanMetric(), MeanMetric()
         self.counts: Counter[str] = Counter()
         self.results: list[dict[str, Any]] = []
+        self.images_seen = 0
+
+    def images_of(self, batch: dict[str, Any] | list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The batch's items in order, each yielded while the predictor holds its image: one item is encoded by
+        `set_image`, several by one `encode_images` call (equal embeddings, tests/test_sam_batched.py)."""
+        items = batch if isinstance(batch, list) else [batch]
+        if len(items) == 1:
+            self.predictor.set_image(items[0]["image"])
+            yield items[0]
+            return
+        embeddings = encode_images(self.sam, [item["image"] for item in items], batch_size=len(items))
+        for item, embedding in zip(items, embeddings):
+            self.predictor.set_embedding(embedding)
+            yield item
 
     def segment(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
         """One image's box prompts -> masks `(K, H, W)` bool, scores `(K,)`, labels `(K,)`, boxes `(K, 4)`
-        for its K valid boxes, and `valid` `(N,)` bool over all its N boxes."""
-        image = item["image"]
-        boxes, clipped, valid = clip_boxes(item["prompt_boxes"], *image.shape[:2])
-        self.counts.update(boxes=len(boxes), boxes_clipped=int(clipped.sum()), boxes_degenerate=int((~valid).sum()))
-        self.predictor.set_image(image)
-        masks, sam_scores = self.predictor.predict(None, boxes[valid])
-        scores = sam_scores if item["prompt_scores"] is None else item["prompt_scores"][valid]
-        return {
-            "masks": masks,
-            "scores": scores,
-            "labels": item["prompt_labels"][valid],
-            "boxes": boxes[valid],
-            "valid": valid,
-        }
+        for its K valid boxes, and `valid` `(N,)` bool over all its N boxes (with `refine`, also the first
+        pass's `masks_unrefined`, `scores_unrefined`)."""
+        self.predictor.set_image(item["image"])
+        return self.prompt(item)
 
-    def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
-        out = self.segment(item)
-        self.mask_ap.update(
-            [{"masks": torch.from_numpy(out["masks"]), "scores": torch.from_numpy(out["scores"]),
-              "labels": torch.from_numpy(out["labels"])}],
-            [{"masks": torch.from_numpy(item["gt_masks"]), "labels": torch.from_numpy(item["gt_labels"]),
-              "iscrowd": torch.from_numpy(item["gt_iscrowd"]), "area": torch.from_numpy(item["gt_areas"])}],
-        )  # fmt: skip
+    def prompt(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
+        """`segment` on the image the predictor holds (that of `item`)."""
+        boxes, clipped, valid = clip_boxes(item["prompt_boxes"], *item["image"].shape[:2])
+        self.counts.update(boxes=len(boxes), boxes_clipped=int(clipped.sum()), boxes_degenerate=int((~valid).sum()))
+        out = {"labels": item["prompt_labels"][valid], "boxes": boxes[valid], "valid": valid}
+        if self.hparams.refine:
+            (masks, sam_scores), (first, first_scores) = self.predictor.predict_refined(None, boxes[valid])
+            out["masks_unrefined"] = first
+            out["scores_unrefined"] = self._scores(item, first_scores, valid)
+        else:
+            masks, sam_scores = self.predictor.predict(None, boxes[valid])
+        return out | {"masks": masks, "scores": self._scores(item, sam_scores, valid)}
+
+    @staticmethod
+    def _scores(item: dict[str, Any], sam_scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        return sam_scores if item["prompt_scores"] is None else item["prompt_scores"][valid]
+
+    def test_step(self, batch: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> None:
+        for item in self.images_of(batch):
+            self.evaluate_image(item, self.prompt(item))
+            self.images_seen += 1
+
+    def evaluate_image(self, item: dict[str, Any], out: dict[str, np.ndarray]) -> None:
+        """Update the metrics, results and overlays with one image's masks (`prompt`'s output)."""
+        _update_ap(self.mask_ap, item, out["masks"], out["scores"], out["labels"])
+        if self.mask_ap_unrefined is not None:
+            _update_ap(self.mask_ap_unrefined, item, out["masks_unrefined"], out["scores_unrefined"], out["labels"])
         non_crowd = item["gt_iscrowd"] == 0
         if item["prompt_scores"] is None and out["valid"].any():
             paired = item["gt_masks"][non_crowd][out["valid"]]
@@ -125,7 +160,7 @@ class SamBoxEvaluation(L.LightningModule):
             self.point_prompt_step(item["gt_masks"][non_crowd])
         if self.hparams.results_file is not None:
             self.results += encode_results(item["image_id"], out["masks"], out["labels"], out["scores"])
-        if batch_idx < self.hparams.overlays and self.hparams.overlay_dir is not None:
+        if self.images_seen < self.hparams.overlays and self.hparams.overlay_dir is not None:
             path = Path(self.hparams.overlay_dir) / f"{Path(item['path']).stem}.png"
             save_overlay(path, item["image"], out["masks"], out["boxes"], out["scores"])
 
@@ -139,11 +174,15 @@ class SamBoxEvaluation(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.counts.clear()
         self.results = []
+        self.images_seen = 0
 
     def on_test_epoch_end(self) -> None:
         ap = self.mask_ap.compute()
         self.mask_ap.reset()
         metrics = {f"test/{name}": ap[key] for key, name in AP_NAMES.items()}
+        if self.mask_ap_unrefined is not None:
+            metrics["test/mask_AP_unrefined"] = self.mask_ap_unrefined.compute()["map"]
+            self.mask_ap_unrefined.reset()
         for name, metric in (("box_mIoU", self.box_miou), ("point_mIoU", self.point_miou)):
             if metric.update_count:
                 metrics[f"test/{name}"] = metric.compute()
@@ -161,7 +200,21 @@ class SamBoxEvaluation(L.LightningModule):
             # strict JSON: detector scores are checked when read (datamodules.coco) and SAM's are finite
             write_json(Path(self.hparams.results_file), self.results, indent=None)
 
-    def predict_step(self, item: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """COCO results entries (RLE masks) of one image's box prompts."""
-        out = self.segment(item)
-        return encode_results(item["image_id"], out["masks"], out["labels"], out["scores"])
+    def predict_step(self, batch: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
+        """COCO results entries (RLE masks) of the batch's images' box prompts."""
+        entries = []
+        for item in self.images_of(batch):
+            out = self.prompt(item)
+            entries += encode_results(item["image_id"], out["masks"], out["labels"], out["scores"])
+        return entries
+
+
+def _update_ap(
+    metric: MeanAveragePrecision, item: dict[str, Any], masks: np.ndarray, scores: np.ndarray, labels: np.ndarray
+) -> None:
+    """Add one image's masks `(K, H, W)` bool, scores and labels `(K,)` against its ground truth to `metric`."""
+    metric.update(
+        [{"masks": torch.from_numpy(masks), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)}],
+        [{"masks": torch.from_numpy(item["gt_masks"]), "labels": torch.from_numpy(item["gt_labels"]),
+          "iscrowd": torch.from_numpy(item["gt_iscrowd"]), "area": torch.from_numpy(item["gt_areas"])}],
+    )  # fmt: skip

@@ -7,13 +7,16 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
+from sam.batched import ImageEmbedding, check_image, sam_autocast
+
 
 class SamBoxPredictor:
     """Masks for many prompts on one image: the image encoder runs once, the prompts go through the
     prompt encoder and mask decoder in batches of `chunk_size`. bf16 autocast on CUDA.
 
     Preprocessing and postprocessing are `segment_anything.SamPredictor`'s (ResizeLongestSide, padding,
-    mask upsampling), so each mask matches `SamPredictor.predict(box=b, multimask_output=False)`.
+    mask upsampling), so each mask matches `SamPredictor.predict(box=b, multimask_output=False)`. For many
+    images, encode them in one call (`sam.batched.encode_images`) and `set_embedding` each in turn.
     """
 
     def __init__(self, sam_model: Sam, chunk_size: int = 64) -> None:
@@ -29,7 +32,7 @@ class SamBoxPredictor:
         return self.predictor.device
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return sam_autocast(self.device)
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray) -> None:
@@ -42,8 +45,29 @@ class SamBoxPredictor:
                 f"SAM got an empty {image.shape[1]}x{image.shape[0]} (WxH) image: pass an (H, W, 3) image with at "
                 "least one pixel."
             )
+        check_image(image, self.predictor.model.image_encoder.img_size)
         with self._autocast():
             self.predictor.set_image(image)
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Use an image encoded by `sam.batched.encode_images` for the following `predict*` calls with
+        `image=None`, as `set_image` would have encoded it (no encoder call here)."""
+        if not isinstance(embedding, ImageEmbedding):
+            raise ValueError(  # noqa: TRY004 (API: ValueError)
+                f"set_embedding takes an ImageEmbedding from sam.batched.encode_images, got {type(embedding).__name__}."
+            )
+        encoder = self.predictor.model.prompt_encoder
+        expected = (1, encoder.embed_dim, *encoder.image_embedding_size)
+        if tuple(embedding.features.shape) != expected or embedding.features.device != self.device:
+            raise ValueError(
+                f"The embedding is {tuple(embedding.features.shape)} on {embedding.features.device}; this SAM takes "
+                f"{expected} on {self.device}: encode the images with the same SAM model (encode_images(sam, images))."
+            )
+        self.predictor.reset_image()
+        self.predictor.features = embedding.features
+        self.predictor.original_size = embedding.original_size
+        self.predictor.input_size = embedding.input_size
+        self.predictor.is_image_set = True
 
     def predict(self, image: np.ndarray | None, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Box prompts `(N, 4)` xyxy pixels -> masks `(N, H, W)` bool, scores `(N,)` (SAM's predicted IoU).
@@ -60,6 +84,29 @@ class SamBoxPredictor:
         boxes = self.predictor.transform.apply_boxes_torch(boxes, self.predictor.original_size)
         chunks = [self._decode(boxes=chunk, multimask=False) for chunk in boxes.split(self.chunk_size) if len(chunk)]
         return self._collect(chunks)
+
+    def predict_refined(
+        self, image: np.ndarray | None, boxes: np.ndarray
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """Box prompts `(N, 4)` xyxy pixels, each decoded twice -> `(masks, scores)` of the second pass and
+        `(masks, scores)` of the first (masks `(N, H, W)` bool, scores `(N,)`); boxes are checked as `predict` does.
+
+        The first pass is `predict`'s; the second gives the mask decoder the same box plus the first pass's
+        low-res logits `(1, 256, 256)` as its mask input (SAM's iterative refinement), so each second mask matches
+        `SamPredictor.predict(box=b, mask_input=first_logits, multimask_output=False)`.
+        """
+        if image is not None:
+            self.set_image(image)
+        boxes = check_boxes(boxes, *self._image_size())
+        boxes = torch.as_tensor(boxes, device=self.device)
+        boxes = self.predictor.transform.apply_boxes_torch(boxes, self.predictor.original_size)
+        first, second = [], []
+        for chunk in boxes.split(self.chunk_size):
+            if len(chunk):
+                masks, scores, logits = self._decode(boxes=chunk, multimask=False, logits=True)
+                first.append((masks, scores))
+                second.append(self._decode(boxes=chunk, multimask=False, mask_input=logits))
+        return self._collect(second), self._collect(first)
 
     def predict_points(
         self, image: np.ndarray | None, points: np.ndarray, multimask: bool = True
@@ -135,14 +182,25 @@ class SamBoxPredictor:
         return self.predictor.original_size
 
     @torch.no_grad()
-    def _decode(self, boxes: torch.Tensor | None = None, points: tuple | None = None, multimask: bool = False) -> tuple:
-        """A batch of prompts -> the best mask `(B, H, W)` bool and its score `(B,)`, on the CPU."""
+    def _decode(
+        self,
+        boxes: torch.Tensor | None = None,
+        points: tuple | None = None,
+        multimask: bool = False,
+        mask_input: torch.Tensor | None = None,
+        logits: bool = False,
+    ) -> tuple:
+        """A batch of prompts (and `mask_input` `(B, 1, 256, 256)` logits) -> the best mask `(B, H, W)` bool and
+        its score `(B,)`, on the CPU; with `logits`, also that mask's low-res logits `(B, 1, 256, 256)` on the device."""
         coords, labels = points if points is not None else (None, None)
         with self._autocast():
-            masks, scores, _ = self.predictor.predict_torch(coords, labels, boxes, multimask_output=multimask)
+            masks, scores, low_res = self.predictor.predict_torch(
+                coords, labels, boxes, mask_input, multimask_output=multimask
+            )
         best = scores.argmax(1)
         rows = torch.arange(len(best), device=best.device)
-        return masks[rows, best].cpu(), scores[rows, best].float().cpu()
+        out = masks[rows, best].cpu(), scores[rows, best].float().cpu()
+        return (*out, low_res[rows, best][:, None]) if logits else out
 
     def _collect(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
         if not chunks:
