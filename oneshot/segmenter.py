@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from backbones.features import FeatureSpec, read_features
 from oneshot import matching
 from oneshot.matching import OneShotInputError, PatchGrid, check_image, check_mask
+from sam.batched import ImageEmbedding
 from sam.predictor import SamBoxPredictor
 
 # as datamodules.transforms (not imported from there: albumentations and cv2 are slow imports)
@@ -179,8 +180,11 @@ class OneShotSegmenter:
         inside = torch.cat([f[m] for f, m in zip(all_features, patch_masks)])
         return Reference(inside, F.normalize(inside.mean(0), dim=0), all_features, patch_masks)
 
-    def segment(self, reference: Reference, image: np.ndarray) -> Segmentation:
+    def segment(self, reference: Reference, image: np.ndarray, embedding: ImageEmbedding | None = None) -> Segmentation:
         """A target ``(H, W, 3)`` uint8 RGB -> its `Segmentation`; an empty mask and a note when nothing matched.
+
+        ``embedding``: the target already encoded by SAM (`sam.batched.encode_images`, many targets in one encoder
+        call); without it SAM encodes the target here.
 
         Raises:
             OneShotInputError: a bad image, or one smaller than one patch after the resize.
@@ -194,7 +198,10 @@ class OneShotSegmenter:
         if not matched.any():
             return empty_segmentation(image.shape[:2], NO_MATCH)
         similarity = target @ reference.mean_feature
-        self.sam.set_image(image)
+        if embedding is None:
+            self.sam.set_image(image)
+        else:
+            self.sam.set_embedding(embedding)
         if self.method == "persam":
             return self._persam(grid, similarity, matched)
         return self._matcher(grid, target, reference.mean_feature, similarity, matched)

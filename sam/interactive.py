@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
+from sam.batched import ImageEmbedding, encode_images
 from sam.clicks import Click, clicks_to_reach, first_click, mask_iou, next_click
 from sam.predictor import SamBoxPredictor
 from utils.errors import UserError, option
@@ -77,12 +78,22 @@ class InteractiveSegmenter:
             out.append((masks.cpu(), scores.float().cpu(), logits.float().cpu()))
         return tuple(torch.cat(parts) for parts in zip(*out))
 
-    def run(self, image: np.ndarray, gt_masks: np.ndarray, ignore: np.ndarray | None = None) -> dict[str, Track]:
+    def run(
+        self,
+        image: np.ndarray,
+        gt_masks: np.ndarray,
+        ignore: np.ndarray | None = None,
+        embedding: ImageEmbedding | None = None,
+    ) -> dict[str, Track]:
         """Objects `gt_masks` `(M, H, W)` bool, each non-empty, on `image` `(H, W, 3)` uint8 -> one Track per run.
-        `ignore` `(H, W)` bool: pixels left out of IoUs and error regions (None: none)."""
+        `ignore` `(H, W)` bool: pixels left out of IoUs and error regions (None: none). `embedding`: the image
+        already encoded (`sam.batched.encode_images`); without it SAM encodes it here."""
         if not len(gt_masks):
             return {}
-        self.box_predictor.set_image(image)
+        if embedding is None:
+            self.box_predictor.set_image(image)
+        else:
+            self.box_predictor.set_embedding(embedding)
         first = [first_click(gt) for gt in gt_masks]
         if any(click is None for click in first):
             raise ValueError("Every object needs a non-empty mask: drop the empty ones (they have no centre).")
@@ -154,14 +165,22 @@ class SamPointsEvaluation(L.LightningModule):
         )  # keys hold "@": ModuleDict takes any string key
         self.counts = nn.ModuleDict({name: SumMetric() for name in COUNTS})  # summed over processes, as the means
 
-    def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> None:
+        # data.batch_size > 1 gives a list of images: SAM's encoder runs once for all of them
+        items = batch if isinstance(batch, list) else [batch]
+        embeddings = encode_images(self.sam, [item["image"] for item in items]) if len(items) > 1 else [None]
+        for item, embedding in zip(items, embeddings):
+            self.image_step(item, embedding)
+
+    def image_step(self, item: dict[str, Any], embedding: ImageEmbedding | None) -> None:
+        """One image's objects: clicks, metrics, and its JSON."""
         keep = np.asarray(item["gt_iscrowd"]) == 0
         gt_masks = np.asarray(item["gt_masks"], dtype=bool)[keep]
         present = gt_masks.any((1, 2))
         self.counts["objects"].update(float(present.sum()))
         self.counts["skipped_objects"].update(float((~present).sum()))
         ignore = item.get("gt_ignore")
-        tracks = self.segmenter.run(item["image"], gt_masks[present], ignore)
+        tracks = self.segmenter.run(item["image"], gt_masks[present], ignore, embedding)
         for run, track in tracks.items():
             prefix = "" if run == "top" else "oracle_"
             ious = np.array(track.ious)

@@ -1,5 +1,8 @@
 """SAM's interactive point evaluation: click centres, the next-click rule, NoC / mIoU@k, the decoder loop's mask
-feedback, the RITM readers and train.py end to end."""
+feedback, the RITM readers and train.py end to end.
+
+Longer than 300 lines: the click rules' hand-made cases, the decoder loop and three readers, one short test each.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import open_dict
 from PIL import Image
 
 import train
@@ -285,7 +289,13 @@ def test_train_py_sam_points_quickstart(tmp_path: Path) -> None:
         tmp_path,
     )  # fmt: skip
     assert cfg.train is False and cfg.head.clicks == 3
-    check_run(cfg, 3)
+    single = check_run(cfg, 3)
+    with open_dict(cfg):
+        cfg.data.batch_size = 2  # a list of images per batch: one SAM encoder call for both
+        cfg.paths.output_dir = str(tmp_path / "batched")
+    batched = train.run(cfg)
+    assert batched.keys() == single.keys()
+    assert all(batched[k] == pytest.approx(single[k], abs=1e-4) for k in single), (batched, single)
 
 
 def test_train_py_sam_points_on_grabcut(tmp_path: Path) -> None:

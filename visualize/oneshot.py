@@ -86,6 +86,7 @@ def load_sam_from_args(args: argparse.Namespace, device: object) -> object:
 def segment_photos(args: argparse.Namespace) -> None:
     # imported here, not at the top, so that --help answers before torch and matplotlib are imported
     from oneshot.segmenter import OneShotSegmenter
+    from sam.batched import encode_images
     from sam.predictor import SamBoxPredictor
     from utils.results import write_json
     from visualize.cli import backbone_label, check_output_path, load_from_args
@@ -110,10 +111,11 @@ def segment_photos(args: argparse.Namespace) -> None:
         features = segmenter.reference([reference], [reference_mask])
     except ValueError as err:
         raise InputError(f"Reference {args.reference} with {args.reference_mask}: {err}") from None
+    embeddings = encode_images(sam.predictor.model, targets)  # every target through SAM's encoder in batches
     results = []
-    for path, image in zip(args.targets, targets):
+    for path, image, embedding in zip(args.targets, targets, embeddings):
         try:
-            results.append(segmenter.segment(features, image))
+            results.append(segmenter.segment(features, image, embedding))
         except ValueError as err:
             raise InputError(f"Target {path}: {err}") from None
     label = backbone_label(args, backbone)
