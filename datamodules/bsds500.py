@@ -15,9 +15,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import scipy.io
-from scipy.io.matlab import MatReadError
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image, ImageDraw
+from scipy.io.matlab import MatReadError
 from torch.utils.data import DataLoader, Dataset
 
 from utils.atomic import atomic_folder
@@ -74,6 +74,8 @@ def write_bsds_like(root: str | Path, n_images: int = 4, size: tuple[int, int] =
     polygons on a noisy background, each with 3 "annotators" whose labels are the same polygons with vertices jittered
     by up to 2 pixels (one also misses the smallest polygon). Written as one folder, atomically; deterministic."""
     root = Path(root).expanduser()
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()  # an empty folder made beforehand: the set takes its place (atomic_folder keeps existing ones)
     rng = np.random.default_rng(seed)
     return atomic_folder(root, lambda out: _write_images(out, rng, n_images, size))
 

@@ -42,6 +42,25 @@ def thin_edges(edges: np.ndarray) -> np.ndarray:
     return thin(np.asarray(edges, bool))
 
 
+class _Pixels:
+    """The `True` pixels of a map, `(N, 2)` row/col, with their k-d tree: built once, matched against many maps."""
+
+    def __init__(self, binary: np.ndarray) -> None:
+        self.points = np.argwhere(binary)
+        self.tree = cKDTree(self.points) if len(self.points) else None
+
+
+def _partners(pred: _Pixels, truth: _Pixels, max_dist: float) -> np.ndarray:
+    """For each pixel of `pred`, the index of its partner in `truth` or -1, in a maximum one-to-one matching of the
+    pixel pairs at most `max_dist` apart."""
+    if pred.tree is None or truth.tree is None:
+        return np.full(len(pred.points), -1)
+    pairs = pred.tree.sparse_distance_matrix(truth.tree, max_dist, output_type="coo_matrix")
+    # a distance of 0 (the same pixel) is a stored zero, which a sparse graph would drop: every pair is an edge
+    graph = coo_matrix((np.ones(pairs.nnz, np.int8), (pairs.row, pairs.col)), (len(pred.points), len(truth.points)))
+    return maximum_bipartite_matching(graph.tocsr(), perm_type="column")
+
+
 def match_edges(pred: np.ndarray, truth: np.ndarray, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one matches between the `True` pixels of two `(H, W)` bool maps at most `max_dist` pixels apart.
 
@@ -51,17 +70,17 @@ def match_edges(pred: np.ndarray, truth: np.ndarray, max_dist: float) -> tuple[n
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     if pred.shape != truth.shape or pred.ndim != 2:
         raise ValueError(f"match_edges takes two (H, W) maps of one size, got {pred.shape} and {truth.shape}.")
-    matched_pred, matched_truth = np.zeros_like(pred), np.zeros_like(truth)
-    p, t = np.argwhere(pred), np.argwhere(truth)
-    if not len(p) or not len(t):
-        return matched_pred, matched_truth
-    pairs = cKDTree(p).sparse_distance_matrix(cKDTree(t), max_dist, output_type="coo_matrix")
-    # a distance of 0 (the same pixel) is a stored zero, which the sparse graph would drop: every pair is an edge
-    graph = coo_matrix((np.ones(pairs.nnz, np.int8), (pairs.row, pairs.col)), shape=(len(p), len(t))).tocsr()
-    partner = maximum_bipartite_matching(graph, perm_type="column")  # for each pred pixel, its truth pixel or -1
+    return _matched_maps(_Pixels(pred), _Pixels(truth), pred.shape, max_dist)
+
+
+def _matched_maps(
+    pred: _Pixels, truth: _Pixels, shape: tuple[int, ...], max_dist: float
+) -> tuple[np.ndarray, np.ndarray]:
+    partner = _partners(pred, truth, max_dist)
     rows = np.flatnonzero(partner >= 0)
-    matched_pred[tuple(p[rows].T)] = True
-    matched_truth[tuple(t[partner[rows]].T)] = True
+    matched_pred, matched_truth = np.zeros(shape, bool), np.zeros(shape, bool)
+    matched_pred[tuple(pred.points[rows].T)] = True
+    matched_truth[tuple(truth.points[partner[rows]].T)] = True
     return matched_pred, matched_truth
 
 
@@ -85,15 +104,17 @@ def image_counts(
         )
     radius = max_dist * float(np.hypot(*edges.shape))
     counts = np.zeros((len(levels), 4), np.int64)
+    annotators = [_Pixels(truth) for truth in boundaries]  # the same at every threshold
     for k, level in enumerate(levels):
         binary = edges >= max(float(level), np.finfo(float).eps)
         if thinning:
             binary = thin_edges(binary)
-        any_matched = np.zeros_like(binary)
-        for truth in boundaries:
-            matched_pred, matched_truth = match_edges(binary, truth, radius)
-            any_matched |= matched_pred
-            counts[k, 0] += matched_truth.sum()
+        pred = _Pixels(binary)
+        any_matched = np.zeros(len(pred.points), bool)
+        for truth in annotators:
+            partner = _partners(pred, truth, radius)
+            any_matched |= partner >= 0
+            counts[k, 0] += int((partner >= 0).sum())
         counts[k, 1:] = boundaries.sum(), any_matched.sum(), binary.sum()
     return counts
 
@@ -131,8 +152,8 @@ def summarize(per_image: np.ndarray) -> dict[str, float]:
     outside the curve's range dropped), summed / 100. R50: the recall interpolated at 50% precision (or at the
     lowest precision reached, if above).
 
-    Two departures, both where `edgesEvalDir` has no number: R50 is 0 when no threshold reaches 50% precision (no
-    recall is reached at that precision; `edgesEvalDir` gives NaN), and a curve of a single distinct recall (e.g. a binary edge map, every threshold the same
+    Two departures from `edgesEvalDir`, both at the ends of the range: R50 is 0 when no threshold reaches 50%
+    precision (no recall is reached at that precision; `edgesEvalDir` gives NaN), and a curve of a single distinct recall (e.g. a binary edge map, every threshold the same
     pixels) has AP = precision x recall, the area of its step, where `edgesEvalDir` gives 0; so that a perfect
     prediction scores AP = 1.
     """

@@ -77,8 +77,9 @@ def grid_mask_probabilities(
         coords = predictor.transform.apply_coords_torch(chunk.to(predictor.device), predictor.original_size)
         labels = torch.ones(len(chunk), 1, dtype=torch.int, device=predictor.device)
         logits, iou, low = predictor.predict_torch(coords[:, None], labels, multimask_output=True, return_logits=True)
-        boxes.append(batched_mask_to_box(logits.flatten(0, 1) > sam_model.mask_threshold).float().cpu())
-        nonempty = (logits.flatten(0, 1) > sam_model.mask_threshold).flatten(1).any(1).cpu()
+        masks = logits.flatten(0, 1) > sam_model.mask_threshold
+        boxes.append(batched_mask_to_box(masks).float().cpu())
+        nonempty = masks.flatten(1).any(1).cpu()
         scores.append(torch.where(nonempty, iou.flatten().float().cpu(), -torch.inf))
         low_res.append(low.flatten(0, 1).float().cpu())
     boxes, scores, low_res = torch.cat(boxes), torch.cat(scores), torch.cat(low_res)
