@@ -153,9 +153,9 @@ def summarize(per_image: np.ndarray) -> dict[str, float]:
     lowest precision reached, if above).
 
     Two departures from `edgesEvalDir`, both at the ends of the range: R50 is 0 when no threshold reaches 50%
-    precision (no recall is reached at that precision; `edgesEvalDir` gives NaN), and a curve of a single distinct recall (e.g. a binary edge map, every threshold the same
-    pixels) has AP = precision x recall, the area of its step, where `edgesEvalDir` gives 0; so that a perfect
-    prediction scores AP = 1.
+    precision (no recall is reached at that precision; `edgesEvalDir` gives NaN), and a curve of a single distinct
+    recall (e.g. a binary edge map, every threshold the same pixels) has AP = precision x recall, the area of its
+    step, where `edgesEvalDir` gives 0; so that a perfect prediction scores AP = 1.
     """
     per_image = np.asarray(per_image, np.int64)
     if per_image.ndim != 3 or per_image.shape[2] != 4 or not per_image.shape[0]:
