@@ -9,6 +9,7 @@ Batches are `datamodules.bsds500` items (one image with its annotators' boundary
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ from PIL import Image
 from torch import nn
 
 from metrics.edges import MAX_DIST, EdgeBenchmark
-from sam.edges import _check_whole, edge_map
+from sam.edges import edge_map
 from utils.atomic import atomic_write
-from utils.errors import UserError
+from utils.errors import UserError, option
 
 METRICS = ("ODS", "OIS", "AP", "R50")
 
@@ -58,11 +59,15 @@ class SamEdgesEvaluation(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["sam"])
-        _check_whole("points_per_side", points_per_side, 1)
-        _check_whole("points_per_batch", points_per_batch, 1)
+        for name, value in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch)):
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+                raise UserError(
+                    f"{option('head', name, value)} must be a whole number of at least 1; e.g. "
+                    f"{option('head', name, 16 if name == 'points_per_side' else 256)}."
+                )
         for name, value in (("box_nms_thresh", box_nms_thresh), ("pred_iou_thresh", pred_iou_thresh)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"{name}={value!r} must be a number in [0, 1].")
+                raise UserError(f"{option('head', name, value)} must be a number in [0, 1].")
         if save_edges and edges_dir is None:
             raise ValueError("save_edges=True needs edges_dir, the folder the PNGs go to.")
         self.sam = sam.eval().requires_grad_(False)

@@ -229,7 +229,7 @@ def exit_code(cfg) -> int:
 
 def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert exit_code(edges_run(tmp_path, "head.points_per_side=0")) == 2
-    assert "points_per_side=0 must be a whole number of at least 1" in capsys.readouterr().err
+    assert "head.points_per_side=0 must be a whole number of at least 1" in capsys.readouterr().err
 
     BSDS500DataModule(str(tmp_path / "bsds"), generate=True).prepare_data()
     (tmp_path / "bsds" / "groundTruth" / "test" / "0001.mat").unlink()
