@@ -105,8 +105,13 @@ def image_counts(
     radius = max_dist * float(np.hypot(*edges.shape))
     counts = np.zeros((len(levels), 4), np.int64)
     annotators = [_Pixels(truth) for truth in boundaries]  # the same at every threshold
+    previous = None
     for k, level in enumerate(levels):
         binary = edges >= max(float(level), np.finfo(float).eps)
+        if previous is not None and np.array_equal(binary, previous):  # no value between the two thresholds
+            counts[k] = counts[k - 1]
+            continue
+        previous = binary
         if thinning:
             binary = thin_edges(binary)
         pred = _Pixels(binary)
