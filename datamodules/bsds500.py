@@ -24,7 +24,7 @@ from utils.atomic import atomic_folder
 from utils.errors import option
 
 from .errors import DatasetError
-from .loaders import check_loader_options, usable_workers
+from .loaders import check_loader_options, image_items, usable_workers
 
 SPLITS = ("train", "val", "test")
 LAYOUT = "images/{train,val,test}/<id>.jpg and groundTruth/{train,val,test}/<id>.mat"
@@ -143,11 +143,6 @@ class BSDS500Images(Dataset):
         return {"image": image, "boundaries": boundaries, "path": str(image_path), "name": image_path.stem}
 
 
-def single(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batches of one image, left as numpy (BSDS images are 481x321 or 321x481)."""
-    return batch[0]
-
-
 class BSDS500DataModule(L.LightningDataModule):
     """BSDS500 for the boundary benchmark: a test loader of one image per batch (`BSDS500Images` items).
 
@@ -160,10 +155,17 @@ class BSDS500DataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, root: str, split: str = "test", num_workers: int = 2, generate: bool = False, generate_n: int = 4
+        self,
+        root: str,
+        split: str = "test",
+        num_workers: int = 2,
+        generate: bool = False,
+        generate_n: int = 4,
+        batch_size: int = 1,
     ) -> None:
         super().__init__()
-        check_loader_options(num_workers=num_workers, generate_n=generate_n)
+        check_loader_options(num_workers=num_workers, generate_n=generate_n, batch_size=batch_size)
+        self.batch_size = batch_size
         if split not in SPLITS:
             raise DatasetError(f"{option('data', 'split', split)} is not a BSDS500 split: use one of {SPLITS}.")
         self.root, self.split, self.generate, self.generate_n = Path(root).expanduser(), split, generate, generate_n
@@ -207,4 +209,7 @@ class BSDS500DataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 self.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )
-        return DataLoader(self.dataset, batch_size=1, collate_fn=single, num_workers=self.num_workers, sampler=sampler)
+        collate = image_items(self.batch_size)
+        return DataLoader(
+            self.dataset, self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler
+        )

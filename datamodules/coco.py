@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DatasetError
 from .files import load_image
-from .loaders import check_loader_options, usable_workers
+from .loaders import check_loader_options, image_items, usable_workers
 from .synthetic_coco import write_coco_like
 
 DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
@@ -173,16 +173,6 @@ class CocoInstances(Dataset):
         return item
 
 
-def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batches of one image, left as numpy: images differ in size and SAM resizes each itself."""
-    return batch[0]
-
-
-def _items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Batches of several images: the list of items, left as numpy (images differ in size)."""
-    return batch
-
-
 class CocoDataModule(L.LightningDataModule):
     """A COCO-format instance split for evaluation (test and predict loaders).
 
@@ -259,5 +249,5 @@ class CocoDataModule(L.LightningDataModule):
         return self._loader()
 
     def _loader(self) -> DataLoader:
-        collate = _single if self.batch_size == 1 else _items
+        collate = image_items(self.batch_size)
         return DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DatasetError
 from .files import load_image, open_image
-from .loaders import check_loader_options, usable_workers
+from .loaders import check_loader_options, image_items, usable_workers
 
 HOW_TO_GET = (
     "RITM's evaluation sets are linked from https://github.com/SamsungLabs/ritm_interactive_segmentation#datasets "
@@ -106,11 +106,6 @@ class InteractiveInstances(Dataset):
         }
 
 
-def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batches of one image, left as numpy: images differ in size and SAM resizes each itself."""
-    return batch[0]
-
-
 class InteractiveDataModule(L.LightningDataModule):
     """GrabCut, Berkeley or DAVIS in RITM's layout, for the interactive point evaluation (test loader only).
 
@@ -120,9 +115,10 @@ class InteractiveDataModule(L.LightningDataModule):
         num_workers: image-loading processes.
     """
 
-    def __init__(self, root: str, layout: str = "grabcut", num_workers: int = 4) -> None:
+    def __init__(self, root: str, layout: str = "grabcut", num_workers: int = 4, batch_size: int = 1) -> None:
         super().__init__()
-        check_loader_options(num_workers=num_workers)
+        check_loader_options(num_workers=num_workers, batch_size=batch_size)
+        self.batch_size = batch_size  # images per test batch: SAM encodes a batch's images in one call
         if layout not in LAYOUTS:
             raise DatasetError(f"data.layout={layout!r} is not a known layout: use one of {', '.join(LAYOUTS)}.")
         self.root, self.layout_name = Path(root).expanduser(), layout
@@ -133,4 +129,6 @@ class InteractiveDataModule(L.LightningDataModule):
         self.dataset = InteractiveInstances(list_samples(self.root, self.layout_name, layout), layout)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=1, collate_fn=_single, num_workers=self.num_workers)
+        return DataLoader(
+            self.dataset, self.batch_size, collate_fn=image_items(self.batch_size), num_workers=self.num_workers
+        )

@@ -167,6 +167,22 @@ def check_loader_options(**options: int | Sequence[int]) -> None:
         )
 
 
+def one_item(batch: list[Any]) -> Any:
+    """A loader batch of one item, left as it is (images of any size, as numpy): what SAM's loops read."""
+    return batch[0]
+
+
+def item_list(batch: list[Any]) -> list[Any]:
+    """A loader batch of several items, as their list (images of any size, as numpy)."""
+    return batch
+
+
+def image_items(batch_size: int) -> Callable[[list[Any]], Any]:
+    """The collate of SAM's loops: one item when `batch_size` is 1, else the list of items (SAM encodes a list of
+    images of any sizes in one call, `sam.batched.encode_images`)."""
+    return one_item if batch_size == 1 else item_list
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -14,10 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import convolve1d, map_coordinates
-from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.utils.amg import batched_mask_to_box, build_point_grid
 from torchvision.ops import batched_nms
+
+from sam.batched import ImageEmbedding
+from sam.predictor import SamBoxPredictor
 
 SOBEL_X = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
 
@@ -49,6 +51,7 @@ def grid_mask_probabilities(
     points_per_batch: int = 256,
     box_nms_thresh: float = 0.7,
     pred_iou_thresh: float = 0.0,
+    embedding: ImageEmbedding | None = None,
 ) -> np.ndarray:
     """SAM's masks for a `points_per_side`^2 point grid on `image`, after box NMS, as probabilities.
 
@@ -59,6 +62,8 @@ def grid_mask_probabilities(
         points_per_batch: point prompts per mask-decoder call (each gives SAM's 3 multimask outputs).
         box_nms_thresh: the IoU of mask boxes above which the lower-scored mask (SAM's predicted IoU) is dropped.
         pred_iou_thresh: masks with a predicted IoU below this are dropped first (the paper filters none: 0).
+        embedding: `image` already encoded (`sam.batched.encode_images`, many images in one encoder call); without
+            it SAM encodes the image here.
 
     Returns:
         `(N, H, W)` float32 sigmoid of SAM's mask logits at the image's size, highest predicted IoU first; masks
@@ -67,8 +72,12 @@ def grid_mask_probabilities(
     image = check_image(image)
     points_per_side = _check_whole("points_per_side", points_per_side, 1)
     points_per_batch = _check_whole("points_per_batch", points_per_batch, 1)
-    predictor = SamPredictor(sam_model)
-    predictor.set_image(image)
+    prompts = SamBoxPredictor(sam_model)
+    if embedding is None:
+        prompts.set_image(image)
+    else:
+        prompts.set_embedding(embedding)
+    predictor = prompts.predictor
     height, width = image.shape[:2]
     # amg's grid is in [0, 1], cell centres; pixels as SamAutomaticMaskGenerator scales it (x by W, y by H)
     points = torch.as_tensor(build_point_grid(points_per_side) * np.array([width, height]), dtype=torch.float32)
@@ -164,6 +173,7 @@ def edge_map(
     box_nms_thresh: float = 0.7,
     pred_iou_thresh: float = 0.0,
     nms: bool = True,
+    embedding: ImageEmbedding | None = None,
 ) -> np.ndarray:
     """The zero-shot SAM edge map of an `(H, W, 3)` uint8 RGB image: `(H, W)` float32 in [0, 1].
 
@@ -172,7 +182,7 @@ def edge_map(
     has no fixed scale of its own. All zeros when no mask survives.
     """
     probabilities = grid_mask_probabilities(
-        sam_model, image, points_per_side, points_per_batch, box_nms_thresh, pred_iou_thresh
+        sam_model, image, points_per_side, points_per_batch, box_nms_thresh, pred_iou_thresh, embedding
     )
     edges = sobel_magnitude(probabilities)
     if nms:

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from metrics.edges import MAX_DIST, EdgeBenchmark
+from sam.batched import ImageEmbedding, encode_images
 from sam.edges import edge_map
 from utils.atomic import atomic_write
 from utils.errors import UserError, option
@@ -85,10 +86,24 @@ class SamEdgesEvaluation(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.benchmark.reset()
 
-    def test_step(self, item: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> None:
+        # data.batch_size > 1 gives a list of images: SAM's encoder runs once for all of them
+        items = batch if isinstance(batch, list) else [batch]
+        embeddings = encode_images(self.sam, [item["image"] for item in items]) if len(items) > 1 else [None]
+        for item, embedding in zip(items, embeddings):
+            self.image_step(item, embedding)
+
+    def image_step(self, item: dict[str, Any], embedding: ImageEmbedding | None) -> None:
+        """One image: its edge map, the benchmark's counts, and its PNG."""
         hp = self.hparams
         edges = edge_map(
-            self.sam, item["image"], hp.points_per_side, hp.points_per_batch, hp.box_nms_thresh, hp.pred_iou_thresh
+            self.sam,
+            item["image"],
+            hp.points_per_side,
+            hp.points_per_batch,
+            hp.box_nms_thresh,
+            hp.pred_iou_thresh,
+            embedding=embedding,
         )
         quantised = np.round(edges * 255).astype(np.uint8)  # what the benchmark reads from the PNG: value / 255
         self.benchmark.update(quantised / 255.0, item["boundaries"])

@@ -45,6 +45,7 @@ PAIRS = [
     ("sam_points", "grabcut"),
     ("sam_points", "berkeley"),
     ("sam_points", "davis"),
+    ("sam_edges", "bsds500"),
 ]
 
 
