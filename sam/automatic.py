@@ -1,13 +1,10 @@
-"""SAM's automatic masks: a grid of point prompts over the image (and over crops of it), filtered by SAM's predicted
-IoU and the stability score, de-duplicated by box NMS within and across crops.
+"""SAM's automatic masks: a grid of point prompts over the image and its crops, masks filtered by SAM's predicted
+IoU and stability score, duplicates removed by box NMS within and across crops.
 
-`SamMaskGenerator` gives the same masks, scores and records as `segment_anything.SamAutomaticMaskGenerator` with the
-same settings, in the same order of operations, built from segment_anything's own helpers (`utils.amg`). It is faster
-because the decoder takes `points_per_batch` prompts at once (256 by default, 64 there), the predicted-IoU filter runs
-on the low-resolution logits so that only its survivors are upsampled to the image, masks are upsampled and encoded
-once more only when they survive NMS (no run-length encoding of the discarded ones), and on CUDA the encoder and
-decoder run in bf16 autocast (as `SamBoxPredictor`). `generate_with_probabilities` also returns the unthresholded mask
-probabilities of the kept masks (for edge maps).
+`SamMaskGenerator` gives `segment_anything.SamAutomaticMaskGenerator`'s masks and records for the same settings, in
+its order of operations and with its helpers (`utils.amg`), faster: `points_per_batch` prompts per decoder call (256,
+there 64), the predicted-IoU filter before upsampling (only its survivors reach image size), no run-length encoding of
+masks that NMS drops, bf16 autocast on CUDA (as `SamBoxPredictor`); also the kept masks' probabilities (edge maps).
 """
 
 from __future__ import annotations
@@ -40,8 +37,7 @@ from torchvision.ops.boxes import batched_nms, box_area
 from utils.errors import UserError, option
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-UPSAMPLE_CHUNK = 192
-"""Masks upsampled to the image at once: SamAutomaticMaskGenerator's 64 points x 3 masks, so peak memory stays its."""
+UPSAMPLE_CHUNK = 192  # masks upsampled at once: SamAutomaticMaskGenerator's 64 points x 3, so its peak memory
 
 
 class SamMaskGenerator:
@@ -71,44 +67,32 @@ class SamMaskGenerator:
         if not isinstance(sam_model, Sam):
             raise UserError(f"sam_model must be a segment_anything Sam (sam.load_sam), got {type(sam_model).__name__}.")
         for name, value, least in (
-            ("points_per_side", points_per_side, 1),
-            ("points_per_batch", points_per_batch, 1),
-            ("crop_n_layers", crop_n_layers, 0),
+            ("points_per_side", points_per_side, 1), ("points_per_batch", points_per_batch, 1),
+            ("crop_n_layers", crop_n_layers, 0), ("min_mask_region_area", min_mask_region_area, 0),
             ("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1),
-            ("min_mask_region_area", min_mask_region_area, 0),
-        ):
-            _check_int(name, value, least)
-        for name, value, high in (
-            ("pred_iou_thresh", pred_iou_thresh, 1.0),
-            ("stability_score_thresh", stability_score_thresh, 1.0),
-            ("stability_score_offset", stability_score_offset, math.inf),
-            ("box_nms_thresh", box_nms_thresh, 1.0),
-            ("crop_nms_thresh", crop_nms_thresh, 1.0),
-            ("crop_overlap_ratio", crop_overlap_ratio, 1.0),
-        ):
-            _check_number(name, value, high)
-        last = points_per_side // crop_n_points_downscale_factor**crop_n_layers
-        if last < 1:
+        ):  # fmt: skip
+            _check(name, value, least, whole=True)
+        for name, value, most in (
+            ("pred_iou_thresh", pred_iou_thresh, 1), ("stability_score_thresh", stability_score_thresh, 1),
+            ("box_nms_thresh", box_nms_thresh, 1), ("crop_nms_thresh", crop_nms_thresh, 1),
+            ("crop_overlap_ratio", crop_overlap_ratio, 1), ("stability_score_offset", stability_score_offset, math.inf),
+        ):  # fmt: skip
+            _check(name, value, 0, most)
+        if points_per_side // crop_n_points_downscale_factor**crop_n_layers < 1:
             raise UserError(
-                f"{option('head', 'points_per_side', points_per_side)} divided by "
-                f"{option('head', 'crop_n_points_downscale_factor', crop_n_points_downscale_factor)} per crop layer "
-                f"leaves no point in crop layer {crop_n_layers}: lower the factor or crop_n_layers, or raise "
-                "points_per_side."
+                f"{option('head', 'points_per_side', points_per_side)} over {crop_n_layers} crop layers divided by "
+                f"{option('head', 'crop_n_points_downscale_factor', crop_n_points_downscale_factor)} per layer leaves "
+                "the last layer no point: lower the factor or crop_n_layers."
             )
         if output_mode not in OUTPUT_MODES:
             raise UserError(f"{option('head', 'output_mode', output_mode)} is not one of {', '.join(OUTPUT_MODES)}.")
         self.predictor = SamPredictor(sam_model)
         self.point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
-        self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = float(pred_iou_thresh)
-        self.stability_score_thresh = float(stability_score_thresh)
-        self.stability_score_offset = float(stability_score_offset)
-        self.box_nms_thresh = float(box_nms_thresh)
-        self.crop_n_layers = crop_n_layers
-        self.crop_nms_thresh = float(crop_nms_thresh)
-        self.crop_overlap_ratio = float(crop_overlap_ratio)
-        self.min_mask_region_area = min_mask_region_area
-        self.output_mode = output_mode
+        self.points_per_batch, self.crop_n_layers = points_per_batch, crop_n_layers
+        self.pred_iou_thresh, self.stability_score_thresh = pred_iou_thresh, stability_score_thresh
+        self.stability_score_offset, self.min_mask_region_area = stability_score_offset, min_mask_region_area
+        self.box_nms_thresh, self.crop_nms_thresh = box_nms_thresh, crop_nms_thresh
+        self.crop_overlap_ratio, self.output_mode = crop_overlap_ratio, output_mode
 
     @property
     def model(self) -> Sam:
@@ -124,8 +108,7 @@ class SamMaskGenerator:
         """`generate`'s records and, for each record in the same order, SAM's mask probability map: `(N, H, W)` float32
         in [0, 1], the sigmoid of the mask logits upsampled to the image (thresholded at 0.5 it is the record's mask,
         before any `min_mask_region_area` clean-up); 0 outside the mask's crop."""
-        records, probabilities = self._generate(image, probabilities=True)
-        return records, probabilities
+        return self._generate(image, probabilities=True)
 
     def _autocast(self) -> torch.autocast:
         device = self.predictor.device
@@ -138,8 +121,9 @@ class SamMaskGenerator:
         crop_boxes, layers = generate_crop_boxes((height, width), self.crop_n_layers, self.crop_overlap_ratio)
         if any(x1 <= x0 or y1 <= y0 for x0, y0, x1, y1 in crop_boxes):
             raise UserError(
-                f"A {width}x{height} (WxH) image is too small for {option('head', 'crop_n_layers', self.crop_n_layers)}"
-                f": crop layer {self.crop_n_layers} would hold empty crops. Use fewer crop layers or a larger image."
+                f"A {width}x{height} (WxH) image is too small for "
+                f"{option('head', 'crop_n_layers', self.crop_n_layers)}: its last layer would hold empty crops. Use "
+                "fewer crop layers or a larger image."
             )
         return crop_boxes, layers
 
@@ -177,10 +161,8 @@ class SamMaskGenerator:
         for (batch,) in batch_iterator(self.points_per_batch, points):
             data.cat(self._process_batch(batch, crop, image.shape[:2]))
         self.predictor.reset_image()
-        keep = batched_nms(
-            data["boxes"].float(), data["iou_preds"], torch.zeros_like(data["iou_preds"]), self.box_nms_thresh
-        )
-        data.filter(keep)
+        scores = data["iou_preds"]
+        data.filter(batched_nms(data["boxes"].float(), scores, torch.zeros_like(scores), self.box_nms_thresh))
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
         data["crop_boxes"] = torch.tensor(crop_box).repeat(len(data["iou_preds"]), 1)
@@ -211,13 +193,12 @@ class SamMaskGenerator:
         )
         if self.pred_iou_thresh > 0.0:  # before upsampling: only the survivors are upsampled to the image
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
-        stability, boxes = [], []
+        stability, boxes = [data["iou_preds"][:0]], [torch.zeros((0, 4), dtype=torch.long, device=coords.device)]
         for chunk in data["low_res"].split(UPSAMPLE_CHUNK):
             logits = self._upsample(chunk, crop)
             stability.append(calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset))
             boxes.append(batched_mask_to_box(logits > model.mask_threshold))
-        data["stability_score"] = torch.cat(stability) if stability else data["iou_preds"][:0]
-        data["boxes"] = torch.cat(boxes) if boxes else torch.zeros((0, 4), dtype=torch.long, device=coords.device)
+        data["stability_score"], data["boxes"] = torch.cat(stability), torch.cat(boxes)
         if self.stability_score_thresh > 0.0:
             data.filter(data["stability_score"] >= self.stability_score_thresh)
         height, width = image_size
@@ -233,7 +214,7 @@ class SamMaskGenerator:
     def _upsample_kept(
         self, data: MaskData, crops: list[dict], size: tuple[int, int], probabilities: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The kept masks `(N, H, W)` bool in the image and, with `probabilities`, their sigmoids `(N, H, W)` float32."""
+        """The kept masks `(N, H, W)` bool in the image and, with `probabilities`, their sigmoids `(N, H, W)`."""
         n = len(data["iou_preds"])
         masks = np.zeros((n, *size), dtype=bool)
         probs = np.zeros((n, *size), dtype=np.float32) if probabilities else None
@@ -254,10 +235,8 @@ class SamMaskGenerator:
         data["kept"] = np.arange(len(masks))
         nms_thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
         SamAutomaticMaskGenerator.postprocess_small_regions(data, self.min_mask_region_area, nms_thresh)
-        cleaned = np.zeros((len(data["rles"]), *masks.shape[1:]), dtype=bool)
-        for i, rle in enumerate(data["rles"]):
-            cleaned[i] = rle_to_mask(rle)
-        return cleaned, data["kept"]
+        cleaned = [rle_to_mask(rle) for rle in data["rles"]]
+        return np.array(cleaned, dtype=bool).reshape(-1, *masks.shape[1:]), data["kept"]
 
     def _records(self, data: MaskData, masks: np.ndarray) -> list[dict[str, Any]]:
         """The masks `(N, H, W)` bool and their `data` as `SamAutomaticMaskGenerator.generate` writes them."""
@@ -295,10 +274,9 @@ def check_image(image: object) -> np.ndarray:
     """An `(H, W, 3)` uint8 RGB image of at least 2 x 2 pixels, or a UserError saying what it is and the fix."""
     array = np.asarray(image)
     if array.dtype != np.uint8:
-        fix = "(image * 255).round().astype(np.uint8)" if array.dtype.kind == "f" else "image.astype(np.uint8)"
         raise UserError(
             f"SAM takes an (H, W, 3) uint8 RGB image with values 0-255, got dtype {array.dtype}: convert it, e.g. "
-            f"{fix} for {'values in [0, 1]' if array.dtype.kind == 'f' else 'values 0-255'}."
+            "(image * 255).round().astype(np.uint8) for floats in [0, 1]."
         )
     if array.ndim != 3 or array.shape[2] != 3:
         raise UserError(
@@ -313,14 +291,10 @@ def check_image(image: object) -> np.ndarray:
     return array
 
 
-def _check_int(name: str, value: object, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise UserError(f"{option('head', name, value)}: give a whole number of at least {least}.")
-
-
-def _check_number(name: str, value: object, high: float) -> None:
-    """A finite number in [0, high] (high excluded for the crop overlap, which must leave each crop its own part)."""
-    inside = not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and math.isfinite(value)
-    top = "1)" if name == "crop_overlap_ratio" else ("inf)" if math.isinf(high) else f"{high:g}]")
-    if not inside or value < 0 or value > high or (name == "crop_overlap_ratio" and value >= high):
-        raise UserError(f"{option('head', name, value)}: give a finite number in [0, {top}.")
+def _check(name: str, value: object, least: float, most: float = math.inf, whole: bool = False) -> None:
+    """A finite number in [least, most], whole when `whole` (a bool is refused: Python counts it as an int)."""
+    kinds = (int, np.integer) if whole else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not (least <= value <= most and math.isfinite(value)):
+        what = "a whole number" if whole else "a finite number"
+        limits = f"of at least {least:g}" if math.isinf(most) else f"in [{least:g}, {most:g}]"
+        raise UserError(f"{option('head', name, value)}: give {what} {limits}.")

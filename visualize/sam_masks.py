@@ -79,7 +79,7 @@ def segment_everything(args: argparse.Namespace) -> None:
 
 
 def coco_record(record: dict[str, Any]) -> dict[str, Any]:
-    """A `SamMaskGenerator` record with a binary mask -> JSON: the mask as COCO RLE (`counts` a str), numbers rounded."""
+    """A `SamMaskGenerator` record (binary mask) as JSON: the mask as COCO RLE, `counts` a str; numbers rounded."""
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(record["segmentation"].astype(np.uint8)))
