@@ -197,10 +197,12 @@ class SamMaskGenerator:
         for chunk in data["low_res"].split(UPSAMPLE_CHUNK):
             logits = self._upsample(chunk, crop)
             stability.append(calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset))
-            boxes.append(batched_mask_to_box(logits > model.mask_threshold))
-        data["stability_score"], data["boxes"] = torch.cat(stability), torch.cat(boxes)
+            stable = stability[-1] >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else ...
+            boxes.append(batched_mask_to_box(logits[stable] > model.mask_threshold))  # of the stable ones only
+        data["stability_score"] = torch.cat(stability)
         if self.stability_score_thresh > 0.0:
             data.filter(data["stability_score"] >= self.stability_score_thresh)
+        data["boxes"] = torch.cat(boxes)
         height, width = image_size
         near_edge = is_box_near_crop_edge(data["boxes"], crop["box"], [0, 0, width, height])
         if near_edge.any():
