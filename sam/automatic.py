@@ -198,13 +198,12 @@ class SamMaskGenerator:
             logits = self._upsample(chunk, crop)
             stability.append(calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset))
             stable = stability[-1] >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else ...
-            boxes.append(batched_mask_to_box(logits[stable] > model.mask_threshold))  # of the stable ones only
+            boxes.append(batched_mask_to_box(logits[stable] > model.mask_threshold))  # of the masks kept only
         data["stability_score"] = torch.cat(stability)
         if self.stability_score_thresh > 0.0:
             data.filter(data["stability_score"] >= self.stability_score_thresh)
-        data["boxes"] = torch.cat(boxes)
-        height, width = image_size
-        near_edge = is_box_near_crop_edge(data["boxes"], crop["box"], [0, 0, width, height])
+        data["boxes"] = torch.cat(boxes)  # computed after the filter, as segment_anything does
+        near_edge = is_box_near_crop_edge(data["boxes"], crop["box"], [0, 0, image_size[1], image_size[0]])
         if near_edge.any():
             data.filter(~near_edge)
         return data
@@ -242,11 +241,10 @@ class SamMaskGenerator:
 
     def _records(self, data: MaskData, masks: np.ndarray) -> list[dict[str, Any]]:
         """The masks `(N, H, W)` bool and their `data` as `SamAutomaticMaskGenerator.generate` writes them."""
-        if self.output_mode == "binary_mask":
-            segmentations = list(masks)
-        else:
-            rles = mask_to_rle_pytorch(torch.from_numpy(masks))
-            segmentations = [coco_encode_rle(r) for r in rles] if self.output_mode == "coco_rle" else rles
+        binary = self.output_mode == "binary_mask"
+        segmentations = list(masks) if binary else mask_to_rle_pytorch(torch.from_numpy(masks))
+        if self.output_mode == "coco_rle":
+            segmentations = [coco_encode_rle(rle) for rle in segmentations]
         return [
             {
                 "segmentation": segmentation,
