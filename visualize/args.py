@@ -157,3 +157,72 @@ def oneshot_parser() -> argparse.ArgumentParser:
         random_weights="no weights found (backbone or SAM): warn loudly and use random ones (a pipeline check)",
     )
     return parser
+
+
+def sam_masks_parser() -> argparse.ArgumentParser:
+    """``python -m visualize.sam_masks``'s arguments (the mask options are SamAutomaticMaskGenerator's)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m visualize.sam_masks",
+        description="Every mask SAM finds in your photos, with no prompt: a grid of point prompts (optionally also "
+        "over crops of the image), masks filtered by SAM's predicted IoU and their stability, duplicates removed by "
+        "box NMS, the same masks as segment_anything's SamAutomaticMaskGenerator. Writes, per image, "
+        "<image>_masks.png (the masks in colours over the image) and <image>_masks.json (COCO RLE masks and scores).",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--out", type=Path, default=Path("sam_masks"), help="output folder (default: %(default)s)")
+    masks = parser.add_argument_group("automatic masks (as SamAutomaticMaskGenerator)")
+    masks.add_argument(
+        "--points-per-side", type=positive_int, default=32, help="point grid per side (default: %(default)s)"
+    )
+    masks.add_argument(
+        "--points-per-batch", type=positive_int, default=256, help="prompts per decoder call (default: %(default)s)"
+    )
+    masks.add_argument(
+        "--pred-iou-thresh",
+        type=finite_float,
+        default=0.88,
+        help="keep masks whose predicted IoU is above it, in [0, 1]; 0: no filter (default: %(default)s)",
+    )
+    masks.add_argument(
+        "--stability-score-thresh",
+        type=finite_float,
+        default=0.95,
+        help="keep masks whose stability score is at least it, in [0, 1]; 0: no filter (default: %(default)s)",
+    )
+    masks.add_argument(
+        "--stability-score-offset",
+        type=finite_float,
+        default=1.0,
+        help="logit offset of the stability score (default: %(default)s)",
+    )
+    masks.add_argument(
+        "--box-nms-thresh", type=finite_float, default=0.7, help="box IoU of duplicates (default: %(default)s)"
+    )
+    masks.add_argument(
+        "--crop-n-layers",
+        type=non_negative_int,
+        default=0,
+        help="also run on 2x2, 4x4, ... crops, this many layers of them (default: %(default)s)",
+    )
+    masks.add_argument(
+        "--min-mask-region-area",
+        type=non_negative_int,
+        default=0,
+        help="remove holes and islands smaller than this many pixels; 0: off (default: %(default)s)",
+    )
+    sam = parser.add_argument_group("SAM (as the sam config of head=sam_box)")
+    sam.add_argument("--sam-model-type", choices=SAM_MODEL_TYPES, default="vit_h", help="(default: %(default)s)")
+    sam.add_argument("--sam-checkpoint", help="sam_vit_{b,l,h}_*.pth; default: the torch.hub cache")
+    sam.add_argument("--sam-download", action="store_true", help="allow downloading the official SAM weights")
+    sam.add_argument("--sam-sha256", help="the SAM file's expected SHA-256")
+    for name in ("encoder-embed-dim", "encoder-depth", "encoder-num-heads", "prompt-embed-dim", "image-size"):
+        sam.add_argument(f"--sam-{name}", type=positive_int, help="architecture override for small SAM models")
+    sam.add_argument(
+        "--random-weights",
+        "--sam-random-weights",  # the spelling of SAM's own "no weights found" message
+        action="store_true",
+        dest="random_weights",
+        help="no SAM weights found: warn loudly and use random ones (a pipeline check; the masks are meaningless)",
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
+    return parser
