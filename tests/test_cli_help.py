@@ -15,6 +15,7 @@ COMMANDS = [
     ["-m", "visualize.pca"],
     ["-m", "visualize.match"],
     ["-m", "visualize.oneshot"],
+    ["-m", "visualize.sam_masks"],
     *(["-m", f"bench.{path.stem}"] for path in sorted((ROOT / "bench").glob("*.py")) if path.stem != "__init__"),
 ]
 

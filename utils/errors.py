@@ -51,13 +51,15 @@ def hydra_style(owner: str, name: str, value: object) -> str:
 
 def cli_style(flags: Mapping[str, str] | None = None) -> OptionStyle:
     """``--name VALUE`` (``--name`` alone for ``true``), with ``flags`` renaming options: by name
-    (``random_fallback``: ``--random-weights``), or every option of an owner by a prefix (``sam.*``: ``--sam-``, so
-    that SAM's ``checkpoint`` is ``--sam-checkpoint``)."""
+    (``random_fallback``: ``--random-weights``), by owner and name (``sam.random_weights``), or every option of an
+    owner by a prefix (``sam.*``: ``--sam-``, so that SAM's ``checkpoint`` is ``--sam-checkpoint``)."""
     flags = dict(flags or {})
 
     def spell(owner: str, name: str, value: object) -> str:
         prefix = flags.get(f"{owner}.*", "--")
-        flag = flags.get(name, prefix + name.replace("_", "-")) if prefix == "--" else prefix + name.replace("_", "-")
+        flag = flags.get(f"{owner}.{name}") or (
+            flags.get(name, prefix + name.replace("_", "-")) if prefix == "--" else prefix + name.replace("_", "-")
+        )
         return flag if value is True else f"{flag} {_value_text(value)}"
 
     return spell

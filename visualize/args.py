@@ -219,9 +219,7 @@ def sam_masks_parser() -> argparse.ArgumentParser:
         sam.add_argument(f"--sam-{name}", type=positive_int, help="architecture override for small SAM models")
     sam.add_argument(
         "--random-weights",
-        "--sam-random-weights",  # the spelling of SAM's own "no weights found" message
         action="store_true",
-        dest="random_weights",
         help="no SAM weights found: warn loudly and use random ones (a pipeline check; the masks are meaningless)",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")

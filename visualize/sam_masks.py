@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from visualize.args import CLI_FLAGS
     from visualize.cli import run
 
-    return run(segment_everything, args, CLI_FLAGS | {"sam.*": "--sam-"})
+    return run(segment_everything, args, CLI_FLAGS | {"sam.*": "--sam-", "sam.random_weights": "--random-weights"})
 
 
 if __name__ == "__main__":
