@@ -224,3 +224,36 @@ def sam_masks_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
     return parser
+
+
+def explore_parser() -> argparse.ArgumentParser:
+    """``python -m visualize.explore``'s arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m visualize.explore",
+        description="One self-contained HTML page (no server, no network) to explore patch features: point at a patch "
+        "of any image to see its cosine similarity over every image, each image's best match (and whether it is "
+        "mutual), and the PCA maps of visualize.pca. Open it in any browser.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--out", type=Path, default=Path("explore.html"), help="HTML file (default: %(default)s)")
+    parser.add_argument(
+        "--max-dims",
+        type=positive_int,
+        default=128,
+        help="wider features are projected on their first MAX_DIMS principal components (fitted over the patches "
+        "of all images) before they are embedded, to keep the page small (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=finite_float,
+        default=0.0,
+        help="background threshold of the PCA maps, as visualize.pca (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sign",
+        choices=("auto", "positive", "negative"),
+        default="auto",
+        help="orientation of the first component of the PCA maps, as visualize.pca (default: auto)",
+    )
+    add_common_args(parser, size=(448, "shorter image side in pixels, a multiple of the patch size"))
+    return parser
