@@ -16,6 +16,7 @@ COMMANDS = [
     ["-m", "visualize.match"],
     ["-m", "visualize.oneshot"],
     ["-m", "visualize.sam_masks"],
+    ["-m", "visualize.explore"],
     *(["-m", f"bench.{path.stem}"] for path in sorted((ROOT / "bench").glob("*.py")) if path.stem != "__init__"),
 ]
 
