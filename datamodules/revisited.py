@@ -36,7 +36,8 @@ SOURCES = {
 GROUND_TRUTH_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/gnd_{name}.pkl"
 
 # What a numpy array (and a numpy scalar) needs to be rebuilt from a pickle, under the names numpy 1 and 2 write.
-_NUMPY = {"_reconstruct": np._core.multiarray._reconstruct, "scalar": np._core.multiarray.scalar}
+_MULTIARRAY = (getattr(np, "_core", None) or np.core).multiarray  # numpy 2 moved numpy.core to numpy._core
+_NUMPY = {"_reconstruct": _MULTIARRAY._reconstruct, "scalar": _MULTIARRAY.scalar}
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **{(m, name): obj for m in ("numpy.core.multiarray", "numpy._core.multiarray") for name, obj in _NUMPY.items()},
     ("numpy", "ndarray"): np.ndarray,
