@@ -46,6 +46,9 @@ PAIRS = [
     ("sam_points", "berkeley"),
     ("sam_points", "davis"),
     ("sam_edges", "bsds500"),
+    ("retrieval", "roxford5k"),
+    ("retrieval", "rparis6k"),
+    ("retrieval", "revisited_synthetic"),
 ]
 
 
