@@ -79,13 +79,25 @@ def test_default_grid_is_80x60_at_1120x840_and_1280x960(files: dict[str, Path], 
     assert all(p.rgb.shape == (60, 80, 3) and p.rgb.isfinite().all() for p in panels)
 
 
-def test_random_weights_are_said_in_the_panel(files: dict[str, Path], chelsea: Path, tmp_path: Path) -> None:
+def test_random_weights_are_said_and_background_removed(files: dict[str, Path], chelsea: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.png"
     names = ["dinov2_vits14", "dinov3_vits16"]
-    args = argv(chelsea, out, names, {"dinov2_vits14": files["dinov2_vits14"]}, "--tokens", "6x4", "--random-weights")
+    args = argv(
+        chelsea,
+        out,
+        names,
+        {"dinov2_vits14": files["dinov2_vits14"]},
+        "--tokens",
+        "6x4",
+        "--random-weights",
+        "--foreground",
+    )
     with pytest.warns(UserWarning, match="USING RANDOM WEIGHTS for dinov3_vits16"):
         panels = make_compare_figure(compare_parser().parse_args(args))
     assert [p.random_weights for p in panels] == [False, True] and panels[1].rgb.shape == (4, 6, 3)
+    for panel in panels:  # --foreground: background patches are black, the others coloured
+        black = (panel.rgb == 0).all(-1)
+        assert 0 < black.sum() < black.numel()
     from visualize.compare import panel_title
 
     assert "RANDOM WEIGHTS" in panel_title(panels[1], None) and "RANDOM" not in panel_title(panels[0], "x.pth")

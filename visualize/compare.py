@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from backbones import FrozenBackbone
+    from visualize.pca_maps import Sign
 
 build_parser = compare_parser
 
@@ -87,7 +88,7 @@ def backbone_pca_maps(
     load: Callable[[str], FrozenBackbone],
     block: int = -1,
     threshold: float | None = None,
-    sign: str = "auto",
+    sign: Sign = "auto",
 ) -> list[Panel]:
     """Each backbone's PCA map of ``image`` on the token grid ``tokens = (W, H)``, in the order of ``names``.
 
