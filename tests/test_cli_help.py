@@ -17,6 +17,7 @@ COMMANDS = [
     ["-m", "visualize.oneshot"],
     ["-m", "visualize.sam_masks"],
     ["-m", "visualize.explore"],
+    ["-m", "visualize.compare"],
     *(["-m", f"bench.{path.stem}"] for path in sorted((ROOT / "bench").glob("*.py")) if path.stem != "__init__"),
 ]
 

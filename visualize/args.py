@@ -2,6 +2,8 @@
 
 ``python -m visualize.pca --help`` answers from here in a fraction of a second; the tools import the heavy
 libraries only once the arguments are parsed.
+
+Longer than 300 lines: one parser per CLI, kept in one torch-free module so that every --help answers at once.
 """
 
 from __future__ import annotations
@@ -256,4 +258,109 @@ def explore_parser() -> argparse.ArgumentParser:
         help="orientation of the first component of the PCA maps, as visualize.pca (default: auto)",
     )
     add_common_args(parser, size=(448, "shorter image side in pixels, a multiple of the patch size"))
+    return parser
+
+
+def token_grid(text: str) -> tuple[int, int]:
+    """``--tokens WxH`` -> ``(W, H)`` patch tokens, each side at least 2 (one token per side leaves nothing to compare)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token grid: give WIDTHxHEIGHT in tokens, e.g. 80x60")
+    width, height = (int(p) for p in parts)
+    if width < 2 or height < 2:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has a side under 2 tokens: give at least 2 tokens on each side, e.g. 80x60 (the default)"
+        )
+    return width, height
+
+
+def backbone_checkpoint(text: str) -> tuple[str, str]:
+    """``--checkpoints NAME=PATH`` -> ``(NAME, PATH)``, NAME one of ``BACKBONE_CHOICES``."""
+    name, sep, path = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH, e.g. dinov2_vits14=dinov2_vits14_pretrain.pth")
+    if name not in BACKBONE_CHOICES:
+        raise argparse.ArgumentTypeError(
+            f"{name!r} in {text!r} is not a backbone: use one of {', '.join(BACKBONE_CHOICES)}"
+        )
+    return name, path
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    """``python -m visualize.compare``'s arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m visualize.compare",
+        description="Several backbones' PCA maps of one image side by side (first three components as RGB), every "
+        "backbone on the same token grid: the image is resized to exactly WIDTH*patch x HEIGHT*patch pixels "
+        "(1120x840 for patch 14, 1280x960 for patch 16 at the default 80x60 tokens). A grid whose aspect ratio is "
+        "more than 25%% off the image's is refused (the image would be visibly squashed); crop the image or pick a "
+        "grid of its shape. One backbone is in memory at a time, batch of one, no gradients.",
+    )
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        required=True,
+        choices=BACKBONE_CHOICES,
+        metavar="NAME",
+        help=f"official hub names, in panel order, each once: {', '.join(BACKBONE_CHOICES)}",
+    )
+    parser.add_argument("--out", type=Path, default=Path("compare.png"), help="figure file (default: %(default)s)")
+    parser.add_argument(
+        "--tokens",
+        type=token_grid,
+        default=(80, 60),
+        metavar="WxH",
+        help="token grid, width x height, the same for every backbone (default: 80x60)",
+    )
+    parser.add_argument(
+        "--foreground",
+        action="store_true",
+        help="black out background patches by the first PCA component (as visualize.pca); default: all patches",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=finite_float,
+        default=0.0,
+        help="foreground threshold of --foreground (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sign",
+        choices=("auto", "positive", "negative"),
+        default="auto",
+        help="first-component orientation of --foreground",
+    )
+    parser.add_argument(
+        "--title", default="", help="text put above the figure's own title (e.g. where weights came from)"
+    )
+    group = parser.add_argument_group("backbones (as configs/backbone, applied to every backbone)")
+    group.add_argument(
+        "--checkpoints",
+        nargs="+",
+        type=backbone_checkpoint,
+        default=[],
+        metavar="NAME=PATH",
+        help="an official *_pretrain.pth file per backbone; default: the torch.hub cache",
+    )
+    group.add_argument("--download", action="store_true", help="allow downloading the official weights")
+    for name in ("embed-dim", "depth", "num-heads"):
+        group.add_argument(
+            f"--{name}", type=positive_int, help="architecture override for small models (all backbones)"
+        )
+    group.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="a backbone with no weights found: warn loudly and use random ones (its panel then says RANDOM WEIGHTS)",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="float32: bf16 autocast on CUDA, float32 on the CPU (default); bfloat16/float16: weights and compute in it",
+    )
+    parser.add_argument(
+        "--block", type=int, default=-1, help="block whose normed patch tokens are used; -1 = last (default)"
+    )
+    parser.add_argument("--dpi", type=positive_int, default=100, help="figure resolution (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
     return parser
