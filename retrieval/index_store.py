@@ -65,7 +65,7 @@ class Part:
 
 
 def read_part(directory: Path) -> Part:
-    """A complete part, every shard checked (a damaged one is an RetrievalError naming the fix)."""
+    """A complete part, every shard checked (a damaged one is a RetrievalError naming the fix)."""
     try:
         manifest, layout = read_manifest(directory)
         paths = json.loads((directory / PATHS_FILE).read_text())
@@ -127,16 +127,12 @@ class LoadedIndex:
     paths: list[str]
     index: Any
 
-    @property
-    def spec(self) -> EmbeddingSpec:
-        return EmbeddingSpec(**self.record["embedding"])
-
     def vectors(self) -> np.ndarray:
         """The indexed descriptors `(N, D)` float32, from the parts' shards, in paths.json's order."""
         done, _ = parts(self.directory)
         loaded = [read_part(p) for p in done]
         vectors = np.concatenate([p.vectors[p.ok] for p in loaded])
-        if len(vectors) != len(self.paths):
+        if [path for p in loaded for path, ok in zip(p.paths, p.ok) if ok] != self.paths:
             raise RetrievalError(f"{self.directory}'s shards do not match its paths.json: run `index` again.")
         return vectors
 

@@ -27,19 +27,10 @@ PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "coins", "hubble
 COPIES = ("jpeg", "small", "crop", "bright")
 
 
-def tiny_args(checkpoint: Path) -> list[str]:
-    return ["--checkpoint", str(checkpoint), "--embed-dim", "64", "--depth", "4", "--num-heads", "4", "--device", "cpu"]
-
-
 def index_args(source: Path, out: Path, checkpoint: Path, *extra: str) -> list[str]:
-    return [
-        "index",
-        str(source),
-        "--out",
-        str(out),
-        *tiny_args(checkpoint)[:-2],
-        "--device",
-        "cpu",
+    """`index SOURCE --out OUT` with the tiny fixture backbone, GeM at 84 px, shards of 8 images, on the CPU."""
+    tiny = ["--checkpoint", str(checkpoint), *"--embed-dim 64 --depth 4 --num-heads 4 --device cpu".split()]
+    options = [
         "--pooling",
         "gem",
         "--size",
@@ -50,8 +41,8 @@ def index_args(source: Path, out: Path, checkpoint: Path, *extra: str) -> list[s
         "4",
         "--samples-per-shard",
         "8",
-        *extra,
     ]
+    return ["index", str(source), "--out", str(out), *tiny, *options, *extra]
 
 
 def write_photo(folder: Path, name: str) -> list[Path]:
@@ -107,6 +98,7 @@ def test_index_lists_unreadable_files_and_near_duplicates_group_with_their_origi
     across = scores[~same].max()
     assert to_original > across, f"the fixture backbone cannot separate copies ({to_original}) from others ({across})"
     threshold = (to_original + across) / 2
+    print(f"copy-to-original >= {to_original:.4f}, across photographs <= {across:.4f}: threshold {threshold:.4f}")
     assert main(["dedup", str(index), "--threshold", str(threshold), "--k", "10", "--out", str(tmp_path)]) == 0
     groups = json.loads((tmp_path / "groups.json").read_text())["groups"]
     expected = sorted(sorted(p for p in loaded.paths if photo_of(p) == name) for name in PHOTOS)
@@ -226,3 +218,44 @@ def test_damaged_shards_and_index_files_are_named(built, tmp_path, capsys) -> No
     (copy / "index.faiss").write_bytes(b"garbage")
     fails(["query", str(copy), str(copy / "paths.json"), "--out", str(tmp_path / "q")], capsys, "index.faiss")
     assert not (tmp_path / "q").exists()
+
+
+def test_groups_are_the_connected_components_of_the_thresholded_similarities() -> None:
+    """With k = N the k-NN graph is every pair: the groups are the components of (S >= T), found here by a direct
+    flood fill over the float64 similarity matrix."""
+    from retrieval.dedup import near_duplicate_groups
+    from retrieval.faiss_index import build_index
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(30, 16))
+    vectors = np.concatenate(
+        [base, base[:6] + 0.05 * rng.normal(size=(6, 16)), base[:2] + 0.1 * rng.normal(size=(2, 16))]
+    )
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    threshold = 0.9
+    linked = (vectors @ vectors.T) >= threshold
+    expected, seen = [], set()
+    for start in range(len(vectors)):
+        if start in seen:
+            continue
+        component, frontier = {start}, [start]
+        while frontier:
+            new = set(np.flatnonzero(linked[frontier.pop()]).tolist()) - component
+            component |= new
+            frontier.extend(new)
+        seen |= component
+        if len(component) > 1:
+            expected.append(sorted(component))
+    groups = near_duplicate_groups(build_index(vectors.astype(np.float32), "flat"), vectors, threshold, len(vectors))
+    assert sorted(groups) == sorted(expected) and len(expected) == 6
+
+
+def test_a_file_list_indexes_its_lines_and_skips_missing_files(tmp_path, tiny_checkpoint) -> None:
+    files = write_photo(tmp_path / "images", PHOTOS[0])
+    listing = tmp_path / "list.txt"
+    listing.write_text("# photographs\n" + "".join(f"images/{f.name}\n" for f in files[:3]) + "images/missing.png\n")
+    assert main(index_args(listing, tmp_path / "index", tiny_checkpoint)) == 0
+    paths = json.loads((tmp_path / "index" / "paths.json").read_text())
+    assert paths == [str(f.absolute()) for f in files[:3]]
+    skipped = json.loads((tmp_path / "index" / "skipped.json").read_text())
+    assert [Path(s["path"]).name for s in skipped] == ["missing.png"]
