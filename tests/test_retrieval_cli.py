@@ -29,20 +29,10 @@ COPIES = ("jpeg", "small", "crop", "bright")
 
 def index_args(source: Path, out: Path, checkpoint: Path, *extra: str) -> list[str]:
     """`index SOURCE --out OUT` with the tiny fixture backbone, GeM at 84 px, shards of 8 images, on the CPU."""
-    tiny = ["--checkpoint", str(checkpoint), *"--embed-dim 64 --depth 4 --num-heads 4 --device cpu".split()]
-    options = [
-        "--pooling",
-        "gem",
-        "--size",
-        "84",
-        "--num-workers",
-        "0",
-        "--batch-size",
-        "4",
-        "--samples-per-shard",
-        "8",
-    ]
-    return ["index", str(source), "--out", str(out), *tiny, *options, *extra]
+    tiny = {"--checkpoint": checkpoint, "--embed-dim": 64, "--depth": 4, "--num-heads": 4, "--device": "cpu"}
+    options = {"--pooling": "gem", "--size": 84, "--num-workers": 0, "--batch-size": 4, "--samples-per-shard": 8}
+    flags = [str(part) for flag, value in (tiny | options).items() for part in (flag, value)]
+    return ["index", str(source), "--out", str(out), *flags, *extra]
 
 
 def write_photo(folder: Path, name: str) -> list[Path]:
