@@ -39,9 +39,10 @@ from utils.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-def list_images(source: Path) -> list[str]:
-    """The absolute paths to index: a folder's image files (recursively, hidden ones left out, sorted), or the lines
-    of a file list (relative to its folder; a missing listed file is skipped later, not fatal)."""
+def list_images(source: Path, exclude: Path | None = None) -> list[str]:
+    """The absolute paths to index: a folder's image files (recursively, hidden ones and those under `exclude`, the
+    index folder, left out; sorted), or the lines of a file list (relative to its folder; a missing listed file is
+    skipped later, not fatal)."""
     if not source.exists():
         raise RetrievalError(f"{source} does not exist: give a folder of images or a file with one path per line.")
     if source.is_file():
@@ -50,7 +51,12 @@ def list_images(source: Path) -> list[str]:
         if not paths:
             raise RetrievalError(f"The file list {source} lists no image: write one image path per line.")
         return [str(p.absolute()) for p in paths]
-    files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+    skip = exclude.absolute() if exclude is not None else None
+    files = sorted(
+        p
+        for p in source.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and (skip is None or not p.absolute().is_relative_to(skip))
+    )
     if not files:
         raise RetrievalError(f"The folder {source} is empty: give a folder that holds images.")
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]

@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--out", type=Path, required=True, metavar="INDEX", help="the index folder (created or grown)")
     index.add_argument(
         "--index-kind",
-        choices=("auto", "flat", "hnsw", "ivf"),
         default="auto",
-        help="auto: exact up to 200000 images, HNSW above (default: %(default)s)",
+        metavar="KIND",
+        help="flat (exact), hnsw, ivf, or auto: exact up to 200000 images, HNSW above (default: %(default)s)",
     )
     index.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: %(default)s)")
     index.add_argument("--num-workers", type=non_negative_int, default=2, help="loader processes (default: 2)")

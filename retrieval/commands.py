@@ -77,7 +77,7 @@ def index(args: argparse.Namespace) -> None:
 
     if args.index_kind not in KINDS:
         raise RetrievalError(f"--index-kind {args.index_kind} is not one of {', '.join(KINDS)}.")
-    paths = list_images(args.source)
+    paths = list_images(args.source, exclude=args.out)
     loading = {
         "backbone": args.backbone,
         "checkpoint": args.checkpoint and str(Path(args.checkpoint).absolute()),

@@ -181,6 +181,8 @@ def test_bad_input_exits_2_and_writes_nothing(built, tmp_path, tiny_checkpoint, 
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "notes.txt").write_text("no images here")
     fails(index_args(tmp_path / "text", tmp_path / "out", tiny_checkpoint), capsys, "no image", "notes.txt")
+    fails([*index_args(root / "images", tmp_path / "out", tiny_checkpoint), "--size", "100"], capsys, "use 98")
+    fails([*index_args(root / "images", tmp_path / "out", tiny_checkpoint), "--index-kind", "lsh"], capsys, "lsh")
     assert not (tmp_path / "out").exists()
     spec = (index / "spec.json").read_text()
     other = [*index_args(root / "images", index, tiny_checkpoint), "--pooling", "cls"]
