@@ -166,15 +166,20 @@ class ShardWriter(BasePredictionWriter):
         shard, offset = divmod(int(batch["index"][0]), self.layout.samples_per_shard)
         if self.open is None or self.open.shard != shard:
             self.open = _OpenShard(self.layout, shard)
+        self.open.write(offset, self.rows(prediction, batch, shard))
+        if self.open.filled == self.open.size:
+            self.open.commit()
+            self.open = None
+
+    def rows(self, prediction: dict[str, Any], batch: dict[str, Any], shard: int) -> dict[str, np.ndarray]:
+        """The named arrays of one batch's rows, each ``(B, ...)``: here the tokens and the targets. A subclass
+        stores other arrays of its own predictions (`retrieval` stores one descriptor per image)."""
         rows = {
             f"{kind}_{block}": t.numpy() for kind in ("tokens", "class_tokens") for block, t in prediction[kind].items()
         }
         self._check_finite(rows, batch, shard)
         rows.update({name: target_array(name, batch[name], batch["path"]) for name in TARGET_DTYPES if name in batch})
-        self.open.write(offset, rows)
-        if self.open.filled == self.open.size:
-            self.open.commit()
-            self.open = None
+        return rows
 
     def _check_finite(self, rows: dict[str, np.ndarray], batch: dict[str, Any], shard: int) -> None:
         """Refuse non-finite tokens before they reach a shard: a NaN would train a NaN head."""
@@ -209,9 +214,11 @@ def target_array(name: str, values: Tensor, paths: Sequence[str]) -> np.ndarray:
 
 
 class ExtractionData(L.LightningDataModule):
-    """The predict loader of an extraction: the pending shards, split between the ranks shard by shard."""
+    """The predict loader of an extraction: the pending shards, split between the ranks shard by shard.
 
-    def __init__(self, views: ImageViews, layout: ShardLayout, batch_size: int, num_workers: int):
+    ``views``: any dataset whose items hold their ``index`` (`ImageViews` for the feature cache)."""
+
+    def __init__(self, views: Dataset, layout: ShardLayout, batch_size: int, num_workers: int):
         super().__init__()
         self.views, self.layout = views, layout
         self.batch_size, self.num_workers = batch_size, num_workers
