@@ -18,6 +18,7 @@ COMMANDS = [
     ["-m", "visualize.sam_masks"],
     ["-m", "visualize.explore"],
     ["-m", "visualize.compare"],
+    ["-m", "retrieval"],
     *(["-m", f"bench.{path.stem}"] for path in sorted((ROOT / "bench").glob("*.py")) if path.stem != "__init__"),
 ]
 
