@@ -83,8 +83,8 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\(N, D\) matrix"):
         search(index, vectors[0], 5)
     broken = vectors.copy()
-    broken[3, 2] = np.nan
-    with pytest.raises(ValueError, match=r"row\(s\) \[3\] hold NaN"):
+    broken[3, 2], broken[5, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"row\(s\) \[3, 5\] hold NaN or infinite"):
         build_index(broken)
     with pytest.raises(ValueError, match=r"row\(s\) \[3\] hold NaN"):
         search(index, broken, 5)
