@@ -1,10 +1,17 @@
 """FAISS indexes over L2-normalised descriptors: exact inner product by default, approximate above a size.
 
 The contract every retrieval command uses: `build_index`, `search`, `write_index`, `read_index`.
+
+Approximate kinds and their defaults (chosen with `python -m bench.retrieval_scale`, see the README's "Scale"):
+- `hnsw`: `IndexHNSWFlat`, `HNSW_M` links per node, `EF_CONSTRUCTION` candidates while building, `EF_SEARCH`
+  candidates while searching (set on the index, so it is saved with it).
+- `ivf`: `IndexIVFFlat` with `nlist = sqrt(N)` lists (at least 39 training vectors per list, FAISS's minimum) and
+  `nprobe = NPROBE` lists searched per query (also saved with the index).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -14,39 +21,105 @@ import numpy as np
 from utils.atomic import atomic_write
 
 KINDS = ("auto", "flat", "hnsw", "ivf")
-APPROXIMATE_ABOVE = 200_000
-"""`kind="auto"` is exact (`flat`) up to this many vectors, HNSW above (see bench/retrieval_scale.py)."""
+APPROXIMATE_ABOVE = 100_000
+"""`kind="auto"` is exact (`flat`) up to this many vectors, HNSW above (see bench/retrieval_scale.py): exact search
+costs ~12 ms a query at 100 k x 384 on one core, linear in N, so above it the 20 ms target needs an approximate index;
+HNSW over IVF because its recall held on the harder synthetic mixture where IVF's fell (README, "Scale")."""
+
+HNSW_M = 32
+EF_CONSTRUCTION = 40
+EF_SEARCH = 256
+NPROBE = 64
+IVF_TRAIN_PER_LIST = 64
+"""k-means trains on at most this many vectors per list (a sample): FAISS's default of 256 quadruples build time."""
 
 
-def build_index(vectors: np.ndarray, kind: str = "auto") -> faiss.Index:
-    """An inner-product index over `vectors` `(N, D)` float32 (L2-normalised: scores are cosines)."""
+def _check_matrix(array: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
+    """`array` as a C-contiguous float32 `(N, D)` matrix, or a ValueError naming what is wrong with it."""
+    array = np.asarray(array)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty (N, D) matrix, got shape {tuple(array.shape)}.")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(
+            f"{name} have {array.shape[1]} dimensions but the index has {dim}: embed them with the index's spec."
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    # a float64 row sum of float32 values cannot overflow, so it is finite exactly when the row is (no N x D mask)
+    bad = ~np.isfinite(array.sum(axis=1, dtype=np.float64))
+    if bad.any():
+        raise ValueError(f"{name} row(s) {np.flatnonzero(bad)[:5].tolist()} hold NaN or infinite values.")
+    return array
+
+
+def ivf_lists(n: int) -> int:
+    """IVF list count for `n` vectors: sqrt(n), with at least 39 vectors per list to train k-means on."""
+    return max(1, min(round(math.sqrt(n)), n // 39))
+
+
+def build_index(
+    vectors: np.ndarray,
+    kind: str = "auto",
+    *,
+    hnsw_m: int = HNSW_M,
+    ef_construction: int = EF_CONSTRUCTION,
+    ef_search: int = EF_SEARCH,
+    nlist: int | None = None,
+    nprobe: int = NPROBE,
+    seed: int = 0,
+) -> faiss.Index:
+    """An inner-product index over `vectors` `(N, D)` float32 (L2-normalised: scores are cosines).
+
+    `kind="auto"` is `flat` for N <= APPROXIMATE_ABOVE, `hnsw` above. `nlist=None` is `ivf_lists(N)`.
+    """
     if kind not in KINDS:
         raise ValueError(f"index kind {kind!r} is not one of {', '.join(KINDS)}.")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    for name, value in (("hnsw_m", hnsw_m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be at least 1.")
+    if nprobe < 1 or (nlist is not None and nlist < 1):
+        raise ValueError(f"nlist={nlist} and nprobe={nprobe} must be at least 1.")
+    vectors = _check_matrix(vectors, "vectors")
     n, dim = vectors.shape
     if kind == "auto":
         kind = "flat" if n <= APPROXIMATE_ABOVE else "hnsw"
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
     else:
-        lists = max(1, int(4 * np.sqrt(n)))
+        lists = ivf_lists(n) if nlist is None else nlist
+        if lists > n:
+            raise ValueError(f"nlist={lists} is more than the {n} vectors: give nlist <= {n}.")
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
+        index.cp.seed = seed
         index.train(vectors)
+        index.nprobe = min(nprobe, lists)
     index.add(vectors)
     return index
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Queries `(Q, D)` -> scores `(Q, k)` and ids `(Q, k)` (best first)."""
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    """Queries `(Q, D)` -> scores `(Q, k)` and ids `(Q, k)` (best first).
+
+    An approximate index may find fewer than k neighbours for a query (IVF when the probed lists hold fewer): those
+    slots have id -1, as FAISS returns them.
+    """
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k={k!r} must be a whole number of at least 1.")
+    if k > index.ntotal:
+        raise ValueError(f"k={k} is more than the {index.ntotal} vectors in the index: give k <= {index.ntotal}.")
+    queries = _check_matrix(queries, "queries", dim=index.d)
+    return index.search(queries, int(k))
 
 
 def write_index(index: faiss.Index, path: str | os.PathLike) -> None:
-    """Write `index` atomically (FAISS's own binary format: data, not code)."""
+    """Write `index` atomically (FAISS's own binary format: data, not code; search parameters included)."""
     atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def read_index(path: str | os.PathLike) -> faiss.Index:
+    """The index `write_index` wrote to `path`."""
     return faiss.read_index(str(Path(path)))
