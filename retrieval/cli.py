@@ -118,18 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command; a user error prints one paragraph (options as flags) and gives 2."""
-    from utils.errors import cli_style, exit_on_user_error
+    from utils.errors import cli_exit_code, cli_style
 
     def body() -> None:
         from retrieval import commands, dedup
 
         getattr(dedup if args.command in ("dedup", "cluster") else commands, args.command)(args)
 
-    try:
-        exit_on_user_error(body, cli_style(FLAGS))
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
+    return cli_exit_code(body, cli_style(FLAGS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,17 +102,14 @@ def test_a_segmentation_grid_trains_from_a_cache_of_its_own_spec(tmp_path: Path,
     assert set(CachedFeatures(key["directory"])[0]["tokens"]) == {0, 2, 3}
 
 
+def small_nyu(tmp_path: Path, batch_size: int) -> NYUDataModule:
+    """A generated NYU-layout set of 2 training images, 40x50, cropped to 28x42."""
+    options = {"generate_n_train": 2, "generate_n_test": 1, "generate_size": (40, 50), "crop_size": (28, 42)}
+    return NYUDataModule(str(tmp_path / "nyu"), generate=True, batch_size=batch_size, num_workers=0, **options)
+
+
 def test_the_cache_holds_exactly_what_the_head_reads(tmp_path: Path, backbone: FrozenBackbone) -> None:
-    data = NYUDataModule(
-        str(tmp_path / "nyu"),
-        generate=True,
-        generate_n_train=2,
-        generate_n_test=1,
-        generate_size=(40, 50),
-        crop_size=(28, 42),
-        batch_size=1,
-        num_workers=0,
-    )
+    data = small_nyu(tmp_path, batch_size=1)
     probe = DepthProbe(backbone, kind="linear4", max_steps=2, warmup_steps=1)
     cached = CacheFor(tmp_path / "cache", batch_size=1).cache.prepare(data, probe, extraction_trainer)
     assert cached.feature_spec == probe.feature_spec
@@ -127,16 +124,7 @@ def test_the_cache_holds_exactly_what_the_head_reads(tmp_path: Path, backbone: F
 
 
 def test_a_cache_of_other_features_is_refused(tmp_path: Path, backbone: FrozenBackbone) -> None:
-    data = NYUDataModule(
-        str(tmp_path / "nyu"),
-        generate=True,
-        generate_n_train=2,
-        generate_n_test=1,
-        generate_size=(40, 50),
-        crop_size=(28, 42),
-        batch_size=2,
-        num_workers=0,
-    )
+    data = small_nyu(tmp_path, batch_size=2)
     probe = DepthProbe(backbone, kind="linear4", max_steps=2, warmup_steps=1)
     normed = FeatureSpec.of(probe.feature_spec.blocks, norm=True, class_tokens=True)
     cached = CacheFor(tmp_path / "cache").cache.prepare(data, probe, extraction_trainer)

@@ -114,6 +114,16 @@ def load_failure_reason(err: Exception) -> str:
     return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
 
 
+def cli_exit_code(body: Callable[[], object], style: OptionStyle) -> int:
+    """A command-line tool's exit code: 0 when ``body`` returns, 2 after a user error's one paragraph
+    (`exit_on_user_error`), or the code ``body`` exits with."""
+    try:
+        exit_on_user_error(body, style)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
 def exit_on_user_error(body: Callable[[], T], style: OptionStyle = python_style) -> T:
     """Run ``body`` with options spelled in ``style``; a `UserError` prints one paragraph and exits with 2."""
     try:

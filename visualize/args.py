@@ -55,6 +55,25 @@ def add_common_args(
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
+def add_background_args(parser: argparse.ArgumentParser, foreground_help: str | None = None) -> None:
+    """visualize.pca's background removal (`--threshold`, `--sign`), shared by every tool that shows PCA maps or
+    keeps foreground patches; with ``foreground_help``, also the `--foreground` switch that turns it on."""
+    if foreground_help is not None:
+        parser.add_argument("--foreground", action="store_true", help=foreground_help)
+    parser.add_argument(
+        "--threshold",
+        type=finite_float,
+        default=0.0,
+        help="background removal: keep patches whose first PCA component is above it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sign",
+        choices=("auto", "positive", "negative"),
+        default="auto",
+        help="orientation of the first component; auto makes the image borders background (default)",
+    )
+
+
 def pca_parser() -> argparse.ArgumentParser:
     """``python -m visualize.pca``'s arguments."""
     parser = argparse.ArgumentParser(
@@ -66,18 +85,7 @@ def pca_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=Path("pca.png"), help="figure file (.png, .pdf, .svg; default: %(default)s)"
     )
-    parser.add_argument(
-        "--threshold",
-        type=finite_float,
-        default=0.0,
-        help="background removal: keep patches whose first-component score is above it (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--sign",
-        choices=("auto", "positive", "negative"),
-        default="auto",
-        help="orientation of the first component; auto makes the image borders background (default)",
-    )
+    add_background_args(parser)
     parser.add_argument("--keep-background", action="store_true", help="no background removal: the PCA of all patches")
     parser.add_argument(
         "--save-features",
@@ -102,23 +110,7 @@ def match_parser() -> argparse.ArgumentParser:
         "--json", type=Path, help="the pairs in pixel coordinates with their similarity (default: OUT with .json)"
     )
     parser.add_argument("--num-pairs", type=positive_int, default=20, help="pairs to keep (default: %(default)s)")
-    parser.add_argument(
-        "--foreground",
-        action="store_true",
-        help="match foreground patches only (first PCA component, as visualize.pca)",
-    )
-    parser.add_argument(
-        "--threshold",
-        type=finite_float,
-        default=0.0,
-        help="foreground threshold of --foreground (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--sign",
-        choices=("auto", "positive", "negative"),
-        default="auto",
-        help="first-component orientation of --foreground",
-    )
+    add_background_args(parser, "match foreground patches only (first PCA component, as visualize.pca)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="k-means seed (default: %(default)s)")
     add_common_args(parser)
     return parser
@@ -245,18 +237,7 @@ def explore_parser() -> argparse.ArgumentParser:
         help="wider features are projected on their first MAX_DIMS principal components (fitted over the patches "
         "of all images) before they are embedded, to keep the page small (default: %(default)s)",
     )
-    parser.add_argument(
-        "--threshold",
-        type=finite_float,
-        default=0.0,
-        help="background threshold of the PCA maps, as visualize.pca (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--sign",
-        choices=("auto", "positive", "negative"),
-        default="auto",
-        help="orientation of the first component of the PCA maps, as visualize.pca (default: auto)",
-    )
+    add_background_args(parser)
     add_common_args(parser, size=(448, "shorter image side in pixels, a multiple of the patch size"))
     return parser
 
@@ -313,22 +294,8 @@ def compare_parser() -> argparse.ArgumentParser:
         metavar="WxH",
         help="token grid, width x height, the same for every backbone (default: 80x60)",
     )
-    parser.add_argument(
-        "--foreground",
-        action="store_true",
-        help="black out background patches by the first PCA component (as visualize.pca); default: all patches",
-    )
-    parser.add_argument(
-        "--threshold",
-        type=finite_float,
-        default=0.0,
-        help="foreground threshold of --foreground (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--sign",
-        choices=("auto", "positive", "negative"),
-        default="auto",
-        help="first-component orientation of --foreground",
+    add_background_args(
+        parser, "black out background patches by the first PCA component (as visualize.pca); default: all patches"
     )
     parser.add_argument(
         "--title", default="", help="text put above the figure's own title (e.g. where weights came from)"

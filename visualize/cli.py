@@ -16,7 +16,7 @@ from torch import Tensor
 from backbones import FrozenBackbone, load_backbone
 from utils.argtypes import device_problem
 from utils.atomic import atomic_write
-from utils.errors import cli_style, exit_on_user_error
+from utils.errors import cli_exit_code, cli_style
 from visualize.args import CLI_FLAGS
 from visualize.images import InputError, input_size, load_rgb, require_files, snap_to_patches, to_input
 
@@ -106,8 +106,4 @@ def run(
 ) -> int:
     """Run ``main`` on parsed ``args``; a user error prints one paragraph (options spelt as flags: ``CLI_FLAGS``, or
     ``flags``), no traceback: 2."""
-    try:
-        exit_on_user_error(lambda: main(args), cli_style(CLI_FLAGS if flags is None else flags))
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
+    return cli_exit_code(lambda: main(args), cli_style(CLI_FLAGS if flags is None else flags))
