@@ -147,3 +147,14 @@ def test_bad_reference_masks_are_refused_before_any_output(
     err = capsys.readouterr().err
     assert message in err and str(bad) in err and "Traceback" not in err
     assert not out.exists()  # nothing half-written
+
+
+def test_a_mask_that_is_not_an_image_is_named(
+    photos: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad = tmp_path / "mask.png"
+    bad.write_text("not a png\n")
+    out = tmp_path / "out"
+    assert main(cli(photos, tiny_checkpoint, out, mask=str(bad))) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot read mask {bad}" in err and "Traceback" not in err and not out.exists()

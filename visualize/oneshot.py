@@ -33,7 +33,7 @@ def load_mask(path: str, size: tuple[int, int]) -> np.ndarray:
 
     if not Path(path).is_file():
         raise InputError(f"Mask {path} does not exist. Check the path.")
-    with opened_image(path, InputError) as image:
+    with opened_image(path, "mask", InputError) as image:
         values = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA", "P", "1") else image)
     if values.shape[::-1] != size:
         raise InputError(
