@@ -1,7 +1,7 @@
 """Targets per second of the one-shot segmenter, per method: `python -m bench.oneshot_method`.
 
 The reference is read once, then --targets targets are segmented (one backbone pass, one SAM encoding and one
-batched decoder call each). By default the tiny fixture backbone (../shared/fixtures) and a tiny random SAM on
+batched decoder call each). By default the tiny fixture backbone (tests/fixtures) and a tiny random SAM on
 the CPU, so only the pipeline's own cost is timed; --checkpoint and --sam-model-type/--sam-full-size time real
 sizes (random SAM weights: the timing does not depend on them). Images are noise with a square reference mask.
 """
@@ -12,9 +12,10 @@ import argparse
 import time
 from pathlib import Path
 
+from tests.fixture_paths import TINY_CHECKPOINT
 from utils.argtypes import positive_int
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "dinov2" / "tiny_vit14.pth"
+FIXTURE = TINY_CHECKPOINT
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Shared test fixtures: the official-format tiny DINOv2 checkpoints in ../shared/fixtures."""
+"""Shared test fixtures: the official-format tiny DINOv2 checkpoints in tests/fixtures/dinov2."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "dinov2"
+from tests.fixture_paths import DINOV2, TINY_CHECKPOINT, listed, require
+
 TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
 # A tiny randomly initialised SAM: every call builds one in well under a second.
 TINY_SAM = {
@@ -20,13 +21,11 @@ TINY_SAM = {
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(
-            f"conformance fixtures not found at {FIXTURES} (they sit in ../shared/fixtures beside the checkout)"
-        )
-    return FIXTURES
+    """tests/fixtures/dinov2, after checking that every fixture file is there (a missing one fails, naming it)."""
+    require(*listed())
+    return DINOV2
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(fixtures_dir: Path) -> Path:
-    return fixtures_dir / "tiny_vit14.pth"
+    return TINY_CHECKPOINT

@@ -1,6 +1,6 @@
 """``python -m visualize.compare``: several backbones' PCA maps of one photograph on the same token grid.
 
-Run on the official-format tiny fixtures (../shared/fixtures): DINOv2 ViT-S/14 without and with 4 registers, and
+Run on the official-format tiny fixtures (tests/fixtures): DINOv2 ViT-S/14 without and with 4 registers, and
 DINOv3 ViT-S/16, all with embed_dim=64, depth=4, num_heads=4.
 """
 
@@ -13,25 +13,22 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from tests.fixture_paths import DINOV2, TINY_DINOV3, require
 from visualize.args import compare_parser
 from visualize.compare import MAX_STRETCH, check_grid, main, make_compare_figure
 from visualize.images import InputError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 FILES = {
-    "dinov2_vits14": SHARED / "dinov2" / "tiny_vit14.pth",
-    "dinov2_vits14_reg": SHARED / "dinov2" / "tiny_vit14_reg4.pth",
-    "dinov3_vits16": SHARED / "dinov3" / "tiny_vit16_dinov3.pth",
+    "dinov2_vits14": DINOV2 / "tiny_vit14.pth",
+    "dinov2_vits14_reg": DINOV2 / "tiny_vit14_reg4.pth",
+    "dinov3_vits16": TINY_DINOV3,
 }
 TINY_ARGS = ["--embed-dim", "64", "--depth", "4", "--num-heads", "4", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def files() -> dict[str, Path]:
-    if not all(path.is_file() for path in FILES.values()):
-        pytest.skip(
-            f"conformance fixtures not found under {SHARED} (they sit in ../shared/fixtures beside the checkout)"
-        )
+    require(*FILES.values())
     return FILES
 
 

@@ -1,6 +1,6 @@
 """DINOv3 conformance: our loader reproduces the official implementation's outputs on an official-format checkpoint.
 
-The fixture (../shared/fixtures/dinov3, see its README.md) is a tiny ViT-S/16-configured DINOv3 (embed_dim=64, depth=4,
+The fixture (tests/fixtures/dinov3, see tests/fixtures/README.md) is a tiny ViT-S/16-configured DINOv3 (embed_dim=64, depth=4,
 num_heads=4) with every parameter random, and the official code's outputs in float32 on the CPU.
 """
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import backbones
+from tests.fixture_paths import DINOV3, listed, require
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "dinov3"
 TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
 SIZES = ("224x224", "160x208")
 ATOL = 2e-5  # float32 rounding of two implementations of the same sums (measured: about 3e-6)
@@ -22,9 +22,8 @@ ATOL = 2e-5  # float32 rounding of two implementations of the same sums (measure
 
 @pytest.fixture(scope="module")
 def fixture_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"DINOv3 conformance fixtures not found at {FIXTURES} (they sit in ../shared/fixtures)")
-    return FIXTURES
+    require(*listed())
+    return DINOV3
 
 
 @pytest.fixture(scope="module")

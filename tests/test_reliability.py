@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import reliability
 from tests.reliability import REPO, Case, Result, all_cases, offline_env, reliability_table, run_cli, substitute
 
 CASES = all_cases()
@@ -42,8 +41,6 @@ def test_case_ids_are_unique() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
 def test_bad_input(case: Case, tmp_path: Path) -> None:
-    if case.needs_fixtures and not reliability.FIXTURES.is_dir():
-        pytest.skip(f"conformance fixtures not found at {reliability.FIXTURES}")
     if case.setup is not None:
         case.setup(tmp_path)
     result = (

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tests.fixture_paths import TINY_CHECKPOINT
+
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures"
-TINY_CHECKPOINT = FIXTURES / "dinov2" / "tiny_vit14.pth"
 
 Before = Literal["traceback", "wrapped", "silent", "lost", "code", "clear"]
 """What main did: a Python traceback; the right message wrapped by Hydra ("Error in call to target ...", a repr,
@@ -61,7 +61,6 @@ class Case:
     absent: tuple[str, ...] = ()
     check: Callable[[Path, Result], None] | None = None
     exit_code: int = 2
-    needs_fixtures: bool = False
     timeout: float = 240.0
     fresh: bool = False
     env: dict[str, str] = field(default_factory=dict)

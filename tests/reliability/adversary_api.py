@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.reliability import FIXTURES, TINY_CHECKPOINT, Case, Result
+from tests.fixture_paths import DINOV2, TINY_CHECKPOINT, TINY_DINOV3
+from tests.reliability import Case, Result
 
 # The tiny fixture backbone from a CLI, on the CPU.
 TINY_CLI = ("--checkpoint", "{tiny}", "--embed-dim", "64", "--depth", "4", "--num-heads", "4", "--device", "cpu")
-DEPTH_HEAD = FIXTURES / "dinov2" / "tiny_vit14_depth_linear_head.pth"
+DEPTH_HEAD = DINOV2 / "tiny_vit14_depth_linear_head.pth"
 
 
 def photo(tmp: Path, name: str = "a.png", size: tuple[int, int] = (80, 60), exif_orientation: int = 1) -> Path:
@@ -146,25 +147,23 @@ def a_file(tmp: Path) -> None:
 CASES = [
     # python -m visualize.pca / visualize.match: options checked when parsed or before the backbone runs
     Case("adv-api-pca-size-13", "silent", argv=pca("--size", "13", "--out", "{tmp}/o.png"), setup=photo,
-         names=("--size 13", "28"), absent=("o.png",), needs_fixtures=True),
+         names=("--size 13", "28"), absent=("o.png",)),
     Case("adv-api-pca-size-huge", "traceback", argv=pca("--size", "100000", "--out", "{tmp}/o.png"), setup=photo,
-         names=("--size 100002", "MAX_IMAGE_PIXELS"), absent=("o.png",), needs_fixtures=True),
+         names=("--size 100002", "MAX_IMAGE_PIXELS"), absent=("o.png",)),
     Case("adv-api-pca-dpi-zero", "traceback", argv=pca("--dpi", "0", "--out", "{tmp}/o.png"), setup=photo,
          names=("--dpi", "at least 1"), absent=("o.png",)),
     Case("adv-api-pca-embed-dim-zero", "traceback", argv=pca("--embed-dim", "0"), setup=photo,
          names=("--embed-dim", "at least 1")),
     Case("adv-api-pca-out-under-a-file", "traceback", argv=pca("--out", "{tmp}/a.png/o.png"), setup=photo,
-         names=("--out {tmp}/a.png/o.png", "not a folder"), needs_fixtures=True),
+         names=("--out {tmp}/a.png/o.png", "not a folder")),
     Case("adv-api-pca-exif-rotated", "silent", argv=pca("--save-features", "--out", "{tmp}/o.png"),
-         setup=rotated_photo, check=portrait_components, exit_code=0, needs_fixtures=True),
+         setup=rotated_photo, check=portrait_components, exit_code=0),
     Case("adv-api-pca-dinov3-file-for-dinov2", "clear",
-         argv=pca("--checkpoint", str(FIXTURES / "dinov3" / "tiny_vit16_dinov3.pth"), "--out", "{tmp}/o.png"),
-         setup=photo, names=("tiny_vit16_dinov3.pth", "DINOv3 file", "--backbone dinov3_vits16"), absent=("o.png",),
-         needs_fixtures=True),
+         argv=pca("--checkpoint", str(TINY_DINOV3), "--out", "{tmp}/o.png"),
+         setup=photo, names=("tiny_vit16_dinov3.pth", "DINOv3 file", "--backbone dinov3_vits16"), absent=("o.png",)),
     Case("adv-api-match-json-folder", "traceback",
          argv=("-m", "visualize.match", "{tmp}/a.png", "{tmp}/b.png", *TINY_CLI, "--out", "{tmp}/m.png",
-               "--json", "{tmp}"), setup=two_photos, names=("--json {tmp}", "folder"), absent=("m.png",),
-         needs_fixtures=True),
+               "--json", "{tmp}"), setup=two_photos, names=("--json {tmp}", "folder"), absent=("m.png",)),
     Case("adv-api-match-seed-negative", "traceback",
          argv=("-m", "visualize.match", "{tmp}/a.png", "{tmp}/b.png", "--seed", "-1"), names=("--seed", "-1")),
     # the visualize package from Python
@@ -224,11 +223,11 @@ CASES = [
     Case("adv-api-sam-multimask-string", "silent", call=lambda tmp: sam_points("no"), names=("multimask='no'",)),
     # heads.depth.DepthModel.from_official: the depth range and blocks
     Case("adv-api-depth-range-reversed", "silent", call=lambda tmp: depth_model(min_depth=10.0, max_depth=1.0),
-         names=("min_depth=10.0", "max_depth=1.0", "0 < min_depth < max_depth"), needs_fixtures=True),
+         names=("min_depth=10.0", "max_depth=1.0", "0 < min_depth < max_depth")),
     Case("adv-api-depth-min-zero", "silent", call=lambda tmp: depth_model(min_depth=0.0),
-         names=("min_depth=0.0",), needs_fixtures=True),
+         names=("min_depth=0.0",)),
     Case("adv-api-depth-out-index-count", "traceback", call=lambda tmp: depth_model(out_index=[0, 1]),
-         names=("out_index=[0, 1]", "'linear'", "1 block"), needs_fixtures=True),
+         names=("out_index=[0, 1]", "'linear'", "1 block")),
     # ops.losses.upsample_cross_entropy
     Case("adv-api-loss-empty-batch", "traceback", call=lambda tmp: cross_entropy(batch=0), names=("(0, 3, 4, 4)",)),
     Case("adv-api-loss-numpy-labels", "traceback",

@@ -129,7 +129,6 @@ CASES += [
         setup=_file("images"),
         names=("data.predict_dir={tmp}/images", "data.predict_dir=FOLDER"),
         absent=("logs/*/runs/*/checkpoints/*",),
-        needs_fixtures=True,
     ),
     Case(
         "adv-train-predict-dir-without-images",
@@ -137,7 +136,6 @@ CASES += [
         argv=("train.py", *TINY_TRAIN, "data.predict_dir={tmp}"),
         names=("data.predict_dir={tmp}", "holds no"),
         absent=("logs/*/runs/*/checkpoints/*",),
-        needs_fixtures=True,
     ),
 ]
 
@@ -148,7 +146,6 @@ CASES += [
         "wrapped",
         argv=("train.py", *TINY_TRAIN, "+data.batchsize=4"),
         names=("data.batchsize is not an option of data",),
-        needs_fixtures=True,
     ),
     # A head made for class folders on a segmentation set: the head config's data.splits reached ADE20k's constructor.
     Case(
@@ -156,7 +153,6 @@ CASES += [
         "wrapped",
         argv=("train.py", *TINY_TRAIN, "head=linear_probe", "data=ade20k", "data.root={tmp}/ade"),
         names=("data.splits is not an option of data",),
-        needs_fixtures=True,
     ),
     # The class-folder error named the folder but not the option that chose it.
     Case(
@@ -164,7 +160,6 @@ CASES += [
         "clear",
         argv=("train.py", *TINY_TRAIN[1:5], "head=fewshot", "data=imagefolder", "data.num_workers=0"),
         names=("{tmp}/data/imagefolder is not a folder", "data.root=FOLDER"),
-        needs_fixtures=True,
     ),
 ]
 
@@ -192,14 +187,12 @@ CASES += [
         argv=(*PCA_MAPS, "callbacks.pca_maps.block=99"),
         names=("callbacks.pca_maps.block=99", "callbacks.pca_maps.block=-1"),
         absent=("logs/*/runs/*/checkpoints/*",),
-        needs_fixtures=True,
     ),
     Case(
         "adv-train-pca-maps-threshold-not-a-number",
         "traceback",
         argv=(*PCA_MAPS, "callbacks.pca_maps.threshold=abc"),
         names=("callbacks.pca_maps.threshold=abc",),
-        needs_fixtures=True,
     ),
     # An unknown sign was taken as "positive".
     Case(
@@ -207,7 +200,6 @@ CASES += [
         "silent",
         argv=(*PCA_MAPS, "callbacks.pca_maps.sign=maybe"),
         names=("callbacks.pca_maps.sign=maybe", "auto, positive, negative"),
-        needs_fixtures=True,
     ),
     Case("adv-train-foreground-masks-unknown-sign", "silent", call=_foreground_with_unknown_sign, names=("maybe",)),
     # No patch above the threshold at a validation: a ValueError ended the run (and its metrics) for a missing figure.
@@ -217,7 +209,6 @@ CASES += [
         argv=(*PCA_MAPS, "callbacks.pca_maps.threshold=1000"),
         check=_metrics_written,
         exit_code=0,
-        needs_fixtures=True,
     ),
 ]
 
@@ -265,7 +256,6 @@ CASES += [
         argv=_killed_by("SIGTERM"),
         check=_stopped("SIGTERM"),
         exit_code=128 + signal_module.SIGTERM,
-        needs_fixtures=True,
     ),
     Case(
         "adv-train-sigint",
@@ -273,7 +263,6 @@ CASES += [
         argv=_killed_by("SIGINT"),
         check=_stopped("Ctrl-C (SIGINT)"),
         exit_code=128 + signal_module.SIGINT,
-        needs_fixtures=True,
     ),
 ]
 
@@ -296,7 +285,6 @@ CASES.append(
         setup=_predict_images_one_unreadable,
         names=("{tmp}/images/broken.jpg",),
         check=_metrics_kept,
-        needs_fixtures=True,
     )
 )
 
@@ -344,7 +332,6 @@ CASES += [
         argv=("train.py", *TINY_TRAIN, "head.stride=0"),
         names=("stride=0", "1 <= stride <= crop_size"),
         absent=("logs/*/runs/*/checkpoints/*",),
-        needs_fixtures=True,
     ),
     Case("adv-train-stride-beyond-window", "silent", call=_windows_with_gaps, names=("stride=50",)),
     # A one-element crop_size reached albumentations: a pydantic traceback at the first batch.
@@ -353,14 +340,12 @@ CASES += [
         "traceback",
         argv=("train.py", *TINY_TRAIN, "data.crop_size=[56]"),
         names=("data.crop_size=[56]",),
-        needs_fixtures=True,
     ),
     Case(
         "adv-train-segmentation-crop-size-pair",
         "traceback",
         argv=("train.py", *TINY_TRAIN, "data.crop_size=[56,70]"),
         names=("data.crop_size=[56, 70]", "square"),
-        needs_fixtures=True,
     ),
 ]
 
@@ -389,7 +374,6 @@ CASES.append(
         argv=("train.py", *TINY_TRAIN, "head.checkpoint={tmp}/best-2.ckpt", "train=false"),
         setup=_train_py_checkpoint,
         names=("{tmp}/best-2.ckpt", "train.py checkpoint", "ckpt_path=PATH"),
-        needs_fixtures=True,
     )
 )
 
@@ -402,6 +386,5 @@ CASES.append(
         argv=("train.py", *TINY_TRAIN, "data.batch_size=64"),
         names=("data.batch_size=64", "32 sample(s)", "data.batch_size=32"),
         absent=("logs/*/runs/*/metrics.json",),
-        needs_fixtures=True,
     )
 )

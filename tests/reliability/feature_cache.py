@@ -150,7 +150,6 @@ CASES = [
         call=resume_with_shard_size(2),
         check=same_samples_as_a_whole_extraction,
         exit_code=0,
-        needs_fixtures=True,
     ),
     Case(
         "cache-resume-with-larger-shards",
@@ -158,7 +157,6 @@ CASES = [
         call=resume_with_shard_size(8),
         check=same_samples_as_a_whole_extraction,
         exit_code=0,
-        needs_fixtures=True,
     ),
     Case(
         "cache-fp32-cpu-cache-reused-by-bf16",
@@ -166,7 +164,6 @@ CASES = [
         call=fp32_then_bf16,
         check=two_caches_by_precision,
         exit_code=0,
-        needs_fixtures=True,
     ),
     Case(
         "cache-two-extractions-at-once",
@@ -174,7 +171,6 @@ CASES = [
         call=two_at_once,
         check=one_complete_cache,
         exit_code=0,
-        needs_fixtures=True,
     ),
     Case(
         "cache-non-finite-tokens",
@@ -183,7 +179,6 @@ CASES = [
         setup=tokens_beyond_float16,
         names=("non-finite tokens", "ADE_train_00000001.jpg", "tokens_3_00000.npy", "backbone.checkpoint=PATH"),
         absent=("data/feature_cache/*/tokens_*.npy", "data/feature_cache/*/.*", "**/metrics.json", "**/best-*.ckpt"),
-        needs_fixtures=True,
     ),
     Case(
         "cache-damaged-manifest",
@@ -191,13 +186,11 @@ CASES = [
         argv=CACHED_TRAIN,
         setup=cached_run_with_a_damaged_manifest,
         names=("manifest.json", "feature_cache.root=PATH", "Delete"),
-        needs_fixtures=True,
     ),
     Case(
         "cache-truncated-shard",
         "clear",
         call=read_a_truncated_shard,
         names=("tokens_3_00001.npy", "root=PATH", "Delete"),
-        needs_fixtures=True,
     ),
 ]

@@ -111,14 +111,13 @@ CASES = [
     # decompression bombs where datamodules read images
     Case("input-predict-dir-bomb", "traceback",
          argv=("train.py", *TINY_TRAIN, "train=false", "test=false", "data.predict_dir={tmp}/photos"),
-         setup=predict_dir_with_bomb, names=("{tmp}/photos/huge.png", "196000000 pixels", "MAX_IMAGE_PIXELS"),
-         needs_fixtures=True),
+         setup=predict_dir_with_bomb, names=("{tmp}/photos/huge.png", "196000000 pixels", "MAX_IMAGE_PIXELS")),
     Case("input-imagefolder-bomb", "traceback",
          argv=("train.py", "head=fewshot", "data=imagefolder", "trainer=cpu", "backbone.checkpoint={tiny}",
                "backbone.embed_dim=64", "backbone.depth=4", "backbone.num_heads=4", "data.root={tmp}/classes",
                "data.resize_size=28", "data.crop_size=28", "data.num_workers=0", "data.n_way=2", "data.k_shot=1",
                "data.n_queries=1", "data.n_episodes=2"),
-         setup=class_folders_with_bomb, names=("{tmp}/classes/b/huge.png", "196000000 pixels"), needs_fixtures=True),
+         setup=class_folders_with_bomb, names=("{tmp}/classes/b/huge.png", "196000000 pixels")),
     # loader numbers, checked when the datamodule is built
     Case("input-batch-size-zero-imagefolder", "traceback", call=lambda tmp: datamodule("imagefolder", batch_size=0),
          names=("batch_size=0",)),

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.reliability import FIXTURES, Case
-
-TINY_DINOV3 = FIXTURES / "dinov3" / "tiny_vit16_dinov3.pth"
+from tests.fixture_paths import TINY_DINOV3
+from tests.reliability import Case
 
 
 def load_dinov3_with_wrong_heads(tmp: Path) -> None:
@@ -53,6 +52,5 @@ CASES = [
         "silent",
         call=load_dinov3_with_wrong_heads,
         names=("num_heads=4", str(TINY_DINOV3)),
-        needs_fixtures=True,
     ),
 ]

@@ -139,7 +139,6 @@ CASES = [
         argv=("train.py", *TINY_TRAIN, "head.lr=1e38", "paths.output_dir={tmp}/run"),
         names=("step 1", "head.lr", "head.skip_nonfinite=true"),
         absent=("run/checkpoints/*.ckpt", "run/metrics.json"),
-        needs_fixtures=True,
     ),
     Case(
         "nan-training-loss-skipped-when-asked",
@@ -148,7 +147,6 @@ CASES = [
         names=("train/skipped_nonfinite",),
         check=no_nan_checkpoint,
         exit_code=0,
-        needs_fixtures=True,
     ),
     Case("nan-cached-tokens", "silent", call=nan_cached_tokens, names=("cached features", "step 0", "feature_cache")),
     Case("nan-sigloss-one-valid-pixel", "silent", call=one_valid_pixel, exit_code=0),
@@ -158,7 +156,6 @@ CASES = [
         argv=("train.py", *DEPTH_TINY, "data.max_depth=0.002"),
         check=depth_metrics_null,
         exit_code=0,
-        needs_fixtures=True,
     ),
     Case("nan-results-json-strict", "silent", call=strict_results_json, exit_code=0),
     Case("nan-fewshot-k-shot-zero", "silent", call=lambda tmp: imagefolder(tmp, k_shot=0), names=("k_shot=0",)),

@@ -51,6 +51,5 @@ CASES = [
         "silent",
         call=_cache_of_other_features,
         names=("final norm", "DepthProbe reads", "no final norm"),
-        needs_fixtures=True,
     ),
 ]

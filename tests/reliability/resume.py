@@ -148,7 +148,6 @@ CASES = [
         "code",
         argv=("train.py", *TINY_TRAIN, "ckpt_path=http://127.0.0.1:9/last.ckpt"),
         names=("ckpt_path=http://127.0.0.1:9/last.ckpt", "local file"),
-        needs_fixtures=True,
     ),
     Case(
         "resume-ckpt-crafted-pickle",
@@ -157,14 +156,12 @@ CASES = [
         setup=write_crafted,
         names=("{tmp}/crafted.ckpt", "could run code"),
         absent=(MARKER, "logs/*/runs/*/checkpoints"),
-        needs_fixtures=True,
     ),
     Case(
         "resume-ckpt-missing",
         "traceback",
         argv=("train.py", *TINY_TRAIN, "ckpt_path={tmp}/nowhere/last.ckpt"),
         names=("{tmp}/nowhere/last.ckpt", "does not exist", "ckpt_path=RUN_DIR/checkpoints/last.ckpt"),
-        needs_fixtures=True,
     ),
     Case(
         "resume-ckpt-truncated",
@@ -172,7 +169,6 @@ CASES = [
         argv=("train.py", *TINY_TRAIN, "ckpt_path={tmp}/truncated.ckpt"),
         setup=write_truncated,
         names=("{tmp}/truncated.ckpt", "truncated"),
-        needs_fixtures=True,
     ),
     Case(
         "resume-ckpt-random-bytes",
@@ -195,7 +191,6 @@ CASES = [
         setup=two_runs_script,
         check=check_two_run_dirs,
         exit_code=0,
-        needs_fixtures=True,
     ),
     Case(
         "resume-multirun-sweep-dir",
@@ -203,7 +198,6 @@ CASES = [
         argv=("train.py", "-m", *TINY_TRAIN, "train=false", "test=false", "seed=1,2"),
         check=check_one_sweep_dir,
         exit_code=0,
-        needs_fixtures=True,
     ),
     Case(
         "resume-killed-run-best-and-losses",
@@ -212,6 +206,5 @@ CASES = [
         setup=train_runs,
         check=check_resumed,
         exit_code=0,
-        needs_fixtures=True,
     ),
 ]

@@ -17,7 +17,6 @@ CASES = [
         argv=("train.py", *TINY_TRAIN, "head.checkpoint={tmp}/no_such_head.pth"),
         names=("{tmp}/no_such_head.pth",),
         absent=("logs/*/runs/*/checkpoints/*",),
-        needs_fixtures=True,
     ),
 ]
 
@@ -35,7 +34,6 @@ CASES.append(
         argv=("train.py", *TINY_TRAIN, "data.num_workers=2"),
         setup=_ade_with_bad_validation_image,
         names=("ADE_val_00000001.jpg",),
-        needs_fixtures=True,
     )
 )
 
@@ -45,48 +43,41 @@ CASES += [
         "wrapped",
         argv=("train.py", *TINY_TRAIN, "trainer=gpu"),
         names=("trainer=cpu",),
-        needs_fixtures=True,
     ),
     Case(
         "train-max-steps-zero",
         "traceback",
         argv=("train.py", *TINY_TRAIN, "trainer.max_steps=0"),
         names=("trainer.max_steps=0",),
-        needs_fixtures=True,
     ),
     Case(
         "train-val-interval-zero",
         "traceback",
         argv=("train.py", *TINY_TRAIN, "trainer.val_check_interval=0"),
         names=("trainer.val_check_interval=0",),
-        needs_fixtures=True,
     ),
     Case(
         "train-seed-not-int",
         "traceback",
         argv=("train.py", *TINY_TRAIN, "seed=abc"),
         names=("seed=abc",),
-        needs_fixtures=True,
     ),
     Case(
         "train-bad-precision",
         "wrapped",
         argv=("train.py", *TINY_TRAIN, "trainer.precision=bad"),
         names=("trainer", "'bad'"),
-        needs_fixtures=True,
     ),
     Case(
         "train-negative-lr",
         "wrapped",
         argv=("train.py", *TINY_TRAIN, "head.lr=-1"),
         names=("lr=-1",),
-        needs_fixtures=True,
     ),
     Case(
         "train-unknown-backbone-name",
         "wrapped",
         argv=("train.py", *TINY_TRAIN, "backbone.name=foo"),
         names=("'foo'",),
-        needs_fixtures=True,
     ),
 ]

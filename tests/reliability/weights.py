@@ -15,13 +15,14 @@ import shutil
 from pathlib import Path
 
 from tests.conftest import TINY_SAM
-from tests.reliability import FIXTURES, TINY_CHECKPOINT, TINY_TRAIN, Case, Result
+from tests.fixture_paths import DINOV2, TINY_CHECKPOINT
+from tests.reliability import TINY_TRAIN, Case, Result
 
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth"
 ADE_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
 TINY_ARGS = ("--embed-dim", "64", "--depth", "4", "--num-heads", "4", "--size", "56", "--device", "cpu")
-DEPTH_HEAD = FIXTURES / "dinov2" / "tiny_vit14_depth_linear_head.pth"
+DEPTH_HEAD = DINOV2 / "tiny_vit14_depth_linear_head.pth"
 DEAD_PID = 2**22 + 1  # above Linux's largest pid_max: never a live process
 
 
@@ -210,7 +211,6 @@ CASES = [
         argv=("train.py", *TINY_TRAIN, "data.generate=false", "data.download=true"),
         names=(ADE_URL, "data.download=true"),
         absent=("ade", "ade/*"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-voc-download-offline",
@@ -232,7 +232,6 @@ CASES = [
         call=depth_head_released_offline,
         names=("https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_nyu_linear_head.pth",),
         absent=("torch_home",),
-        needs_fixtures=True,
     ),
     # damaged weight files: a reason, the file named, never code run
     Case(
@@ -241,7 +240,6 @@ CASES = [
         call=lambda tmp: load_backbone(tmp / "zero.pth"),
         setup=damaged_files,
         names=("{tmp}/zero.pth", "empty (0 bytes)"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-truncated-backbone",
@@ -249,7 +247,6 @@ CASES = [
         call=lambda tmp: load_backbone(tmp / "truncated.pth"),
         setup=damaged_files,
         names=("{tmp}/truncated.pth", "truncated"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-random-bytes-backbone",
@@ -257,7 +254,6 @@ CASES = [
         call=lambda tmp: load_backbone(tmp / "random.pth"),
         setup=damaged_files,
         names=("{tmp}/random.pth", "not a file saved by torch.save"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-pickled-code-backbone",
@@ -266,7 +262,6 @@ CASES = [
         setup=damaged_files,
         names=("{tmp}/code.pth", "never as code"),
         check=no_code_ran,
-        needs_fixtures=True,
     ),
     Case(
         "weights-list-not-tensors-backbone",
@@ -274,7 +269,6 @@ CASES = [
         call=lambda tmp: load_backbone(tmp / "list.pth"),
         setup=damaged_files,
         names=("{tmp}/list.pth", "holds list"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-zero-byte-depth-head",
@@ -282,7 +276,6 @@ CASES = [
         call=lambda tmp: depth_head(tmp / "zero.pth"),
         setup=damaged_files,
         names=("{tmp}/zero.pth", "empty (0 bytes)"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-zero-byte-sam",
@@ -290,7 +283,6 @@ CASES = [
         call=lambda tmp: sam(checkpoint=str(tmp / "zero.pth")),
         setup=damaged_files,
         names=("{tmp}/zero.pth", "empty (0 bytes)"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-zero-byte-seg-head",
@@ -298,7 +290,6 @@ CASES = [
         call=lambda tmp: seg_head(tmp / "zero.pth"),
         setup=damaged_files,
         names=("{tmp}/zero.pth", "empty (0 bytes)"),
-        needs_fixtures=True,
     ),
     # hashes: trust on first use in the hub cache, pins by option or <file>.sha256 for every kind of weights
     Case(
@@ -306,21 +297,18 @@ CASES = [
         "silent",
         call=changed_cached_backbone,
         names=("dinov2_vits14_pretrain.pth", "dinov2_vits14_pretrain.pth.sha256", "has SHA-256"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-backbone-pin-mismatch",
         "silent",
         call=lambda tmp: load_backbone(TINY_CHECKPOINT, sha256="0" * 64),
         names=("tiny_vit14.pth", "sha256=" + "0" * 64, "has SHA-256"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-depth-head-pin-file-mismatch",
         "silent",
         call=lambda tmp: depth_head(wrong_pin(tmp, DEPTH_HEAD)),
         names=("tiny_vit14_depth_linear_head.pth.sha256", "0" * 64),
-        needs_fixtures=True,
     ),
     Case(
         "weights-seg-head-pin-file-mismatch",
@@ -328,7 +316,6 @@ CASES = [
         call=lambda tmp: seg_head(wrong_pin(tmp, tmp / "seg_head.pth")),
         setup=head_files,
         names=("seg_head.pth.sha256", "0" * 64),
-        needs_fixtures=True,
     ),
     Case(
         "weights-sam-pin-file-mismatch",
@@ -336,14 +323,12 @@ CASES = [
         call=lambda tmp: sam(checkpoint=str(wrong_pin(tmp, tmp / "sam.pth"))),
         setup=head_files,
         names=("sam.pth.sha256", "0" * 64),
-        needs_fixtures=True,
     ),
     Case(
         "weights-malformed-pin",
         "silent",
         call=lambda tmp: load_backbone(TINY_CHECKPOINT, sha256="abc123"),
         names=("sha256=abc123", "64 hexadecimal digits"),
-        needs_fixtures=True,
     ),
     Case(
         "weights-stale-download-temp",
@@ -351,7 +336,6 @@ CASES = [
         call=stale_download_temp,
         check=no_stale_temp_and_hash_recorded,
         exit_code=0,
-        needs_fixtures=True,
     ),
     # random weights are visible; images are opened safely; --help is quick
     Case(
