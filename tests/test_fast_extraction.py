@@ -3,7 +3,6 @@ pipeline (torchvision decoding in workers or on the GPU), and the two benchmark 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ from datamodules.image_files import (
 from tests.conftest import TINY
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-SLOW = os.environ.get("FROZEN_DINO_SLOW_TESTS") == "1"
 
 
 def load_tiny(checkpoint: Path, **speed: object) -> backbones.FrozenBackbone:
@@ -107,9 +105,7 @@ def test_compiled_trunk_gives_the_eager_outputs(monkeypatch: pytest.MonkeyPatch)
         torch._dynamo.reset()
 
 
-@pytest.mark.skipif(
-    not SLOW, reason="slow: inductor compiles C++ for ~30 s on a 2-core CPU; set FROZEN_DINO_SLOW_TESTS=1"
-)
+@pytest.mark.slow  # inductor compiles C++ for about 30 s on a 2-core CPU
 def test_inductor_compile_on_cpu(tiny: backbones.FrozenBackbone, tiny_checkpoint: Path) -> None:
     compiled = load_tiny(tiny_checkpoint, compile=True)
     x = torch.randn(2, 3, 42, 56)
