@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra.utils import get_object
+from hydra.utils import get_object, instantiate
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 
 from tests.helpers import CONFIGS, compose_train
@@ -109,3 +110,14 @@ def test_official_protocol_is_the_default(tmp_path: Path) -> None:
 def test_unknown_option_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="backbone.embeddim"):
         compose_train(["backbone.embeddim=64"], tmp_path)
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "ddp"])
+def test_multi_process_settings_need_no_plus(trainer: str, tmp_path: Path) -> None:
+    """`strategy`, `devices`, `num_nodes` and `accelerator` are in every trainer config, and trainer=ddp builds a
+    DDP trainer on the CPU too (its processes start only when it fits)."""
+    overrides = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=1", "trainer.strategy=ddp"]
+    cfg = compose_train([f"trainer={trainer}", *overrides], tmp_path)
+    trainer = instantiate(cfg.trainer, precision="32-true")
+    assert trainer.world_size == 2 and isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.strategy.root_device.type == "cpu"  # Lightning's DDP then uses gloo
