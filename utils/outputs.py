@@ -64,19 +64,21 @@ def writing(target: Path, flag: str, kept: str = NOTHING_KEPT) -> Iterator[None]
         raise write_failure(err, target, flag, kept) from None
 
 
-def check_folder(folder: Path, flag: str) -> None:
-    """OutputError unless ``folder`` (set by ``flag``) is a folder, or can be created as one, that can be written to."""
+def check_folder(folder: Path, flag: str, given: Path | None = None) -> None:
+    """OutputError unless ``folder`` is a folder, or can be created as one, that can be written to; ``given``: the
+    value of ``flag`` when it is a file in ``folder`` (the message names it)."""
+    given = folder if given is None else given
     existing = folder.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(
-            f"{flag} {folder} cannot be written: {existing} is a file, not a folder. Give {flag} a folder path "
-            "(it is created when missing)."
+            f"{flag} {given} cannot be written: {existing} is a file, not a folder. Give {flag} a path under "
+            "folders (missing ones are created)."
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(
-            f"{flag} {folder} cannot be written: {existing} is not writable. Give {flag} a path in a folder you can "
+            f"{flag} {given} cannot be written: {existing} is not writable. Give {flag} a path in a folder you can "
             "write to."
         )
 
@@ -148,7 +150,7 @@ class Outputs:
             check_folder(self.folder, self.flag)
         for target, flag in [*self.flags.items(), (self.manifest, self.flag)]:
             if self.folder is None or target.parent != self.folder:
-                check_folder(target.parent, flag)
+                check_folder(target.parent, flag, target)
             if target.is_dir() and not target.is_symlink():
                 raise OutputError(
                     f"{flag} {target} is a folder: give a file name, e.g. {flag} {target / ('out' + target.suffix)}."
