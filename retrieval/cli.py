@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utils.argtypes import finite_float, non_negative_int, positive_int
+from utils.outputs import OVERWRITE_HELP
 
 BACKBONES = tuple(f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg")) + tuple(
     f"dinov3_vit{s}16" for s in "sbl"
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("images", nargs="+", metavar="IMAGE")
     query.add_argument("--k", type=positive_int, default=10, help="results per query (default: %(default)s)")
     query.add_argument("--out", type=Path, default=Path("retrieval_query"), help="folder for <stem>.json/.png")
+    query.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     add_backbone_args(query, defaults=False)
 
     dedup = commands.add_parser("dedup", help="groups of near-duplicates, and keep_one.txt to remove copies")
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--k", type=positive_int, default=20, help="neighbours looked at per image (default: 20)")
     dedup.add_argument("--sheet-groups", type=positive_int, default=8, help="groups on the contact sheet (default: 8)")
     dedup.add_argument("--out", type=Path, default=Path("dedup"), help="output folder (default: %(default)s)")
+    dedup.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     cluster = commands.add_parser("cluster", help="FAISS k-means of the embeddings")
     cluster.add_argument("index", type=Path, metavar="INDEX")
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--seed", type=int, default=0, help="k-means seed (default: %(default)s)")
     cluster.add_argument("--niter", type=positive_int, default=20, help="k-means iterations (default: %(default)s)")
     cluster.add_argument("--out", type=Path, default=Path("clusters"), help="output folder (default: %(default)s)")
+    cluster.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser
 
 

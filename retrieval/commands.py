@@ -23,6 +23,7 @@ from retrieval.index_store import (
 from retrieval.sheets import contact_sheet, short
 from utils.argtypes import device_problem
 from utils.atomic import remove_stale_temps, write_text
+from utils.outputs import Outputs, check_folder, writing
 
 
 def device_of(args: argparse.Namespace) -> torch.device:
@@ -77,6 +78,12 @@ def index(args: argparse.Namespace) -> None:
 
     if args.index_kind not in KINDS:
         raise RetrievalError(f"--index-kind {args.index_kind} is not one of {', '.join(KINDS)}.")
+    if args.source.is_dir() and args.out.absolute().resolve() == args.source.absolute().resolve():
+        raise RetrievalError(
+            f"--out {args.out} is the images folder {args.source} itself: the index needs a folder of its own. Give "
+            f"--out {args.source / 'index'} (inside it: its files are not indexed) or a folder beside it."
+        )
+    check_folder(args.out, "--out")
     paths = list_images(args.source, exclude=args.out)
     loading = {
         "backbone": args.backbone,
@@ -97,7 +104,8 @@ def index(args: argparse.Namespace) -> None:
     record = {"embedding": spec.to_json(), **record}
     out, rank_zero = args.out, rank_zero_only.rank == 0
     # one build of a folder at a time (INDEX.lock beside it); the other ranks of a multi-GPU run are under rank 0's
-    with extraction_lock(out, exclusive=rank_zero):
+    kept = "The images embedded so far are kept: run the same command again to resume."
+    with writing(out, "--out", kept), extraction_lock(out, exclusive=rank_zero):
         if (out / SPEC_FILE).is_file():
             check_same(out, open_index_record(out), record)
         elif out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -168,30 +176,44 @@ def query(args: argparse.Namespace) -> None:
     for image in args.images:
         if not Path(image).is_file():
             raise RetrievalError(f"The query image {image} does not exist: check the path.")
+    stems = query_stems(args.images)
+    files = [args.out / f"{stem}{end}" for stem in stems for end in (".json", ".png")]
+    inputs = [args.index, *args.images, args.checkpoint]
+    outputs = Outputs(files, inputs, folder=args.out, overwrite=args.overwrite)
     device = device_of(args)
     backbone, record = load_model(args, loading)
     check_same(args.index, loaded.record, {"embedding": spec.to_json(), **record})
     inputs = torch.stack([load_input(image, spec.size) for image in args.images])
     vectors = embed(backbone.to(device), inputs.to(device), spec).float().cpu().numpy()
     scores, ids = search(loaded.index, vectors, args.k)
-    stems: set[str] = set()
-    for image, row_scores, row_ids in zip(args.images, scores, ids):
-        stem = Path(image).stem if Path(image).stem not in stems else f"{Path(image).stem}_{len(stems)}"
-        stems.add(stem)
-        results = [
-            {"rank": r + 1, "path": loaded.paths[i], "score": float(s)}
-            for r, (s, i) in enumerate(zip(row_scores, row_ids))
-            if i >= 0
-        ]
-        print(f"{image}:")
-        for result in results:
-            print(f"  {result['rank']:3d}  {result['score']:.4f}  {result['path']}")
-        text = json.dumps(
-            {"query": str(Path(image).absolute()), "k": args.k, "results": results}, indent=1, allow_nan=False
-        )
-        write_text(args.out / f"{stem}.json", text)
-        cells = [(image, f"query {short(image)}")] + [
-            (r["path"], f"{r['score']:.3f} {short(r['path'])}") for r in results
-        ]
-        contact_sheet([cells], args.out / f"{stem}.png", f"{args.index}: top {args.k} of {image}")
+    with outputs:
+        for image, stem, row_scores, row_ids in zip(args.images, stems, scores, ids):
+            results = [
+                {"rank": r + 1, "path": loaded.paths[i], "score": float(s)}
+                for r, (s, i) in enumerate(zip(row_scores, row_ids))
+                if i >= 0
+            ]
+            print(f"{image}:")
+            for result in results:
+                print(f"  {result['rank']:3d}  {result['score']:.4f}  {result['path']}")
+            record = {"query": str(Path(image).absolute()), "k": args.k, "results": results}
+            with outputs.file(args.out / f"{stem}.json") as tmp:
+                write_text(tmp, json.dumps(record, indent=1, allow_nan=False))
+            cells = [(image, f"query {short(image)}")] + [
+                (r["path"], f"{r['score']:.3f} {short(r['path'])}") for r in results
+            ]
+            with outputs.file(args.out / f"{stem}.png") as tmp:
+                contact_sheet([cells], tmp, f"{args.index}: top {args.k} of {image}")
     print(f"Wrote {args.out}/<query>.json and .png for {len(args.images)} queries.")
+
+
+def query_stems(images: list[str]) -> list[str]:
+    """The output name of each query image: its stem, with a number added when an earlier query took that name."""
+    stems: list[str] = []
+    for image in images:
+        stem = name = Path(image).stem
+        number = len(stems)
+        while name in stems:
+            name, number = f"{stem}_{number}", number + 1
+        stems.append(name)
+    return stems

@@ -23,6 +23,7 @@ from retrieval.faiss_index import search
 from retrieval.index_store import RetrievalError, open_index
 from retrieval.sheets import contact_sheet, short
 from utils.atomic import write_text
+from utils.outputs import Outputs
 
 
 def near_duplicate_groups(index: faiss.Index, vectors: np.ndarray, threshold: float, k: int) -> list[list[int]]:
@@ -70,6 +71,8 @@ def dedup(args: argparse.Namespace) -> None:
             "(near-duplicates are usually above 0.9)."
         )
     loaded = open_index(args.index)
+    names = ("groups.json", "groups.csv", "keep_one.txt", "groups.png")
+    outputs = Outputs([args.out / n for n in names], [args.index], folder=args.out, overwrite=args.overwrite)
     groups = [
         [loaded.paths[i] for i in group]
         for group in near_duplicate_groups(loaded.index, loaded.vectors(), args.threshold, args.k)
@@ -85,16 +88,23 @@ def dedup(args: argparse.Namespace) -> None:
             {"group": g, "size": len(paths), "keep": paths[0], "paths": paths} for g, paths in enumerate(groups)
         ],
     }
-    write_text(args.out / "groups.json", json.dumps(summary, indent=1, allow_nan=False))
     rows = [[g, path, int(k == 0)] for g, paths in enumerate(groups) for k, path in enumerate(paths)]
-    write_text(args.out / "groups.csv", csv_text(["group", "path", "keep"], rows))
-    write_text(args.out / "keep_one.txt", "".join(f"{path}\n" for path in remove))
-    if groups:
-        sheet = [
-            [(p, f"{'keep ' if k == 0 else ''}g{g} {short(p)}") for k, p in enumerate(paths[:8])]
-            for g, paths in enumerate(groups[: args.sheet_groups])
-        ]
-        contact_sheet(sheet, args.out / "groups.png", f"near-duplicates at cosine >= {args.threshold}")
+    texts = {
+        "groups.json": json.dumps(summary, indent=1, allow_nan=False),
+        "groups.csv": csv_text(["group", "path", "keep"], rows),
+        "keep_one.txt": "".join(f"{path}\n" for path in remove),
+    }
+    with outputs:
+        for name, text in texts.items():
+            with outputs.file(args.out / name) as tmp:
+                write_text(tmp, text)
+        if groups:
+            sheet = [
+                [(p, f"{'keep ' if k == 0 else ''}g{g} {short(p)}") for k, p in enumerate(paths[:8])]
+                for g, paths in enumerate(groups[: args.sheet_groups])
+            ]
+            with outputs.file(args.out / "groups.png") as tmp:
+                contact_sheet(sheet, tmp, f"near-duplicates at cosine >= {args.threshold}")
     print(f"{len(groups)} groups of near-duplicates ({len(remove)} images to remove: {args.out / 'keep_one.txt'}).")
 
 
@@ -105,6 +115,8 @@ def cluster(args: argparse.Namespace) -> None:
             f"--k {args.k} clusters is more than the index's {len(loaded.paths)} images: give --k "
             f"{len(loaded.paths)} or less."
         )
+    names = ["clusters.json", "clusters.csv", *(f"cluster_{c:03d}.png" for c in range(args.k))]
+    outputs = Outputs([args.out / n for n in names], [args.index], folder=args.out, overwrite=args.overwrite)
     assignment, similarity = kmeans(loaded.vectors(), args.k, args.seed, args.niter)
     clusters = []
     for c in range(args.k):
@@ -119,14 +131,16 @@ def cluster(args: argparse.Namespace) -> None:
             }
         )
     summary = {"index": str(args.index), "k": args.k, "seed": args.seed, "clusters": clusters}
-    write_text(args.out / "clusters.json", json.dumps(summary, indent=1, allow_nan=False))
     rows = [[path, int(a), f"{s:.6f}"] for path, a, s in zip(loaded.paths, assignment, similarity)]
-    write_text(args.out / "clusters.csv", csv_text(["path", "cluster", "similarity"], rows))
-    for c in clusters:
-        if c["size"]:
-            cells = [(p, f"{s:.3f} {short(p)}") for p, s in zip(c["paths"][:16], c["similarity"][:16])]
-            rows_of_4 = [cells[i : i + 4] for i in range(0, len(cells), 4)]
-            contact_sheet(
-                rows_of_4, args.out / f"cluster_{c['cluster']:03d}.png", f"cluster {c['cluster']} ({c['size']} images)"
-            )
+    with outputs:
+        with outputs.file(args.out / "clusters.json") as tmp:
+            write_text(tmp, json.dumps(summary, indent=1, allow_nan=False))
+        with outputs.file(args.out / "clusters.csv") as tmp:
+            write_text(tmp, csv_text(["path", "cluster", "similarity"], rows))
+        for c in clusters:
+            if c["size"]:
+                cells = [(p, f"{s:.3f} {short(p)}") for p, s in zip(c["paths"][:16], c["similarity"][:16])]
+                rows_of_4 = [cells[i : i + 4] for i in range(0, len(cells), 4)]
+                with outputs.file(args.out / f"cluster_{c['cluster']:03d}.png") as tmp:
+                    contact_sheet(rows_of_4, tmp, f"cluster {c['cluster']} ({c['size']} images)")
     print(f"{args.k} clusters of {len(loaded.paths)} images in {args.out}.")

@@ -117,7 +117,16 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 
 def write_index(index: faiss.Index, path: str | os.PathLike) -> None:
     """Write `index` atomically (FAISS's own binary format: data, not code; search parameters included)."""
-    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    atomic_write(path, lambda tmp: _write_through_python(index, Path(tmp)))
+
+
+def _write_through_python(index: faiss.Index, path: Path) -> None:
+    """faiss.write_index to a file name ignores a failed close (a full disk: a truncated file, no error); through a
+    Python file every failed write raises OSError."""
+    with path.open("wb") as file:
+        writer = faiss.PyCallbackIOWriter(file.write)
+        faiss.write_index(index, writer)
+        del writer  # flushes FAISS's buffer into the file before it closes
 
 
 def read_index(path: str | os.PathLike) -> faiss.Index:

@@ -112,6 +112,7 @@ def test_the_cli_writes_masks_json_and_the_figure(
     out = tmp_path / "out"
     assert main(cli(photos, tiny_checkpoint, out)) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".outputs.json",  # the run's files, for utils.outputs
         "coffee.json",
         "coffee_mask.png",
         "mirrored.json",

@@ -223,7 +223,7 @@ def test_cli_writes_an_overlay_and_coco_rle_per_photo(photos: list[Path], tmp_pa
             rows, cols = np.nonzero(decoded)
             assert (x, y, w, h) == (cols.min(), rows.min(), cols.max() - cols.min(), rows.max() - rows.min())
             assert {"predicted_iou", "stability_score", "point_coords", "crop_box"} <= set(mask)
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # no temporary files left
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from utils.argtypes import finite_float, non_negative_int, positive_int
+from utils.outputs import OVERWRITE_HELP
 
 BACKBONE_CHOICES: tuple[str, ...] = (
     *(f"dinov2_vit{size}14{reg}" for size in "sblg" for reg in ("", "_reg")),
@@ -28,7 +29,7 @@ def add_common_args(
     size: tuple[int, str] = (448, "shorter image side in pixels, a multiple of the patch size"),
     random_weights: str = "no weights found: warn loudly and use random ones (the figure then says RANDOM WEIGHTS)",
 ) -> None:
-    """The backbone options of the Hydra backbone config, plus image size, block and device.
+    """The backbone options of the Hydra backbone config, plus image size, block, device and ``--overwrite``.
 
     ``size``: the default of ``--size`` and what it means to this tool; ``random_weights``: what ``--random-weights``
     does in this tool."""
@@ -53,6 +54,7 @@ def add_common_args(
     )
     parser.add_argument("--dpi", type=positive_int, default=100, help="figure resolution (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def add_background_args(parser: argparse.ArgumentParser, foreground_help: str | None = None) -> None:
@@ -217,6 +219,7 @@ def sam_masks_parser() -> argparse.ArgumentParser:
         help="no SAM weights found: warn loudly and use random ones (a pipeline check; the masks are meaningless)",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser
 
 
@@ -330,4 +333,5 @@ def compare_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dpi", type=positive_int, default=100, help="figure resolution (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser

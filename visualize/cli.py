@@ -4,7 +4,6 @@ outputs, error reporting (the arguments themselves are in ``visualize.args``, wh
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -66,39 +65,20 @@ def load_inputs(paths: Sequence[str], short_side: int, patch_size: int) -> tuple
     return images, inputs
 
 
-def check_output_path(path: Path, flag: str) -> None:
-    """InputError unless a file can be written at ``path`` (given as ``flag``): not a folder, and the nearest existing
-    folder above it writable (missing folders are created), checked before the slow work starts."""
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder: give a file name, e.g. {flag} {path / ('out' + path.suffix)}.")
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(
-            f"{flag} {path} cannot be written: {parent} is {'not a folder' if not parent.is_dir() else 'not writable'}."
-            f" Give a path in a folder you can write to."
-        )
-
-
 def check_figure_path(path: Path) -> None:
-    """InputError unless matplotlib can write a figure of ``path``'s type to ``path``."""
+    """InputError unless matplotlib can write a figure of ``path``'s type (`utils.outputs.Outputs` checks the path)."""
     formats = Figure().canvas.get_supported_filetypes()
     if path.suffix.lower().lstrip(".") not in formats:
         raise InputError(
             f"Cannot write a figure to {path}: use one of the suffixes {', '.join('.' + f for f in sorted(formats))}."
         )
-    check_output_path(path, "--out")
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
     """Save a figure atomically; the format follows the suffix."""
-    try:
-        atomic_write(
-            path, lambda tmp: fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=dpi, bbox_inches="tight")
-        )
-    except OSError as err:  # a folder that refuses files despite its permissions (/proc, a full or read-only disk)
-        raise InputError(f"Cannot write {path} ({err.strerror}): give --out a path on a writable disk.") from None
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=dpi, bbox_inches="tight")
+    )
 
 
 def run(

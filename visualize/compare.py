@@ -209,11 +209,13 @@ def make_compare_figure(args: argparse.Namespace) -> list[Panel]:
     from PIL import Image
 
     from utils.errors import UserError
+    from utils.outputs import Outputs
     from visualize.cli import check_figure_path, save_figure
     from visualize.images import InputError, load_rgb, require_files
 
     check_figure_path(args.out)
     checkpoints = check_options(args)
+    outputs = Outputs([args.out], [args.image, *checkpoints.values()], overwrite=args.overwrite)
     require_files([args.image])
     image = load_rgb(args.image, max(map(patch_size_of, args.backbones)))
     stretch = check_grid(args.image, image.width, image.height, args.tokens)
@@ -242,7 +244,9 @@ def make_compare_figure(args: argparse.Namespace) -> list[Panel]:
     if overrides:
         lines.append(f"architecture overridden ({', '.join(overrides)}): not the official models")
     titles = [panel_title(p, checkpoints.get(p.name)) for p in panels]
-    save_figure(compare_figure(image, args.image, panels, titles, "\n".join(lines)), args.out, args.dpi)
+    fig = compare_figure(image, args.image, panels, titles, "\n".join(lines))
+    with outputs, outputs.file(args.out) as tmp:
+        save_figure(fig, tmp, args.dpi)
     print(f"Wrote {args.out}")
     return panels
 

@@ -49,13 +49,14 @@ def make_explore_page(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from utils.atomic import write_text
-    from visualize.cli import backbone_label, check_output_path, load_from_args, load_inputs
+    from utils.outputs import Outputs
+    from visualize.cli import backbone_label, load_from_args, load_inputs
     from visualize.explore_page import encode_features, image_data_url, render_page
     from visualize.features import patch_maps
     from visualize.images import InputError
     from visualize.pca_maps import pca_rgb
 
-    check_output_path(args.out, "--out")
+    outputs = Outputs([args.out], [*args.images, args.checkpoint], overwrite=args.overwrite)
     backbone = load_from_args(args, args.images)
     images, inputs = load_inputs(args.images, args.size, backbone.patch_size)
     try:
@@ -106,10 +107,8 @@ def make_explore_page(args: argparse.Namespace) -> None:
             "images": entries,
         }
     )
-    try:
-        write_text(args.out, page)
-    except OSError as err:  # a folder that refuses files despite its permissions (/proc, a full or read-only disk)
-        raise InputError(f"Cannot write {args.out} ({err.strerror}): give --out a path on a writable disk.") from None
+    with outputs, outputs.file(args.out) as tmp:
+        write_text(tmp, page)
     print(f"Wrote {args.out} ({len(page) / 1e6:.2f} MB, {len(entries)} image(s), {dims}-dim fp16 features)")
 
 

@@ -17,15 +17,9 @@ def make_match_figure(args: argparse.Namespace) -> None:
 
     import numpy as np
 
+    from utils.outputs import Outputs
     from utils.results import write_json
-    from visualize.cli import (
-        backbone_label,
-        check_figure_path,
-        check_output_path,
-        load_from_args,
-        load_inputs,
-        save_figure,
-    )
+    from visualize.cli import backbone_label, check_figure_path, load_from_args, load_inputs, save_figure
     from visualize.features import patch_maps
     from visualize.figures import match_figure
     from visualize.images import InputError
@@ -36,7 +30,13 @@ def make_match_figure(args: argparse.Namespace) -> None:
     if args.num_pairs < 1:
         raise InputError(f"--num-pairs {args.num_pairs} must be at least 1.")
     json_path = args.json or args.out.with_suffix(".json")
-    check_output_path(json_path, "--json")
+    if json_path.absolute() == args.out.absolute():
+        raise InputError(f"--json {json_path} is also --out's figure: give the pairs another file.")
+    outputs = Outputs(
+        {args.out: "--out", json_path: "--json" if args.json else "--out"},
+        [args.image_a, args.image_b, args.checkpoint],
+        overwrite=args.overwrite,
+    )
     backbone = load_from_args(args, [args.image_a, args.image_b])
     images, inputs = load_inputs([args.image_a, args.image_b], args.size, backbone.patch_size)
     try:
@@ -57,7 +57,6 @@ def make_match_figure(args: argparse.Namespace) -> None:
     titles = (Path(args.image_a).name, Path(args.image_b).name)
     suptitle = f"{backbone_label(args, backbone)}: {len(kept)} of {len(matches)} mutual nearest neighbours"
     fig = match_figure(np.asarray(images[0]), np.asarray(images[1]), *points, titles, suptitle)
-    save_figure(fig, args.out, args.dpi)
     record = {
         "image_a": str(args.image_a),
         "image_b": str(args.image_b),
@@ -74,7 +73,11 @@ def make_match_figure(args: argparse.Namespace) -> None:
             for pa, pb, s in zip(*points, kept.similarity)
         ],
     }
-    write_json(json_path, record)
+    with outputs:
+        with outputs.file(args.out) as tmp:
+            save_figure(fig, tmp, args.dpi)
+        with outputs.file(json_path) as tmp:
+            write_json(tmp, record)
     print(f"Wrote {args.out} and {json_path} ({len(kept)} of {len(matches)} mutual matches)")
 
 

@@ -88,12 +88,12 @@ def segment_photos(args: argparse.Namespace) -> None:
     from oneshot.segmenter import OneShotSegmenter
     from sam.batched import encode_images
     from sam.predictor import SamBoxPredictor
+    from utils.outputs import Outputs
     from utils.results import write_json
-    from visualize.cli import backbone_label, check_output_path, load_from_args
+    from visualize.cli import backbone_label, load_from_args
     from visualize.images import InputError, load_rgb
     from writers.oneshot import oneshot_figure, save_mask_png, save_oneshot_figure
 
-    check_output_path(args.out / "oneshot.png", "--out")
     stems = [Path(t).stem for t in args.targets]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
@@ -101,6 +101,9 @@ def segment_photos(args: argparse.Namespace) -> None:
             f"Targets {', '.join(repeated)} share a file name, so their outputs would overwrite each other in "
             f"{args.out}: run them separately or rename them."
         )
+    files = [args.out / "oneshot.png", *(args.out / f"{stem}{end}" for stem in stems for end in ("_mask.png", ".json"))]
+    inputs = [args.reference, args.reference_mask, *args.targets, args.checkpoint, args.sam_checkpoint]
+    outputs = Outputs(files, inputs, folder=args.out, overwrite=args.overwrite)
     backbone = load_from_args(args, [args.reference, *args.targets])
     reference = np.asarray(load_rgb(args.reference, backbone.patch_size))
     reference_mask = load_mask(args.reference_mask, (reference.shape[1], reference.shape[0]))
@@ -120,11 +123,6 @@ def segment_photos(args: argparse.Namespace) -> None:
             raise InputError(f"Target {path}: {err}") from None
     label = backbone_label(args, backbone)
     random_sam = bool(getattr(sam.predictor.model, "random_weights", False))
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path, stem, result in zip(args.targets, stems, results):
-        save_mask_png(result.mask, args.out / f"{stem}_mask.png")
-        random_weights = backbone.random_weights or random_sam
-        write_json(args.out / f"{stem}.json", target_record(args, path, stem, result, label, random_weights))
     titles = [f"reference: {Path(args.reference).name}", *(Path(t).name for t in args.targets)]
     sam_label = f"SAM {args.sam_model_type}" + (" with RANDOM WEIGHTS" if random_sam else "")
     fig = oneshot_figure(
@@ -133,7 +131,14 @@ def segment_photos(args: argparse.Namespace) -> None:
         titles,
         f"{args.method}: {label} + {sam_label}",
     )
-    save_oneshot_figure(args.out / "oneshot.png", fig, args.dpi)
+    with outputs:  # the masks, their JSON and the figure appear together, or none of them
+        for path, stem, result in zip(args.targets, stems, results):
+            with outputs.file(args.out / f"{stem}_mask.png") as tmp:
+                save_mask_png(result.mask, tmp)
+            with outputs.file(args.out / f"{stem}.json") as tmp:
+                write_json(tmp, target_record(args, path, stem, result, label, backbone.random_weights or random_sam))
+        with outputs.file(args.out / "oneshot.png") as tmp:
+            save_oneshot_figure(tmp, fig, args.dpi)
     empty = [Path(p).name for p, r in zip(args.targets, results) if not r.mask.any()]
     print(
         f"Wrote {len(results)} mask(s), their JSON and oneshot.png to {args.out}"

@@ -16,7 +16,7 @@ def make_pca_figure(args: argparse.Namespace) -> None:
     # imported here, not at the top, so that --help answers before torch and matplotlib are imported
     import numpy as np
 
-    from utils.atomic import atomic_write
+    from utils.outputs import Outputs
     from visualize.cli import backbone_label, check_figure_path, load_from_args, load_inputs, save_figure
     from visualize.features import patch_maps
     from visualize.figures import pca_figure
@@ -24,6 +24,10 @@ def make_pca_figure(args: argparse.Namespace) -> None:
     from visualize.pca_maps import pca_rgb
 
     check_figure_path(args.out)
+    features = [args.out.with_name(f"{args.out.stem}_{k}_{Path(path).stem}.npy") for k, path in enumerate(args.images)]
+    outputs = Outputs(
+        [args.out, *(features if args.save_features else [])], [*args.images, args.checkpoint], overwrite=args.overwrite
+    )
     backbone = load_from_args(args, args.images)
     images, inputs = load_inputs(args.images, args.size, backbone.patch_size)
     try:
@@ -40,12 +44,16 @@ def make_pca_figure(args: argparse.Namespace) -> None:
         titles,
         f"{backbone_label(args, backbone)}, block {block}",
     )
-    save_figure(fig, args.out, args.dpi)
+    with outputs:
+        with outputs.file(args.out) as tmp:
+            save_figure(fig, tmp, args.dpi)
+        if args.save_features:
+            for target, components in zip(features, maps.components):
+                with outputs.file(target) as tmp:
+                    np.save(tmp, components.numpy())
     print(f"Wrote {args.out}")
     if args.save_features:
-        for k, (path, components) in enumerate(zip(args.images, maps.components)):
-            target = args.out.with_name(f"{args.out.stem}_{k}_{Path(path).stem}.npy")
-            atomic_write(target, lambda tmp, c=components: np.save(tmp, c.numpy()))
+        for target, components in zip(features, maps.components):
             print(f"Wrote {target} {tuple(components.shape)}")
 
 

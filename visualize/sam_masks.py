@@ -27,14 +27,13 @@ def segment_everything(args: argparse.Namespace) -> None:
 
     from sam.automatic import SamMaskGenerator
     from utils.argtypes import device_problem
+    from utils.outputs import Outputs
     from utils.results import write_json
-    from visualize.cli import check_output_path
     from visualize.images import InputError, load_rgb, require_files
     from visualize.oneshot import load_sam_from_args
     from writers.overlays import save_overlay
 
     require_files(args.images)
-    check_output_path(args.out / "masks.json", "--out")
     stems = [Path(path).stem for path in args.images]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
@@ -42,6 +41,8 @@ def segment_everything(args: argparse.Namespace) -> None:
             f"Images {', '.join(repeated)} share a file name, so their outputs would overwrite each other in "
             f"{args.out}: run them separately or rename them."
         )
+    files = [args.out / f"{stem}_masks{end}" for stem in stems for end in (".png", ".json")]
+    outputs = Outputs(files, [*args.images, args.sam_checkpoint], folder=args.out, overwrite=args.overwrite)
     if args.device != "auto" and (problem := device_problem(args.device)):
         raise InputError(f"{problem}.")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -65,15 +66,18 @@ def segment_everything(args: argparse.Namespace) -> None:
             raise InputError(f"Image {path}: {err}") from None
     random_weights = bool(getattr(model, "random_weights", False))
     counts = []
-    for path, stem, image in zip(args.images, stems, images):
-        records = sorted(generator.generate(image), key=lambda r: -r["area"])  # large first: small ones stay visible
-        masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
-        points = np.array([r["point_coords"][0] for r in records]).reshape(-1, 2)
-        save_overlay(args.out / f"{stem}_masks.png", image, masks, np.zeros((0, 4)), points=points)
-        header = {"image": str(path), "height": image.shape[0], "width": image.shape[1]}
-        header |= {"sam": args.sam_model_type, "random_weights": random_weights, "options": options}
-        write_json(args.out / f"{stem}_masks.json", {**header, "masks": [coco_record(r) for r in records]})
-        counts.append(f"{Path(path).name}: {len(records)}")
+    with outputs:
+        for path, stem, image in zip(args.images, stems, images):
+            records = sorted(generator.generate(image), key=lambda r: -r["area"])  # large first: small ones visible
+            masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
+            points = np.array([r["point_coords"][0] for r in records]).reshape(-1, 2)
+            with outputs.file(args.out / f"{stem}_masks.png") as tmp:
+                save_overlay(tmp, image, masks, np.zeros((0, 4)), points=points)
+            header = {"image": str(path), "height": image.shape[0], "width": image.shape[1]}
+            header |= {"sam": args.sam_model_type, "random_weights": random_weights, "options": options}
+            with outputs.file(args.out / f"{stem}_masks.json") as tmp:
+                write_json(tmp, {**header, "masks": [coco_record(r) for r in records]})
+            counts.append(f"{Path(path).name}: {len(records)}")
     note = " (RANDOM SAM WEIGHTS: meaningless masks)" if random_weights else ""
     print(f"Wrote the masks' overlays and COCO RLE JSON to {args.out}{note}; masks per image: {', '.join(counts)}")
 
