@@ -50,6 +50,8 @@ def body(args: argparse.Namespace) -> int:
         print("\n".join(BY_NAME))
         return 0
     if args.table is not None:
+        if args.table and not Path(args.table).is_file():
+            raise UserError(f"--table {args.table}: no such file. Give the reproduce.json a run wrote (in its --out).")
         print(markdown(load_records(Path(args.table)) if args.table else {}))
         return 0
     unknown = [name for name in args.rows if name not in BY_NAME]
