@@ -19,6 +19,7 @@ COMMANDS = [
     ["-m", "visualize.explore"],
     ["-m", "visualize.compare"],
     ["-m", "retrieval"],
+    ["-m", "reproduce"],
     *(["-m", f"bench.{path.stem}"] for path in sorted((ROOT / "bench").glob("*.py")) if path.stem != "__init__"),
 ]
 
