@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from utils.errors import option
-from utils.images import opened_image
+from utils.images import opened_image, read_mask, read_rgb
 
 from .errors import DatasetError
 
@@ -48,23 +48,16 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB; grey, palette, RGBA and 16-bit images are converted."""
-    with open_image(path) as img:
-        if img.mode.startswith("I"):
-            # PIL's convert() clips 16-bit values to 255 instead of rescaling them
-            img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-        return np.asarray(img.convert("RGB"))
+    """Read an image as (H, W, 3) uint8 RGB by `utils.images.read_rgb`'s rules (grey, palette, alpha, CMYK, 16-bit
+    and float images converted, EXIF orientation applied, the first frame); a DatasetError names a bad file."""
+    return read_rgb(path, "image", DatasetError)
 
 
 def load_label(path: Path, label_map: LabelMap, image_path: Path, image_hw: tuple[int, int]) -> np.ndarray:
-    """Read a single-channel label PNG as (H, W) uint8 class ids (or ignore_index), checking it against its image."""
-    with open_image(path, "label") as img:
-        raw = np.asarray(img)
-    if raw.ndim != 2:
-        raise DatasetError(
-            f"Label {path} has {raw.shape[2]} channels; labels must be single-channel (palette or greyscale) PNGs "
-            "holding class ids, not colour-coded images."
-        )
+    """Read a single-channel label PNG as (H, W) uint8 class ids (or ignore_index), checking it against its image.
+
+    The raw values are `utils.images.read_mask`'s labels: palette indices, grey values; a colour PNG is refused."""
+    raw = read_mask(path, "label", DatasetError, "labels")
     if raw.shape != image_hw:
         raise DatasetError(
             f"Label {path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {image_path} is "

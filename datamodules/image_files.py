@@ -24,9 +24,10 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetError
-from .files import image_size, load_image
+from .files import image_size, load_image, open_image
 from .loaders import available_cpus
 
+ORIENTATION = 0x0112  # the EXIF tag that says how a photograph is rotated for viewing
 JPEG_MAGIC = b"\xff\xd8\xff"
 DECODERS = ("cpu", "gpu")
 
@@ -47,21 +48,35 @@ def is_jpeg(data: Tensor) -> bool:
 
 
 def decode_bytes(data: Tensor, path: Path) -> Tensor:
-    """Encoded ``(N,)`` uint8 bytes -> ``(3, H, W)`` uint8 RGB on the CPU; grey, palette and alpha images are converted.
+    """Encoded ``(N,)`` uint8 bytes -> ``(3, H, W)`` uint8 RGB on the CPU, the pixels `utils.images.read_rgb` reads.
 
-    torchvision decodes JPEG, PNG, WebP and GIF; anything else (BMP, CMYK JPEG, ...) goes through PIL, and a
-    file neither can read raises a DatasetError naming it. torchvision has no size limit, so PIL reads the
-    header first and refuses a decompression bomb (see `datamodules.files.open_image`).
+    torchvision decodes JPEG, PNG, WebP and GIF, with the same rules: EXIF orientation applied, the first frame
+    of an animation, grey and palette to RGB, alpha dropped, 16-bit values ``>> 8``. Anything else (BMP, TIFF,
+    ...) and anything it refuses goes through `datamodules.files.load_image`, which raises a DatasetError naming
+    a file that cannot be read. torchvision has no size limit, so PIL reads the header first and refuses a
+    decompression bomb (see `datamodules.files.open_image`).
     """
     image_size(path)
     try:
-        image = decode_image(data, mode=ImageReadMode.RGB)
+        image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:
         return torch.tensor(load_image(path)).permute(2, 0, 1).contiguous()
+    if image.ndim == 4:  # an animated GIF: (frames, 3, H, W)
+        image = image[0]
     if image.dtype != torch.uint8:
-        # 16-bit PNGs: keep the high byte, as datamodules.files.load_image does
+        # 16-bit PNGs: keep the high byte, as utils.images.upright_rgb does
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     return image
+
+
+def upright_colour(path: Path) -> bool:
+    """Whether the JPEG at ``path`` is RGB or grey without an EXIF rotation, from its header (read through
+    `datamodules.files.open_image`, which refuses a decompression bomb: nvJPEG has no size limit either).
+
+    nvJPEG ignores the EXIF orientation (torchvision's CUDA decoder has no ``apply_exif_orientation``) and other
+    colour models: those JPEGs are decoded on the CPU instead, so that both paths read the same pixels."""
+    with open_image(path) as img:
+        return img.mode in ("RGB", "L") and img.getexif().get(ORIENTATION, 1) == 1
 
 
 def decode_file(path: str | os.PathLike) -> Tensor:
@@ -96,8 +111,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> dict[str, int | Tensor]:
         path = self.paths[index]
         data = read_bytes(path)
-        if self.gpu_jpeg and is_jpeg(data):
-            image_size(path)  # nvJPEG has no size limit either: refuse a decompression bomb before the GPU sees it
+        if self.gpu_jpeg and is_jpeg(data) and upright_colour(path):
             return {"index": index, "jpeg": data}
         return {"index": index, "pixels": resize_crop(decode_bytes(data, path), self.size, self.resize_size)}
 
