@@ -53,6 +53,15 @@ def load_image(path: Path) -> np.ndarray:
     return read_rgb(path, "image", DatasetError)
 
 
+TURNED = "The image is read turned by its EXIF orientation tag, as viewers show it: its label must be too."
+
+
+def turned_by_exif(path: Path) -> bool:
+    """Whether the image's EXIF orientation tag turns it by 90 degrees (its width and height swap when read)."""
+    with open_image(path) as img:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+
+
 def load_label(path: Path, label_map: LabelMap, image_path: Path, image_hw: tuple[int, int]) -> np.ndarray:
     """Read a single-channel label PNG as (H, W) uint8 class ids (or ignore_index), checking it against its image.
 
@@ -62,6 +71,7 @@ def load_label(path: Path, label_map: LabelMap, image_path: Path, image_hw: tupl
         raise DatasetError(
             f"Label {path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {image_path} is "
             f"{image_hw[1]}x{image_hw[0]}; a label must have its image's size. Replace the label with the original one."
+            + (" " + TURNED if raw.shape == image_hw[::-1] and turned_by_exif(image_path) else "")
         )
     values = np.unique(raw)
     bad = [int(v) for v in values if v >= label_map.lut.size or label_map.lut[v] < 0]

@@ -186,8 +186,12 @@ def test_every_entry_point_reads_the_same_pixels(odd, tmp_path) -> None:
 
 
 def test_every_entry_point_refuses_unreadable_files_naming_them(odd, tmp_path) -> None:
+    from PIL import ImageFile
+
     folder, _ = odd
-    for label, read in entry_points(tmp_path).items():
+    readers = entry_points(tmp_path)
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES  # nothing imported turns PIL's truncated-file check off
+    for label, read in readers.items():
         for name in UNREADABLE:
             with pytest.raises(UserError) as err:
                 read(folder / name)
@@ -282,3 +286,26 @@ def test_oneshot_accepts_a_grey_alpha_mask(tmp_path) -> None:
     assert np.array_equal(load_mask(str(tmp_path / "la.png"), (45, 30)), mask > 0)
     with pytest.raises(InputError, match=r"is 45x30 pixels but its image is 45x31"):
         load_mask(str(tmp_path / "la.png"), (45, 31))
+
+
+def test_only_upright_colour_jpegs_are_left_to_nvjpeg(odd, tmp_path) -> None:
+    """nvJPEG ignores EXIF orientation and CMYK: such JPEGs are decoded on the CPU by the rules above, so the GPU
+    path (``decode="gpu"``) reads them as the CPU path does. Checked without a GPU: which items stay encoded."""
+    from datamodules.image_files import ImageFiles
+
+    folder, _ = odd
+    Image.fromarray(base_photo()).save(tmp_path / "plain.jpg", quality=95)
+    paths = [tmp_path / "plain.jpg", folder / "exif6.jpg", folder / "cmyk.jpg"]
+    items = [ImageFiles(paths, 28, gpu_jpeg=True)[i] for i in range(3)]
+    assert ["jpeg" in item for item in items] == [True, False, False]
+
+
+def test_a_label_of_the_unturned_image_is_refused_saying_why(odd, tmp_path) -> None:
+    from datamodules.files import load_image, load_label, make_label_map
+
+    folder, _ = odd
+    image = load_image(folder / "exif6.png")
+    stored_hw = image.shape[1::-1]  # the label drawn on the pixels as stored, before the EXIF turn
+    Image.fromarray(np.zeros(stored_hw, np.uint8)).save(tmp_path / "label.png")
+    with pytest.raises(DatasetError, match="turned by its EXIF orientation tag"):
+        load_label(tmp_path / "label.png", make_label_map({0: 0}, "0"), folder / "exif6.png", image.shape[:2])
