@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 from utils.errors import option
 from utils.images import opened_image, read_mask, read_rgb
@@ -59,7 +59,7 @@ TURNED = "The image is read turned by its EXIF orientation tag, as viewers show 
 def turned_by_exif(path: Path) -> bool:
     """Whether the image's EXIF orientation tag turns it by 90 degrees (its width and height swap when read)."""
     with open_image(path) as img:
-        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        return img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
 
 
 def load_label(path: Path, label_map: LabelMap, image_path: Path, image_hw: tuple[int, int]) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import ExifTags
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -27,7 +28,6 @@ from .errors import DatasetError
 from .files import image_size, load_image, open_image
 from .loaders import available_cpus
 
-ORIENTATION = 0x0112  # the EXIF tag that says how a photograph is rotated for viewing
 JPEG_MAGIC = b"\xff\xd8\xff"
 DECODERS = ("cpu", "gpu")
 
@@ -76,7 +76,7 @@ def upright_colour(path: Path) -> bool:
     nvJPEG ignores the EXIF orientation (torchvision's CUDA decoder has no ``apply_exif_orientation``) and other
     colour models: those JPEGs are decoded on the CPU instead, so that both paths read the same pixels."""
     with open_image(path) as img:
-        return img.mode in ("RGB", "L") and img.getexif().get(ORIENTATION, 1) == 1
+        return img.mode in ("RGB", "L") and img.getexif().get(ExifTags.Base.Orientation, 1) == 1
 
 
 def decode_file(path: str | os.PathLike) -> Tensor:
