@@ -62,6 +62,13 @@ def turned_by_exif(path: Path) -> bool:
         return img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
 
 
+def upright_colour(path: Path) -> bool:
+    """Whether the JPEG is RGB or grey and not turned by EXIF, from its header (`open_image` refuses a decompression
+    bomb, which nvJPEG would not). nvJPEG ignores EXIF orientation and CMYK: those JPEGs are decoded on the CPU."""
+    with open_image(path) as img:
+        return img.mode in ("RGB", "L") and img.getexif().get(ExifTags.Base.Orientation, 1) == 1
+
+
 def load_label(path: Path, label_map: LabelMap, image_path: Path, image_hw: tuple[int, int]) -> np.ndarray:
     """Read a single-channel label PNG as (H, W) uint8 class ids (or ignore_index), checking it against its image.
 

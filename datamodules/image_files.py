@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import ExifTags
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -25,7 +24,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetError
-from .files import image_size, load_image, open_image
+from .files import image_size, load_image, upright_colour
 from .loaders import available_cpus
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -48,14 +47,11 @@ def is_jpeg(data: Tensor) -> bool:
 
 
 def decode_bytes(data: Tensor, path: Path) -> Tensor:
-    """Encoded ``(N,)`` uint8 bytes -> ``(3, H, W)`` uint8 RGB on the CPU, the pixels `utils.images.read_rgb` reads.
+    """Encoded ``(N,)`` uint8 bytes -> ``(3, H, W)`` uint8 RGB on the CPU: `utils.images.read_rgb`'s pixels.
 
-    torchvision decodes JPEG, PNG, WebP and GIF, with the same rules: EXIF orientation applied, the first frame
-    of an animation, grey and palette to RGB, alpha dropped, 16-bit values ``>> 8``. Anything else (BMP, TIFF,
-    ...) and anything it refuses goes through `datamodules.files.load_image`, which raises a DatasetError naming
-    a file that cannot be read. torchvision has no size limit, so PIL reads the header first and refuses a
-    decompression bomb (see `datamodules.files.open_image`).
-    """
+    torchvision decodes JPEG, PNG, WebP and GIF by the same rules (EXIF orientation, first frame, alpha dropped,
+    16-bit ``>> 8``); anything else goes through `load_image`, which names a file it cannot read. PIL reads the
+    header first to refuse a decompression bomb (torchvision has no size limit)."""
     image_size(path)
     try:
         image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
@@ -67,16 +63,6 @@ def decode_bytes(data: Tensor, path: Path) -> Tensor:
         # 16-bit PNGs: keep the high byte, as utils.images.upright_rgb does
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     return image
-
-
-def upright_colour(path: Path) -> bool:
-    """Whether the JPEG at ``path`` is RGB or grey without an EXIF rotation, from its header (read through
-    `datamodules.files.open_image`, which refuses a decompression bomb: nvJPEG has no size limit either).
-
-    nvJPEG ignores the EXIF orientation (torchvision's CUDA decoder has no ``apply_exif_orientation``) and other
-    colour models: those JPEGs are decoded on the CPU instead, so that both paths read the same pixels."""
-    with open_image(path) as img:
-        return img.mode in ("RGB", "L") and img.getexif().get(ExifTags.Base.Orientation, 1) == 1
 
 
 def decode_file(path: str | os.PathLike) -> Tensor:
