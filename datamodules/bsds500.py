@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from utils.atomic import atomic_folder
 from utils.errors import option
+from utils.images import read_rgb
 
 from .errors import DatasetError
 from .loaders import check_loader_options, image_items, usable_workers
@@ -124,11 +125,7 @@ class BSDS500Images(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_path, truth_path = self.pairs[index]
-        try:
-            with Image.open(image_path) as file:
-                image = np.asarray(file.convert("RGB"))
-        except OSError as err:
-            raise DatasetError(f"{image_path}: not a readable image ({err}); re-extract the dataset.") from None
+        image = read_rgb(image_path, "image", DatasetError)
         if min(image.shape[:2]) < 2:
             raise DatasetError(
                 f"{image_path} is {image.shape[1]}x{image.shape[0]} (WxH) pixels: an edge map needs at least 2x2 "

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 from utils.errors import option
-from utils.images import opened_image
+from utils.images import opened_image, read_mask, read_rgb
 
 from .errors import DatasetError
 
@@ -48,27 +48,37 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB; grey, palette, RGBA and 16-bit images are converted."""
+    """Read an image as (H, W, 3) uint8 RGB by `utils.images.read_rgb`'s rules (grey, palette, alpha, CMYK, 16-bit
+    and float images converted, EXIF orientation applied, the first frame); a DatasetError names a bad file."""
+    return read_rgb(path, "image", DatasetError)
+
+
+TURNED = "The image is read turned by its EXIF orientation tag, as viewers show it: its label must be too."
+
+
+def turned_by_exif(path: Path) -> bool:
+    """Whether the image's EXIF orientation tag turns it by 90 degrees (its width and height swap when read)."""
     with open_image(path) as img:
-        if img.mode.startswith("I"):
-            # PIL's convert() clips 16-bit values to 255 instead of rescaling them
-            img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-        return np.asarray(img.convert("RGB"))
+        return img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+
+
+def upright_colour(path: Path) -> bool:
+    """Whether the JPEG is RGB or grey and not turned by EXIF, from its header (`open_image` refuses a decompression
+    bomb, which nvJPEG would not). nvJPEG ignores EXIF orientation and CMYK: those JPEGs are decoded on the CPU."""
+    with open_image(path) as img:
+        return img.mode in ("RGB", "L") and img.getexif().get(ExifTags.Base.Orientation, 1) == 1
 
 
 def load_label(path: Path, label_map: LabelMap, image_path: Path, image_hw: tuple[int, int]) -> np.ndarray:
-    """Read a single-channel label PNG as (H, W) uint8 class ids (or ignore_index), checking it against its image."""
-    with open_image(path, "label") as img:
-        raw = np.asarray(img)
-    if raw.ndim != 2:
-        raise DatasetError(
-            f"Label {path} has {raw.shape[2]} channels; labels must be single-channel (palette or greyscale) PNGs "
-            "holding class ids, not colour-coded images."
-        )
+    """Read a single-channel label PNG as (H, W) uint8 class ids (or ignore_index), checking it against its image.
+
+    The raw values are `utils.images.read_mask`'s labels: palette indices, grey values; a colour PNG is refused."""
+    raw = read_mask(path, "label", DatasetError, "labels")
     if raw.shape != image_hw:
         raise DatasetError(
             f"Label {path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {image_path} is "
             f"{image_hw[1]}x{image_hw[0]}; a label must have its image's size. Replace the label with the original one."
+            + (" " + TURNED if raw.shape == image_hw[::-1] and turned_by_exif(image_path) else "")
         )
     values = np.unique(raw)
     bad = [int(v) for v in values if v >= label_map.lut.size or label_map.lut[v] < 0]

@@ -24,7 +24,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetError
-from .files import image_size, load_image
+from .files import image_size, load_image, upright_colour
 from .loaders import available_cpus
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -47,19 +47,20 @@ def is_jpeg(data: Tensor) -> bool:
 
 
 def decode_bytes(data: Tensor, path: Path) -> Tensor:
-    """Encoded ``(N,)`` uint8 bytes -> ``(3, H, W)`` uint8 RGB on the CPU; grey, palette and alpha images are converted.
+    """Encoded ``(N,)`` uint8 bytes -> ``(3, H, W)`` uint8 RGB on the CPU: `utils.images.read_rgb`'s pixels.
 
-    torchvision decodes JPEG, PNG, WebP and GIF; anything else (BMP, CMYK JPEG, ...) goes through PIL, and a
-    file neither can read raises a DatasetError naming it. torchvision has no size limit, so PIL reads the
-    header first and refuses a decompression bomb (see `datamodules.files.open_image`).
-    """
+    torchvision decodes JPEG, PNG, WebP and GIF by the same rules (EXIF orientation, first frame, alpha dropped,
+    16-bit ``>> 8``); anything else goes through `load_image`, which names a file it cannot read. PIL reads the
+    header first to refuse a decompression bomb (torchvision has no size limit)."""
     image_size(path)
     try:
-        image = decode_image(data, mode=ImageReadMode.RGB)
+        image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:
         return torch.tensor(load_image(path)).permute(2, 0, 1).contiguous()
+    if image.ndim == 4:  # an animated GIF: (frames, 3, H, W)
+        image = image[0]
     if image.dtype != torch.uint8:
-        # 16-bit PNGs: keep the high byte, as datamodules.files.load_image does
+        # 16-bit PNGs: keep the high byte, as utils.images.upright_rgb does
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     return image
 
@@ -96,8 +97,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> dict[str, int | Tensor]:
         path = self.paths[index]
         data = read_bytes(path)
-        if self.gpu_jpeg and is_jpeg(data):
-            image_size(path)  # nvJPEG has no size limit either: refuse a decompression bomb before the GPU sees it
+        if self.gpu_jpeg and is_jpeg(data) and upright_colour(path):
             return {"index": index, "jpeg": data}
         return {"index": index, "pixels": resize_crop(decode_bytes(data, path), self.size, self.resize_size)}
 

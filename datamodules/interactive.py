@@ -18,8 +18,10 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from utils.images import read_rgb
+
 from .errors import DatasetError
-from .files import load_image, open_image
+from .files import load_image
 from .loaders import check_loader_options, image_items, usable_workers
 
 HOW_TO_GET = (
@@ -43,8 +45,9 @@ LAYOUTS = {
 
 def read_mask(path: Path, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """A mask file -> object `(H, W)` bool and unlabelled band `(H, W)` bool, with the layout's values."""
-    with open_image(path, "mask") as img:
-        raw = np.asarray(img.convert("RGB"))  # grey and palette masks as OpenCV reads them: 3 colour channels
+    # RITM reads masks with OpenCV's imread as colour photos (grey and palette masks as 3 colour channels): the
+    # photo reader's rules are that reading
+    raw = read_rgb(path, "mask", DatasetError)
     if layout.ignore_value is None:
         values = raw.max(2)
         return values > 0, np.zeros(values.shape, dtype=bool)

@@ -13,10 +13,11 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from utils.errors import option
+from utils.images import read_mask
 
 from .coco import load_coco
 from .errors import DatasetError
-from .files import load_image, open_image
+from .files import load_image
 from .oneshot import OneShotDataModule, OneShotReader
 from .synthetic_oneshot import write_oneshot_like
 
@@ -30,9 +31,9 @@ def natural_key(path: Path) -> tuple:
 
 
 def load_mask(path: Path, image_path: Path, image_hw: tuple[int, int], threshold: int) -> np.ndarray:
-    """A mask file as `(H, W)` bool (grey value >= threshold), checked against its image's size."""
-    with open_image(path, "mask") as img:
-        grey = np.asarray(img.convert("L"))
+    """A mask file as `(H, W)` bool (grey value >= threshold, `utils.images.read_mask`'s "grey" values: colour and
+    palette masks by their luminance, as HSNet reads them), checked against its image's size."""
+    grey = read_mask(path, "mask", DatasetError, "grey")
     if grey.shape != image_hw:
         raise DatasetError(
             f"Mask {path} is {grey.shape[1]}x{grey.shape[0]} (WxH) but its image {image_path} is {image_hw[1]}x"

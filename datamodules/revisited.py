@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from utils.atomic import atomic_folder
 from utils.errors import option
+from utils.images import rgb_image
 
 from .errors import DatasetError
-from .files import open_image
 from .loaders import check_loader_options, usable_workers
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -138,8 +138,7 @@ class RevisitedImages(Dataset):
     def load(self, index: int) -> Image.Image:
         """Item `index`'s RGB image as read (a query cropped to its box), before resizing."""
         path, bbx, _, _ = self.items[index]
-        with open_image(path) as img:
-            img = img.convert("RGB")
+        img = rgb_image(path, "image", DatasetError)
         return img if bbx is None else crop_query(img, bbx)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

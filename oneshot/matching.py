@@ -221,7 +221,7 @@ def check_image(image: object, what: str) -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise OneShotInputError(
             f"{what} is a {array.dtype} array of shape {array.shape}: pass an (H, W, 3) uint8 RGB image, e.g. "
-            "np.asarray(PIL.Image.open(path).convert('RGB')) (scale float images in [0, 1] by 255)."
+            "utils.images.read_rgb(path), the project's reader (scale float images in [0, 1] by 255)."
         )
     return np.ascontiguousarray(array)  # torch.from_numpy refuses flipped (negative-stride) views
 

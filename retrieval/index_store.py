@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import ImageOps
 
 from datamodules.feature_cache.store import (
     MANIFEST_FILE,
@@ -36,7 +35,7 @@ from retrieval.embedding import EmbeddingSpec
 from retrieval.faiss_index import build_index, read_index, write_index
 from utils.atomic import write_text
 from utils.errors import UserError
-from utils.images import open_image
+from utils.images import rgb_image
 
 SPEC_FILE, INDEX_FILE, SKIPPED_FILE, PARTS = "spec.json", "index.faiss", "skipped.json", "parts"
 
@@ -47,8 +46,9 @@ class RetrievalError(UserError):
 
 def load_input(path: str | Path, size: int) -> torch.Tensor:
     """An image file -> the backbone input `(3, size, size)`: shorter side resized to `size` (bicubic), centre crop,
-    ImageNet-normalised. Raises UserError for a file that is not a readable image."""
-    image = ImageOps.exif_transpose(open_image(path)).convert("RGB")
+    ImageNet-normalised. Read by `utils.images.rgb_image` (16-bit, float, palette, alpha, CMYK, EXIF rules).
+    Raises UserError for a file that is not a readable image."""
+    image = rgb_image(path)
     x = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
     x = TF.resize(x, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
     return TF.normalize(TF.center_crop(x, [size, size]), IMAGENET_MEAN, IMAGENET_STD)
@@ -97,7 +97,7 @@ def parts(index_dir: Path) -> tuple[list[Path], list[Path]]:
 
 def skip_reason(path: str) -> str:
     try:
-        open_image(path)
+        rgb_image(path)
     except UserError as err:
         return str(err).split(". The file")[0]
     return "unreadable when indexed"

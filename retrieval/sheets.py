@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import ImageOps
 
 from utils.atomic import atomic_write
 from utils.errors import UserError
-from utils.images import open_image
+from utils.images import rgb_image
 
 Cell = tuple[str, str]
 """An image path and its caption."""
@@ -19,7 +18,7 @@ Cell = tuple[str, str]
 def thumbnail(path: str, side: int = 160) -> np.ndarray:
     """The image at `path` fitted in `side` x `side` pixels `(h, w, 3)` uint8; grey if it cannot be read."""
     try:
-        image = ImageOps.exif_transpose(open_image(path)).convert("RGB")
+        image = rgb_image(path)
     except UserError:
         return np.full((side, side, 3), 128, np.uint8)
     image.thumbnail((side, side))

@@ -281,7 +281,7 @@ def check_image(image: object) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] != 3:
         raise UserError(
             f"SAM takes an (H, W, 3) RGB image, got shape {array.shape}: convert grey or RGBA images to RGB "
-            "(PIL: image.convert('RGB'))."
+            "(utils.images.read_rgb(path) reads any image file so)."
         )
     if min(array.shape[:2]) < 2:
         raise UserError(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
 from utils.errors import UserError
-from utils.images import open_image
+from utils.images import open_image, upright_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,7 +33,8 @@ def require_files(paths: list[str]) -> None:
 
 
 def load_rgb(path: str | Path, patch_size: int) -> Image.Image:
-    """Read an image as 8-bit RGB; grey, palette, RGBA and 16-bit images are converted, with a note on stderr.
+    """Read an image as 8-bit RGB by `utils.images.upright_rgb`'s rules, with a note on stderr when it is rotated by
+    its EXIF orientation or converted from another mode.
 
     Raises:
         InputError: the file is missing, not an image, too large to open safely, or smaller than one patch.
@@ -49,16 +49,10 @@ def load_rgb(path: str | Path, patch_size: int) -> Image.Image:
             f"of the backbone. Pass an image at least {patch_size} pixels on each side."
         )
     if img.getexif().get(ORIENTATION, 1) != 1:
-        # cameras store the pixels unrotated and the viewing orientation in EXIF; show what the user sees
-        img = ImageOps.exif_transpose(img)
         print(f"Note: {path} is rotated by its EXIF orientation tag, as image viewers show it.", file=sys.stderr)
-    if img.mode == "RGB":
-        return img
-    print(f"Note: {path} is a {img.mode} image; converted to 8-bit RGB.", file=sys.stderr)
-    if img.mode.startswith("I"):
-        # PIL's convert() clips 16-bit values at 255 instead of rescaling them
-        img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-    return img.convert("RGB")
+    if img.mode != "RGB":
+        print(f"Note: {path} is a {img.mode} image; converted to 8-bit RGB.", file=sys.stderr)
+    return upright_rgb(img)
 
 
 def snap_to_patches(size: int, patch_size: int) -> int:

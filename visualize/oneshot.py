@@ -22,19 +22,19 @@ build_parser = oneshot_parser
 
 
 def load_mask(path: str, size: tuple[int, int]) -> np.ndarray:
-    """A reference mask PNG as `(H, W)` bool; `size` is its image's `(W, H)`.
+    """A reference mask PNG as `(H, W)` bool; `size` is its image's `(W, H)`. Read by `utils.images.read_mask`'s
+    "grey" values: a grey (or grey+alpha) mask's grey band, a colour, palette or 1-bit mask's luminance.
 
     Raises:
         InputError: not an image, another size than the image, values other than 0/1 or 0/255, or nothing (or
             everything) marked.
     """
-    from utils.images import opened_image
+    from utils.images import read_mask
     from visualize.images import InputError
 
     if not Path(path).is_file():
         raise InputError(f"Mask {path} does not exist. Check the path.")
-    with opened_image(path, "mask", InputError) as image:
-        values = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA", "P", "1") else image)
+    values = read_mask(path, "mask", InputError, "grey")
     if values.shape[::-1] != size:
         raise InputError(
             f"Mask {path} is {values.shape[1]}x{values.shape[0]} pixels but its image is {size[0]}x{size[1]}: "
