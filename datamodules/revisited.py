@@ -138,7 +138,9 @@ class RevisitedImages(Dataset):
     def load(self, index: int) -> Image.Image:
         """Item `index`'s RGB image as read (a query cropped to its box), before resizing."""
         path, bbx, _, _ = self.items[index]
-        img = rgb_image(path, "image", DatasetError)
+        # the stored pixels, EXIF orientation not applied: the official protocol (revisitop, cnnimageretrieval's PIL
+        # loader) reads them so, and the query boxes were drawn on them
+        img = rgb_image(path, "image", DatasetError, exif=False)
         return img if bbx is None else crop_query(img, bbx)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -66,12 +66,13 @@ def open_image(path: str | os.PathLike, error: type[UserError] = UserError) -> I
     return img
 
 
-def upright_rgb(img: Image.Image) -> Image.Image:
+def upright_rgb(img: Image.Image, exif: bool = True) -> Image.Image:
     """An opened image as 8-bit RGB, the way every photo in the project is read (`read_rgb`'s rules).
 
     - Multi-frame files (animated GIF, APNG, multi-page TIFF): the first frame, the one PIL opens on.
     - EXIF orientation applied (``ImageOps.exif_transpose``): the pixels as image viewers and OpenCV's
-      ``imread`` show them, not as the camera stored them.
+      ``imread`` show them, not as the camera stored them. ``exif=False`` keeps the stored pixels, for
+      annotations drawn on them that an official protocol reads that way (revisited Oxford/Paris query boxes).
     - 16-bit and 32-bit integer images (modes ``I;16``, ``I;16B``, ``I``): ``value >> 8``, i.e. the dtype's full
       range 0..65535 in 256 equal steps (``I`` clipped to that range first). Not the image's own min/max: a dark
       photo stays dark and two files with the same 16-bit values give the same 8-bit pixels whatever else they
@@ -85,7 +86,7 @@ def upright_rgb(img: Image.Image) -> Image.Image:
       index becomes its colour, and an alpha band is dropped (not composited: a transparent pixel keeps its
       colour, as OpenCV and torchvision read it too).
     """
-    img = ImageOps.exif_transpose(img)
+    img = ImageOps.exif_transpose(img) if exif else img
     if img.mode.startswith("I"):
         values = np.asarray(img).astype(np.int64).clip(0, 65535) >> 8
         img = Image.fromarray(values.astype(np.uint8))
@@ -97,14 +98,18 @@ def upright_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def rgb_image(path: str | os.PathLike, what: str = "image", error: type[UserError] = UserError) -> Image.Image:
+def rgb_image(
+    path: str | os.PathLike, what: str = "image", error: type[UserError] = UserError, exif: bool = True
+) -> Image.Image:
     """The image at ``path`` as an 8-bit RGB PIL image, by `upright_rgb`'s rules, through `opened_image`'s checks.
 
     Raises:
         error: the file is missing, empty, truncated, not an image or a decompression bomb; the message names it.
     """
     with opened_image(path, what, error) as img:
-        return upright_rgb(img)
+        rgb = upright_rgb(img, exif)
+        rgb.load()  # decoded while the file is open: an RGB file read with exif=False is the opened image itself
+        return rgb
 
 
 def read_rgb(path: str | os.PathLike, what: str = "image", error: type[UserError] = UserError) -> np.ndarray:
