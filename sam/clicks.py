@@ -1,23 +1,36 @@
 """Simulated clicks of the interactive protocol (RITM's, as the SAM paper uses it) and its metrics, in numpy.
 
-The first click is the object's centre: the mask pixel farthest from the mask boundary, the maximum of the
-Euclidean distance transform of the mask padded by one background pixel (so the image border counts as boundary),
-ties broken by the first pixel in row-major order. Each next click is the same kind of centre of the largest error
-region: a positive click in a missed region (ground truth not predicted), a negative click in a false one (predicted,
-not ground truth). Regions are 4-connected components; the largest has the most pixels (ties: a missed region before
-a false one, then the first found in row-major order). RITM itself compares the two distance-transform maxima of
-all missed and all false pixels; a region's pixel count is the rule issue 14 asks for.
+Every click follows RITM's clicker (isegm/inference/clicker.py, `Clicker._get_next_click`): the missed pixels (in
+the ground truth, not predicted) and the false pixels (predicted, not in the ground truth), both outside the ignored
+ones, are each padded by one pixel of background (so the image border counts as boundary) and get OpenCV's exact
+Euclidean distance transform (`cv2.DIST_L2`, `cv2.DIST_MASK_PRECISE`, float32, as RITM calls it), the padding is
+cut off again and the pixels clicked before are zeroed (RITM's `not_clicked_map`: no pixel is clicked twice while
+another error pixel is left). The click is positive when the largest missed distance is strictly larger than the
+largest false one (a tie goes negative), at the pixel of that largest distance, the first in row-major order among
+equal maxima (RITM's `np.where(...)[0]`). The first click is the same rule on an empty prediction: a positive click
+at the object's centre, the pixel farthest from its boundary.
 
-Metrics over objects with per-click IoUs `(M, N)`: mIoU@k (the mean IoU after k clicks) and NoC@t (the clicks
-needed to reach IoU t, N when never reached).
+One difference from RITM: a prediction with no error left gets no click (RITM would still click the top-left pixel
+as a negative; its evaluation stops at IoU 0.90 before that happens).
+
+The distance transform is OpenCV's, as RITM's is, rather than scipy's: scipy's exact transform, cast to float32,
+differs from OpenCV's by one float32 step at some pixels, and only OpenCV's gives RITM's maps bit for bit. OpenCV is
+there through albumentations (datamodules/transforms.py uses it too).
+
+Metrics over objects, each with its IoU after every click: mIoU@k (the mean IoU after k clicks) and NoC@t (RITM's
+`compute_noc_metric`: the first click count whose IoU is >= t, counted as 20 when t is never reached in 20 clicks).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
+import cv2
 import numpy as np
-from scipy.ndimage import distance_transform_edt, label
+
+NOC_MAX_CLICKS = 20
+"""RITM's NoC cap (`compute_noc_metric(max_clicks=20)`, `evaluate_model.py --n-clicks 20`)."""
 
 
 class Click(NamedTuple):
@@ -28,58 +41,46 @@ class Click(NamedTuple):
     positive: bool
 
 
-def mask_centre(mask: np.ndarray) -> tuple[int, int] | None:
-    """`(x, y)` of the pixel of `mask` `(H, W)` bool farthest from its boundary (image border included); ties go to
-    the first pixel in row-major order (numpy's argmax). None for an empty mask: it has no centre."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"mask_centre takes one (H, W) mask, got shape {mask.shape}.")
-    if not mask.any():
-        return None
-    distance = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(distance.argmax()), distance.shape)
-    return int(x), int(y)
-
-
 def error_masks(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Missed `(H, W)` (in `gt`, not in `pred`) and false `(H, W)` (in `pred`, not in `gt`) pixels, both bool,
     leaving out the `ignore` pixels (e.g. GrabCut's unlabelled band along the object boundary)."""
     pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
-    if pred.shape != gt.shape:
-        raise ValueError(f"The prediction is {pred.shape} but the ground truth {gt.shape}: give masks of one size.")
+    if pred.shape != gt.shape or gt.ndim != 2:
+        raise ValueError(f"The prediction is {pred.shape} but the ground truth {gt.shape}: give two (H, W) masks.")
     keep = np.ones_like(gt) if ignore is None else ~np.asarray(ignore, dtype=bool)
     return gt & ~pred & keep, pred & ~gt & keep
 
 
-def _largest_region(errors: np.ndarray) -> tuple[int, np.ndarray | None]:
-    """The pixel count and mask of the largest 4-connected region of `errors` (the first in row-major order on
-    ties; scipy numbers regions in that order), or (0, None) when there is no error."""
-    regions, count = label(errors)
-    if count == 0:
-        return 0, None
-    sizes = np.bincount(regions.ravel())[1:]
-    best = int(sizes.argmax())
-    return int(sizes[best]), regions == best + 1
+def boundary_distance(mask: np.ndarray) -> np.ndarray:
+    """`(H, W)` float32: each pixel of `mask` `(H, W)` bool's Euclidean distance to the nearest pixel outside it,
+    the image border counting as outside (one pixel of padding), 0 outside the mask; OpenCV's exact transform."""
+    padded = np.pad(mask, 1).astype(np.uint8)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
 
-def next_click(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> Click | None:
-    """The next simulated click for the prediction `pred` `(H, W)` bool of the object `gt` `(H, W)` bool: the centre
-    of the largest error region (see the module docstring), positive when it is a missed region. None when the
-    prediction has no error outside `ignore`."""
+def next_click(
+    pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None, clicked: Sequence[Click] = ()
+) -> Click | None:
+    """RITM's next click (see the module docstring) for the prediction `pred` `(H, W)` bool of the object `gt`
+    `(H, W)` bool, the pixels of the `clicked` clicks left out. None when `pred` has no error outside `ignore`."""
     missed, false = error_masks(pred, gt, ignore)
-    missed_size, missed_region = _largest_region(missed)
-    false_size, false_region = _largest_region(false)
-    if missed_region is None and false_region is None:
+    if not missed.any() and not false.any():
         return None
-    positive = missed_size >= false_size
-    x, y = mask_centre(missed_region if positive else false_region)
-    return Click(x, y, positive)
+    not_clicked = np.ones(gt.shape, dtype=np.float32)
+    for click in clicked:
+        not_clicked[click.y, click.x] = 0.0
+    missed_distance = boundary_distance(missed) * not_clicked
+    false_distance = boundary_distance(false) * not_clicked
+    positive = bool(missed_distance.max() > false_distance.max())
+    distance = missed_distance if positive else false_distance
+    y, x = np.unravel_index(int(distance.argmax()), distance.shape)  # argmax: the first maximum in row-major order
+    return Click(int(x), int(y), positive)
 
 
-def first_click(gt: np.ndarray) -> Click | None:
-    """The first click: a positive click at the centre of the object `gt` `(H, W)` bool; None for an empty mask."""
-    centre = mask_centre(gt)
-    return None if centre is None else Click(*centre, True)
+def first_click(gt: np.ndarray, ignore: np.ndarray | None = None) -> Click | None:
+    """The first click: RITM's rule on an empty prediction, a positive click at the centre of the object `gt`
+    `(H, W)` bool (outside `ignore`); None for an empty mask."""
+    return next_click(np.zeros_like(gt, dtype=bool), gt, ignore)
 
 
 def mask_iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
@@ -105,9 +106,12 @@ def miou_at(ious: np.ndarray) -> np.ndarray:
     return _check_ious(ious).mean(0)
 
 
-def clicks_to_reach(ious: np.ndarray, threshold: float) -> np.ndarray:
-    """NoC per object `(M,)` int: the first click count k (1..N) whose IoU is >= `threshold`, N when none is, from
-    per-click IoUs `(M, N)` (RITM's NoC capped at the N clicks made). NoC@t is its mean."""
-    ious = _check_ious(ious)
-    reached = ious >= threshold
-    return np.where(reached.any(1), reached.argmax(1) + 1, ious.shape[1])
+def clicks_to_reach(ious: Sequence[Sequence[float]], threshold: float, max_clicks: int = NOC_MAX_CLICKS) -> np.ndarray:
+    """NoC per object `(M,)` int, as RITM's `compute_noc_metric`: the first click count k (1..`max_clicks`) whose
+    IoU is >= `threshold`, `max_clicks` when none is, from each object's IoU after each click (M sequences, any
+    lengths: RITM stops clicking at its target IoU). NoC@t is its mean."""
+    noc = []
+    for row in ious:
+        reached = np.asarray(row, dtype=np.float64)[:max_clicks] >= threshold
+        noc.append(int(reached.argmax()) + 1 if reached.any() else max_clicks)
+    return np.array(noc, dtype=np.int64)

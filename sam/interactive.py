@@ -2,9 +2,10 @@
 
 Each object gets a first click at its centre; SAM answers with three masks (multimask). Two runs follow from there:
 "top" keeps SAM's most confident mask, "oracle" the one closest to the ground truth (the paper's oracle); each then
-adds a click at the centre of its largest error region (`sam.clicks`) and asks SAM again with all its clicks and its
-previous low-res logits as the mask input, one mask per call (multimask off), up to N clicks. An object whose mask
-has no error left gets no further click and keeps its IoU.
+adds RITM's next click (`sam.clicks`: the distance-transform peak of all missed or all false pixels) and asks SAM
+again with all its clicks and its previous low-res logits as the mask input, one mask per call (multimask off), up
+to N clicks (the mIoU@1..@N curve), and on up to 20 clicks (`noc_clicks`) while the object's IoU has not reached
+0.90 (NoC, as RITM's evaluation runs it). An object whose mask has no error left gets no further click and keeps its IoU.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from sam.batched import ImageEmbedding, encode_images
-from sam.clicks import Click, clicks_to_reach, first_click, mask_iou, next_click
+from sam.clicks import NOC_MAX_CLICKS, Click, clicks_to_reach, first_click, mask_iou, next_click
 from sam.predictor import SamBoxPredictor
 from utils.errors import UserError, option
 from utils.results import write_json
 
 RUNS = ("top", "oracle")
 THRESHOLDS = {"NoC@85": 0.85, "NoC@90": 0.90}
+STOP_IOU = max(THRESHOLDS.values())  # past N clicks an object stops here, as RITM's evaluation (--target-iou 0.90)
 COUNTS = ("objects", "skipped_objects")
 
 
@@ -38,7 +40,7 @@ class Track:
     clicks: list[list[Click]]
     masks: np.ndarray  # (M, H, W) bool, the latest mask of each object
     logits: torch.Tensor  # (M, 1, 256, 256) SAM's low-res logits of that mask, the next call's mask input
-    ious: list[list[float]] = field(default_factory=list)  # per object, the IoU after each click
+    ious: list[list[float]] = field(default_factory=list)  # per object, the IoU after each click (N or more)
 
 
 class InteractiveSegmenter:
@@ -46,18 +48,19 @@ class InteractiveSegmenter:
 
     Args:
         sam: a `segment_anything` Sam model (see `sam.model.load_sam`).
-        clicks: N, the clicks per object.
+        clicks: N, the clicks every object gets (fewer only when its mask has no error left).
         chunk_size: objects per mask-decoder call.
+        noc_clicks: NoC's cap (RITM's 20): past N, an object gets clicks up to this many while its IoU is below
+            0.90, and NoC counts an IoU never reached as this many.
     """
 
-    def __init__(self, sam: nn.Module, clicks: int = 9, chunk_size: int = 64) -> None:
-        if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 1:
-            raise UserError(
-                f"{option('head', 'clicks', clicks)} must be a whole number of at least 1 (clicks per object)."
-            )
+    def __init__(self, sam: nn.Module, clicks: int = 9, chunk_size: int = 64, noc_clicks: int = NOC_MAX_CLICKS) -> None:
+        for key, value, meaning in (("clicks", clicks, "clicks per object"), ("noc_clicks", noc_clicks, "NoC's cap")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{option('head', key, value)} must be a whole number of at least 1 ({meaning}).")
         self.box_predictor = SamBoxPredictor(sam, chunk_size)
         self.predictor = self.box_predictor.predictor  # segment_anything's SamPredictor: predict_torch
-        self.clicks, self.chunk_size = clicks, chunk_size
+        self.clicks, self.chunk_size, self.noc_clicks = clicks, chunk_size, noc_clicks
 
     @torch.no_grad()
     def _decode(self, clicks: list[list[Click]], mask_input: torch.Tensor | None, multimask: bool) -> tuple:
@@ -94,7 +97,7 @@ class InteractiveSegmenter:
             self.box_predictor.set_image(image)
         else:
             self.box_predictor.set_embedding(embedding)
-        first = [first_click(gt) for gt in gt_masks]
+        first = [first_click(gt, ignore) for gt in gt_masks]
         if any(click is None for click in first):
             raise ValueError("Every object needs a non-empty mask: drop the empty ones (they have no centre).")
         masks, scores, logits = self._decode([[c] for c in first], None, multimask=True)
@@ -110,14 +113,18 @@ class InteractiveSegmenter:
         return tracks
 
     def _refine(self, track: Track, gt_masks: np.ndarray, ignore: np.ndarray | None) -> Track:
-        """Clicks 2..N of one run: each round, the objects with an error left get a click and a new mask."""
+        """Clicks 2, 3, ... of one run: each round, the objects with an error left get a click and a new mask, up to
+        N clicks, then up to `noc_clicks` while their IoU is below 0.90. An object with no error left keeps its IoU
+        up to N."""
         active = list(range(len(gt_masks)))
-        for _ in range(1, self.clicks):
+        for number in range(2, max(self.clicks, self.noc_clicks) + 1):
             followed = []
             for i in active:
-                click = next_click(track.masks[i], gt_masks[i], ignore)
+                if number > self.clicks and max(track.ious[i]) >= STOP_IOU:
+                    continue  # NoC@85 and NoC@90 are known; the mIoU curve has its N values
+                click = next_click(track.masks[i], gt_masks[i], ignore, track.clicks[i])
                 if click is None:
-                    track.ious[i].append(track.ious[i][-1])
+                    track.ious[i] += [track.ious[i][-1]] * (self.clicks - len(track.ious[i]))
                 else:
                     track.clicks[i].append(click)
                     followed.append(i)
@@ -138,7 +145,7 @@ class SamPointsEvaluation(L.LightningModule):
     `gt_masks` `(M, H, W)`, `gt_iscrowd` `(M,)` (crowd instances are left out), optionally `gt_ignore` `(H, W)`.
     Empty masks have no centre: they are skipped and counted (test/skipped_objects).
 
-    Metrics (test/): mIoU@1..@N, NoC@85, NoC@90 for SAM's top-scored mask, the same with the `oracle_` prefix for
+    Metrics (test/): mIoU@1..@N, NoC@85, NoC@90 (RITM's, capped at `noc_clicks`) for SAM's top-scored mask, the same with the `oracle_` prefix for
     the oracle (best of the 3 first-click masks), objects and skipped_objects. With `results_dir`, one JSON per
     image records every click (object, click number, x, y, positive) and the IoU after it.
 
@@ -147,17 +154,25 @@ class SamPointsEvaluation(L.LightningModule):
         clicks: N, the clicks per object.
         chunk_size: objects per mask-decoder call.
         results_dir: the folder of the per-image JSON files; None writes none.
+        noc_clicks: NoC's cap, RITM's 20 (see `InteractiveSegmenter`).
     """
 
     monitor = "test/mIoU@1"
     """The metric that picks the best checkpoint, and whether higher is better ("max")."""
     monitor_mode = "max"
 
-    def __init__(self, sam: nn.Module, clicks: int = 9, chunk_size: int = 64, results_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        sam: nn.Module,
+        clicks: int = 9,
+        chunk_size: int = 64,
+        results_dir: str | None = None,
+        noc_clicks: int = NOC_MAX_CLICKS,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["sam"])
         self.sam = sam.eval().requires_grad_(False)
-        self.segmenter = InteractiveSegmenter(self.sam, clicks, chunk_size)
+        self.segmenter = InteractiveSegmenter(self.sam, clicks, chunk_size, noc_clicks)
         prefixes = {"top": "", "oracle": "oracle_"}
         names = [f"mIoU@{k}" for k in range(1, clicks + 1)] + list(THRESHOLDS)
         self.metrics = nn.ModuleDict(
@@ -183,11 +198,11 @@ class SamPointsEvaluation(L.LightningModule):
         tracks = self.segmenter.run(item["image"], gt_masks[present], ignore, embedding)
         for run, track in tracks.items():
             prefix = "" if run == "top" else "oracle_"
-            ious = np.array(track.ious)
-            for k in range(ious.shape[1]):
-                self.metrics[f"{prefix}mIoU@{k + 1}"].update(torch.from_numpy(ious[:, k]))
+            curve = np.array([ious[: self.segmenter.clicks] for ious in track.ious])
+            for k in range(curve.shape[1]):
+                self.metrics[f"{prefix}mIoU@{k + 1}"].update(torch.from_numpy(curve[:, k]))
             for name, threshold in THRESHOLDS.items():
-                noc = clicks_to_reach(ious, threshold).astype(np.float64)
+                noc = clicks_to_reach(track.ious, threshold, self.segmenter.noc_clicks).astype(np.float64)
                 self.metrics[f"{prefix}{name}"].update(torch.from_numpy(noc))
         if self.hparams.results_dir is not None:
             self.write_clicks(item, np.flatnonzero(keep)[present], tracks)

@@ -18,7 +18,7 @@ from PIL import Image
 import train
 from datamodules.errors import DatasetError
 from datamodules.interactive import InteractiveDataModule
-from sam.clicks import Click, clicks_to_reach, first_click, mask_centre, mask_iou, miou_at, next_click
+from sam.clicks import NOC_MAX_CLICKS, Click, clicks_to_reach, first_click, mask_iou, miou_at, next_click
 from sam.interactive import InteractiveSegmenter, SamPointsEvaluation
 from sam.model import build_sam
 from tests.conftest import TINY_SAM
@@ -64,22 +64,19 @@ def shapes() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", list(shapes()))
-def test_centre_is_the_pixel_the_definition_gives(name: str) -> None:
+def test_first_click_is_the_centre_the_definition_gives(name: str) -> None:
     mask = shapes()[name]
-    centre = mask_centre(mask)
-    assert centre == brute_force_centre(mask)
-    x, y = centre
+    x, y = brute_force_centre(mask)
     assert 0 <= x < mask.shape[1] and 0 <= y < mask.shape[0] and mask[y, x]  # a click is never outside the image
     assert first_click(mask) == Click(x, y, True)
 
 
 def test_centre_of_known_shapes_by_hand() -> None:
-    assert mask_centre(disc(23, 27, 11, 13, 6)) == (13, 11)
-    assert mask_centre(np.ones((7, 7), bool)) == (3, 3)  # the padding makes the border a boundary: the middle
+    assert first_click(disc(23, 27, 11, 13, 6)) == Click(13, 11, True)
+    assert first_click(np.ones((7, 7), bool)) == Click(3, 3, True)  # the padding makes the border a boundary
     # the middle row of a 7x11 rectangle is 4 pixels from the frame for x = 3..7: the first in row-major order wins
-    assert mask_centre(np.ones((7, 11), bool)) == (3, 3)
-    assert mask_centre(np.ones((1, 1), bool)) == (0, 0)
-    assert mask_centre(np.zeros((5, 5), bool)) is None
+    assert first_click(np.ones((7, 11), bool)) == Click(3, 3, True)
+    assert first_click(np.ones((1, 1), bool)) == Click(0, 0, True)
     assert first_click(np.zeros((5, 5), bool)) is None
 
 
@@ -102,13 +99,22 @@ def test_next_click_negative_in_the_largest_false_region() -> None:
     assert next_click(pred, gt) == Click(18, 21, False)
 
 
-def test_next_click_counts_pixels_not_thickness() -> None:
+def test_next_click_goes_by_thickness_not_pixel_count() -> None:
     gt = np.zeros((20, 40), bool)
-    gt[1, 2:32] = True  # a thin object of 30 pixels, all missed
+    gt[1, 2:32] = True  # a thin object of 30 pixels, all missed: distance 1
     pred = np.zeros_like(gt)
-    pred[10:15, 10:15] = True  # a thick false region of 25 pixels
-    click = next_click(pred, gt)
-    assert click.positive and click == Click(*brute_force_centre(gt), True)
+    pred[10:15, 10:15] = True  # a thick false region of 25 pixels: distance 3 at its centre
+    assert next_click(pred, gt) == Click(*brute_force_centre(pred), False)
+
+
+def test_next_click_never_clicks_a_pixel_twice() -> None:
+    gt = np.zeros((12, 12), bool)
+    gt[2:9, 2:9] = True  # missed 7x7: distance 4 at (5, 5) only, 3 around it
+    pred = np.zeros_like(gt)
+    first = next_click(pred, gt)
+    assert first == Click(5, 5, True)
+    second = next_click(pred, gt, clicked=[first])
+    assert second.positive and (second.x, second.y) != (5, 5) and (second.x, second.y) == (4, 4)
 
 
 def test_next_click_none_without_error_and_ignore_band_left_out() -> None:
@@ -129,12 +135,12 @@ def test_noc_and_miou_agree_with_a_direct_computation() -> None:
     rng = np.random.default_rng(0)
     ious = rng.uniform(0.5, 1.0, size=(7, 5))
     ious[0] = 0.99  # reached at the first click
-    ious[1] = 0.1  # never reached: capped at N
+    ious[1] = 0.1  # never reached: RITM's cap, 20, whatever the clicks made
     for threshold in (0.85, 0.9):
         expected = []
         for row in ious:
             hits = [k + 1 for k, value in enumerate(row) if value >= threshold]
-            expected.append(hits[0] if hits else len(row))
+            expected.append(hits[0] if hits else NOC_MAX_CLICKS)
         assert clicks_to_reach(ious, threshold).tolist() == expected
     assert miou_at(ious) == pytest.approx([sum(ious[:, k]) / len(ious) for k in range(ious.shape[1])])
 
@@ -153,7 +159,7 @@ def scene() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_loop_feeds_the_previous_logits_back(tiny_sam: torch.nn.Module) -> None:
-    segmenter = InteractiveSegmenter(tiny_sam, clicks=4)
+    segmenter = InteractiveSegmenter(tiny_sam, clicks=4, noc_clicks=6)  # 6: clicks past N, fewer than 20 for time
     calls = []
     original = segmenter.predictor.predict_torch
 
@@ -168,26 +174,30 @@ def test_loop_feeds_the_previous_logits_back(tiny_sam: torch.nn.Module) -> None:
     first, *later = calls
     assert first["mask_input"] is None and first["multimask"]
     assert all(not call["multimask"] and call["mask_input"] is not None for call in later)
-    assert len(later) == 2 * 3  # two runs (top, oracle), clicks 2..4, every object still had an error
+    # two runs (top, oracle): clicks 2..4 for every object, then up to 6 while its IoU is below 0.90
+    rounds = {run: max(map(len, track.ious)) - 1 for run, track in tracks.items()}
+    assert len(later) == rounds["top"] + rounds["oracle"]
     rows = torch.arange(len(masks))
     previous = {"top": first["out"][2][rows, first["out"][1].argmax(1)][:, None]}
     oracle_pick = [int(np.argmax([mask_iou(m, gt) for m in ms])) for ms, gt in zip(first["out"][0].numpy(), masks)]
     previous["oracle"] = first["out"][2][rows, oracle_pick][:, None]
-    for run, run_calls in (("top", later[:3]), ("oracle", later[3:])):
+    for run, run_calls in (("top", later[: rounds["top"]]), ("oracle", later[rounds["top"] :])):
         for k, call in enumerate(run_calls):
             assert torch.equal(call["mask_input"], previous[run])  # the mask input is the last call's logits
             previous[run] = call["out"][2]
-            expected_labels = [[int(c.positive) for c in clicks[: k + 2]] for clicks in tracks[run].clicks]
-            assert call["labels"].tolist() == expected_labels
+            active = [clicks for clicks in tracks[run].clicks if len(clicks) >= k + 2]
+            assert call["labels"].tolist() == [[int(c.positive) for c in clicks[: k + 2]] for clicks in active]
     for track in tracks.values():
-        assert [len(ious) for ious in track.ious] == [4, 4]
         for clicks, ious, gt, mask in zip(track.clicks, track.ious, masks, track.masks):
+            assert len(ious) == len(clicks) and (len(ious) == 6 or max(ious) >= 0.9)
             assert all(0 <= c.x < image.shape[1] and 0 <= c.y < image.shape[0] for c in clicks)
             assert ious[-1] == pytest.approx(mask_iou(mask, gt))
 
 
 def test_one_pixel_image(tiny_sam: torch.nn.Module) -> None:
-    tracks = InteractiveSegmenter(tiny_sam, clicks=2).run(np.zeros((1, 1, 3), np.uint8), np.ones((1, 1, 1), bool))
+    tracks = InteractiveSegmenter(tiny_sam, clicks=2, noc_clicks=2).run(
+        np.zeros((1, 1, 3), np.uint8), np.ones((1, 1, 1), bool)
+    )
     for track in tracks.values():
         assert track.clicks[0][0] == Click(0, 0, True)
         assert all(0.0 <= iou <= 1.0 for iou in track.ious[0])
@@ -195,22 +205,24 @@ def test_one_pixel_image(tiny_sam: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_bad_clicks_option(tiny_sam: torch.nn.Module, bad: object) -> None:
-    with pytest.raises(ValueError, match="clicks="):
+    with pytest.raises(ValueError, match=r"^clicks="):
         InteractiveSegmenter(tiny_sam, clicks=bad)
+    with pytest.raises(ValueError, match=r"^noc_clicks="):
+        InteractiveSegmenter(tiny_sam, noc_clicks=bad)
 
 
 def test_empty_and_crowd_masks_are_skipped_and_counted(tiny_sam: torch.nn.Module, tmp_path: Path) -> None:
     image, masks = scene()
     gt = np.concatenate([masks, np.zeros((1, 40, 52), bool), masks[:1]])
     item = {"image": image, "path": "x/img.jpg", "image_id": 3, "gt_masks": gt, "gt_iscrowd": np.array([0, 0, 0, 1])}
-    module = SamPointsEvaluation(tiny_sam, clicks=2, results_dir=str(tmp_path))
+    module = SamPointsEvaluation(tiny_sam, clicks=2, results_dir=str(tmp_path), noc_clicks=2)
     module.test_step(item, 0)
     counts = {name: float(count.compute()) for name, count in module.counts.items()}
     assert counts == {"objects": 2, "skipped_objects": 1}
     record = json.loads((tmp_path / "img.json").read_text())
     assert [o["object"] for o in record["objects"]] == [0, 1]
     first = record["objects"][0]["top"][0]
-    assert first == {**first, "click": 1, "positive": True} and (first["x"], first["y"]) == mask_centre(masks[0])
+    assert first == {**first, "click": 1, "positive": True} and (first["x"], first["y"]) == first_click(masks[0])[:2]
     assert module.metrics["mIoU@1"].update_count == 1
 
 
@@ -266,7 +278,7 @@ def test_mask_naming_a_missing_image(tmp_path: Path) -> None:
         InteractiveDataModule(str(tmp_path), "berkeley", num_workers=0).setup("test")
 
 
-def check_run(cfg, clicks: int) -> dict[str, float]:
+def check_run(cfg, clicks: int, noc_clicks: int) -> dict[str, float]:
     metrics = train.run(cfg)
     names = [f"mIoU@{k}" for k in range(1, clicks + 1)] + ["NoC@85", "NoC@90"]
     assert {f"test/{p}{n}" for p in ("", "oracle_") for n in names} | {"test/skipped_objects"} <= set(metrics)
@@ -278,18 +290,19 @@ def check_run(cfg, clicks: int) -> dict[str, float]:
         first = [o[run][0]["iou"] for r in records for o in r["objects"]]
         assert len(first) == metrics["test/objects"]
         assert np.mean(first) == pytest.approx(metrics[f"test/{prefix}mIoU@1"], abs=1e-5)
-    assert 1 <= metrics["test/NoC@85"] <= clicks
+    assert 1 <= metrics["test/NoC@85"] <= noc_clicks
     return metrics
 
 
 def test_train_py_sam_points_quickstart(tmp_path: Path) -> None:
     cfg = compose_train(
         ["experiment=sam_points_quickstart", f"data.root={tmp_path / 'coco'}", "data.generate_n=2", "head.clicks=3",
+         "head.noc_clicks=4",
          *(f"sam.{key}={value}" for key, value in TINY_SAM.items())],
         tmp_path,
     )  # fmt: skip
     assert cfg.train is False and cfg.head.clicks == 3
-    single = check_run(cfg, 3)
+    single = check_run(cfg, 3, 4)
     with open_dict(cfg):
         cfg.data.batch_size = 2  # a list of images per batch: one SAM encoder call for both
         cfg.paths.output_dir = str(tmp_path / "batched")
@@ -302,9 +315,9 @@ def test_train_py_sam_points_on_grabcut(tmp_path: Path) -> None:
     write_layout(tmp_path / "GrabCut", "data_GT", "boundary_GT", grabcut_mask())
     cfg = compose_train(
         ["head=sam_points", "data=grabcut", "trainer=cpu", f"data.root={tmp_path / 'GrabCut'}", "data.num_workers=0",
-         "head.clicks=2", "sam.random_weights=true", "sam.model_type=vit_b",
+         "head.clicks=2", "head.noc_clicks=2", "sam.random_weights=true", "sam.model_type=vit_b",
          *(f"sam.{key}={value}" for key, value in TINY_SAM.items())],
         tmp_path,
     )  # fmt: skip
     assert cfg.data.layout == "grabcut"
-    assert check_run(cfg, 2)["test/objects"] == 2
+    assert check_run(cfg, 2, 2)["test/objects"] == 2
