@@ -1,4 +1,5 @@
-"""The rows: one published protocol each, as data. Only values that README.md already cites are here.
+"""The rows: one published protocol each, as data. Each value is cited with its source: README.md's anchors, the
+DINOv2 paper's tables, and the official model card (facebookresearch/dinov2 MODEL_CARD.md at b8931f7).
 
 A row's `protocol` overrides are `python train.py` overrides (Hydra); `runs` lists the extra overrides of each run
 (COCO-20i: one per fold), whose metrics are averaged. `values` maps a logged metric to its published value, in the
@@ -97,6 +98,19 @@ def revisited(name: str) -> Data:
     )
 
 
+ADE20K = Data(
+    "ade20k",
+    ("ade20k/ADEChallengeData2016/images/validation", "ade20k/ADEChallengeData2016/annotations/validation"),
+    "ADEChallengeData2016.zip from http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip, unpacked "
+    "into data/ade20k (or data.download=true)",
+)
+NYU = Data(
+    "nyu",
+    ("nyu",),
+    "NYU-Depth v2 in the layout of datamodules/nyu.py's docstring (the BTS / Monodepth split: sync/ for training, "
+    "official_splits/test/ for the 654 test images), under data/nyu",
+)
+
 SAM_BOX_PIPELINE = ("experiment=sam_quickstart", "data.generate_n=3", "head.overlays=0")
 ONESHOT_PIPELINE = ("experiment=oneshot_quickstart", "data.n_episodes=3", "head.image_size=112", "head.overlays=0")
 ZERO_SHOT = "nothing is trained"
@@ -191,6 +205,90 @@ ROWS: list[Row] = [
         backbone="dinov2_vitl14",
         sam="vit_h",
     ),
+]
+
+# ADE20k mIoU: lin. (DINOv2 paper, Table 10) and +ms (the same table; the model card's "ADE20k segm. multiscale").
+SEG_MS = {"vits14": 47.2, "vitb14": 51.3, "vitl14": 53.1, "vitg14": 53.0}
+SEG_MINUTES = {"vits14": 60, "vitb14": 80, "vitl14": 120, "vitg14": 240}  # 40k steps of batch 16 at 512 px
+SEG_WHY = "a linear head trained from scratch: seeds move mIoU by about 0.5; albumentations approximates mmseg's "
+SEG_WHY += "photometric distortion (README)"
+SEG_PIPELINE = ("experiment=quickstart", "data.generate_n_train=4", "data.generate_n_val=2", "data.batch_size=2")
+SEG_PIPELINE += ("data.crop_size=56", "data.short_side=56", "head.stride=28")
+SEG_PIPELINE += ("trainer.max_steps=2", "trainer.val_check_interval=1")
+ROWS += [
+    Row(
+        "dinov2-ade20k-lin-vits14",
+        "DINOv2 paper (Oquab et al. 2023), Table 10: ADE20k mIoU, lin., ViT-S/14",
+        ("head=linear_seg",),
+        ADE20K,
+        {"test/mIoU": 44.3},
+        1.0,
+        SEG_WHY,
+        SEG_PIPELINE,
+        SEG_MINUTES["vits14"],
+        12,
+        backbone="dinov2_vits14",
+    )
+]
+ROWS += [
+    Row(
+        f"dinov2-ade20k-ms-{size}",
+        f"DINOv2 paper, Table 10 and MODEL_CARD.md: ADE20k mIoU, +ms, ViT-{size[3].upper()}/14",
+        ("head=linear_seg_ms",),
+        ADE20K,
+        {"test/mIoU": value},
+        1.0,
+        SEG_WHY + "; multi-scale flip test-time augmentation as the official config",
+        (*SEG_PIPELINE, "head=linear_seg_ms", "head.tta_scales=[1.0]"),
+        SEG_MINUTES[size] * 1.5,
+        24,
+        backbone=f"dinov2_{size}",
+    )
+    for size, value in SEG_MS.items()
+]
+
+# NYU-Depth v2 RMSE: lin. 1 (DINOv2 paper, Table 11) and lin. 4 (Table 11; the model card's "linear 4 layers").
+DEPTH_LIN4 = {"vits14": 0.417, "vitb14": 0.362, "vitl14": 0.333, "vitg14": 0.298}
+DEPTH_WHY = "a head trained from scratch: seeds move RMSE by about 0.005; the crop and flip follow the official config"
+DEPTH_PIPELINE = (
+    "experiment=depth_quickstart",
+    "data.generate_n_train=4",
+    "data.generate_n_test=2",
+    "data.batch_size=2",
+)
+DEPTH_PIPELINE += ("trainer.max_steps=2", "trainer.val_check_interval=1")
+ROWS += [
+    Row(
+        "dinov2-nyu-lin1-vits14",
+        "DINOv2 paper, Table 11: NYU-Depth v2 RMSE, lin. 1, ViT-S/14",
+        ("head=depth_linear",),
+        NYU,
+        {"test/RMSE": 0.449},
+        0.02,
+        DEPTH_WHY,
+        (*DEPTH_PIPELINE, "head=depth_linear"),
+        45,
+        12,
+        backbone="dinov2_vits14",
+        scale=1.0,
+    )
+]
+ROWS += [
+    Row(
+        f"dinov2-nyu-lin4-{size}",
+        f"DINOv2 paper, Table 11 and MODEL_CARD.md: NYU-Depth v2 RMSE, lin. 4, ViT-{size[3].upper()}/14",
+        ("head=depth_linear4",),
+        NYU,
+        {"test/RMSE": value},
+        0.02,
+        DEPTH_WHY,
+        DEPTH_PIPELINE,
+        {"vits14": 45, "vitb14": 60, "vitl14": 90, "vitg14": 180}[size],
+        {"vits14": 12, "vitb14": 16, "vitl14": 24, "vitg14": 40}[size],
+        backbone=f"dinov2_{size}",
+        scale=1.0,
+    )
+    for size, value in DEPTH_LIN4.items()
 ]
 
 # DINOv2 paper, Table 9: revisited Oxford / Paris mAP, Medium and Hard, by model size.

@@ -117,8 +117,12 @@ def own_hub_dir(folder: Path) -> Iterator[None]:
         torch.hub.set_dir(before)
 
 
-def run_row(row: Row, options: Options, execute: Callable) -> dict:
-    """Run every run of `row` and compare the averaged metrics with the paper's; return the row's record."""
+def run_row(row: Row, options: Options, execute: Callable, shared: dict | None = None) -> dict:
+    """Run every run of `row` and compare the averaged metrics with the paper's; return the row's record.
+
+    `shared` maps a pipeline run's overrides to its metrics and run folder: rows whose stand-ins are the same run
+    (the model sizes of one protocol: pipeline mode swaps every size for the tiny model) run it once."""
+    shared = {} if shared is None else shared
     metrics: dict[str, list[float]] = {}
     run_dirs = []
     if options.pipeline:  # every real run must still compose; the generated stand-in runs once
@@ -127,8 +131,12 @@ def run_row(row: Row, options: Options, execute: Callable) -> dict:
     for index, run in enumerate(row.runs[:1] if options.pipeline else row.runs):
         output_dir = options.out / "runs" / row.name / str(index)
         overrides = pipeline_overrides(row, options) if options.pipeline else real_overrides(row, run, options)
-        cfg = compose(overrides, output_dir)
-        found = execute(cfg)
+        key = tuple(overrides)
+        if options.pipeline and key in shared:
+            found, output_dir = shared[key]
+        else:
+            found = execute(compose(overrides, output_dir))
+            shared[key] = found, output_dir
         missing = sorted(set(row.values) - set(found))
         if missing:
             raise RuntimeError(f"the run logged no {', '.join(missing)} (it logged {', '.join(sorted(found))})")
@@ -175,6 +183,7 @@ def run_rows(rows: Sequence[Row], options: Options, execute: Callable = train_ru
     path = options.out / "reproduce.json"
     records = load_records(path)
     here, device = commit(), gpu_name()
+    shared: dict = {}
     for row in rows:
         done = records.get(row.name, {})
         if not options.rerun and done.get("status") == "ok" and done.get("mode") == mode:
@@ -183,11 +192,11 @@ def run_rows(rows: Sequence[Row], options: Options, execute: Callable = train_ru
         print(f"[reproduce] {row.name} ({mode})")
         start = time.monotonic()
         try:
-            if options.pipeline:
-                with own_hub_dir(options.out / "pipeline_hub"):
-                    record = run_row(row, options, execute)
-            else:
-                with option_style(hydra_style):  # messages name train.py overrides, as `--set` takes them
+            with option_style(hydra_style):  # messages name train.py overrides, as `--set` takes them
+                if options.pipeline:
+                    with own_hub_dir(options.out / "pipeline_hub"):
+                        record = run_row(row, options, execute, shared)
+                else:
                     record = run_row(row, options, execute)
         except Exception as err:  # noqa: BLE001 - a failed row is reported and the next one runs
             found = find_user_error(err)
