@@ -6,6 +6,8 @@ come from `datamodules.oneshot`.
 
 from __future__ import annotations
 
+import io
+import pickle
 import re
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from .coco import load_coco
 from .errors import DatasetError
 from .files import load_image
 from .oneshot import OneShotDataModule, OneShotReader
+from .revisited import RestrictedUnpickler
 from .synthetic_oneshot import write_oneshot_like
 
 COCO_FOLDS = 4
@@ -203,7 +206,9 @@ class Coco20iDataModule(OneShotDataModule):
 
     Class ids are the 80 categories sorted by id (0..79); fold i evaluates `coco20i_class_ids(i)`. Protocol (HSNet,
     Matcher: 1,000 episodes per fold on val2014): a class uniformly, a query uniformly among the split's images that
-    contain it, `shots` other such images as supports; masks are the union of that class's instances.
+    contain it, `shots` other such images as supports; masks are the union of that class's instances. The images
+    that contain a class are HSNet's lists when root/splits/coco/val/fold<i>.pkl (HSNet's data/splits/coco/val/)
+    is present, else every image the annotations give the class.
     """
 
     protocol = "random"
@@ -246,13 +251,63 @@ class Coco20iDataModule(OneShotDataModule):
         if len(category_ids) < COCO_FOLDS:
             raise DatasetError(f"{self.annotations} has {len(category_ids)} categories: COCO-20i needs 80.")
         eval_ids = coco20i_class_ids(self.fold, len(category_ids))
+        lists = self.episode_lists_file()
+        if lists is not None and lists.is_file():
+            by_name = {info["file_name"]: image_id for image_id, info in coco.imgs.items()}
+            pools = read_hsnet_lists(lists, eval_ids, by_name)
+        else:
+            pools = {c: coco.catToImgs.get(category_ids[c], []) for c in eval_ids}
         image_ids, keys = {}, {}
         for c in eval_ids:
             paths = []
-            for image_id in sorted(coco.catToImgs.get(category_ids[c], [])):
+            for image_id in sorted(pools[c]):
                 path = str(self.root / self.split / coco.imgs[image_id]["file_name"])
                 image_ids[path] = image_id
                 paths.append(path)
             keys[c] = sorted(set(paths))
         names = [coco.cats[i]["name"] for i in category_ids]
         return names, eval_ids, keys, CocoClassReader(coco, image_ids, category_ids)
+
+    def episode_lists_file(self) -> Path | None:
+        """HSNet's per-fold image lists of the val2014 split (its data/splits/coco/val/fold<i>.pkl), used when
+        present under data.root; None for another split."""
+        if self.split != "val2014":
+            return None
+        return self.root / "splits" / "coco" / "val" / f"fold{self.fold}.pkl"
+
+
+def read_hsnet_lists(path: Path, class_ids: list[int], image_ids: dict[str, int]) -> dict[int, list[int]]:
+    """HSNet's COCO-20i image lists: a pickle of {class index: ["val2014/<file_name>", ...]} -> {class: image ids}.
+
+    Read with `RestrictedUnpickler` (plain containers only: a pickle that names any function is refused), then
+    checked: every class of `class_ids` listed, every name an image of the annotations (`image_ids` by file name).
+    """
+    try:
+        data = RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
+    except OSError as err:
+        raise DatasetError(f"HSNet's episode lists {path} cannot be read ({err}).") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise DatasetError(
+            f"HSNet's episode lists {path} are not a readable pickle of {{class: [image names]}}: {err}. Fix: copy "
+            "data/splits/coco/val/fold<i>.pkl from github.com/juhongm999/hsnet again, or delete it to draw the "
+            "episodes from the annotations."
+        ) from None
+    missing = [c for c in class_ids if not isinstance(data, dict) or not isinstance(data.get(c), list)]
+    if missing:
+        raise DatasetError(
+            f"HSNet's episode lists {path} have no image list for class index(es) {missing[:5]} of this fold: it "
+            "must be a dict of {class index: [image names]} for the fold's classes. Fix: copy the fold's file "
+            "from github.com/juhongm999/hsnet again, or delete it to draw the episodes from the annotations."
+        )
+    pools = {}
+    for c in class_ids:
+        names = [Path(str(name)).name for name in data[c]]
+        unknown = [name for name in names if name not in image_ids]
+        if unknown:
+            raise DatasetError(
+                f"HSNet's episode lists {path} name {len(unknown)} image(s) of class index {c} that are not in the "
+                f"annotations (e.g. {unknown[0]}): the lists and the annotations are of different splits. Fix: "
+                "use the val2014 annotations with HSNet's val lists, or delete the lists."
+            )
+        pools[c] = [image_ids[name] for name in names]
+    return pools

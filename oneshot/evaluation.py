@@ -3,12 +3,13 @@
 `python train.py head=oneshot data=fss1000` (or `data=coco20i data.fold=0`, `data=perseg`, `data.shots=5`). Nothing is
 trained. Batches are episodes (`datamodules.oneshot`): `support_images` / `support_masks` (K each), `query_image`,
 `query_mask`, `class_id`, `episode`, `query_path`. The metrics are accumulated over the episodes as HSNet and Matcher
-do (`metrics.oneshot.OneShotIoU`): mIoU is the mean over the classes of each class's IoU, FB-IoU the mean of the
-foreground and the background IoU.
+do (`metrics.oneshot.OneShotIoU`): mIoU is the mean over ALL the evaluated classes of each class's IoU (a class with
+no episode counts as 0, with a warning naming it), FB-IoU the mean of the foreground and the background IoU.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ class OneShotEvaluation(L.LightningModule):
                 "data=fss1000, data=coco20i, data=perseg or data=oneshot_synthetic."
             )
         self.class_names = list(datamodule.all_class_names)  # by class_id (COCO-20i: all 80; a fold evaluates 20)
-        self.iou = OneShotIoU(datamodule.num_classes).to(self.device)
+        self.iou = OneShotIoU(datamodule.num_classes, datamodule.eval_class_ids).to(self.device)
 
     def on_test_epoch_start(self) -> None:
         self.rows = []
@@ -121,9 +122,23 @@ class OneShotEvaluation(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         result = self.iou.compute()
-        self.log_dict({f"test/{name}": float(value) for name, value in result.items()})
+        # float64 tensors: Lightning logs a Python float as float32
+        self.log_dict({f"test/{name}": value.double() for name, value in result.items()})
         if not self.rows:
             self.metric_notes.update(dict.fromkeys(("test/mIoU", "test/FB-IoU"), "the test split gave no episode"))
+        elif not torch.isfinite(result["FB-IoU"]):
+            self.metric_notes["test/FB-IoU"] = (
+                "no episode had a foreground pixel in its prediction or ground truth: HSNet's FB-IoU is 0 / 0"
+            )
+        unseen = self.iou.unseen()
+        if self.rows and unseen:
+            names = [self.class_names[c] for c in unseen]
+            warnings.warn(
+                f"{len(unseen)} of the {len(self.iou.class_ids)} evaluated classes had no episode and count as IoU 0 "
+                f"in test/mIoU, as in HSNet: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}. More "
+                "episodes (data.n_episodes) give every class one.",
+                stacklevel=1,
+            )
         empty = sum(1 for row in self.rows if row["note"])
         self.log("test/empty_masks", float(empty))
         if self.hparams.results_dir is not None and self.trainer.is_global_zero:

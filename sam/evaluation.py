@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -15,16 +16,13 @@ from pycocotools import mask as mask_utils
 from scipy.ndimage import distance_transform_edt
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.detection import MeanAveragePrecision
 
+from metrics.coco import UNDEFINED, mask_ap
 from sam.batched import encode_images
 from sam.predictor import SamBoxPredictor, clip_boxes
 from utils.errors import UserError, option
 from utils.results import write_json
 from writers.overlays import save_overlay
-
-AP_NAMES = {"map": "mask_AP", "map_50": "mask_AP50", "map_75": "mask_AP75", "map_small": "mask_APs",
-            "map_medium": "mask_APm", "map_large": "mask_APl"}  # fmt: skip
 
 
 def mask_centres(masks: np.ndarray) -> np.ndarray:
@@ -64,7 +62,8 @@ class SamBoxEvaluation(L.LightningModule):
     ground-truth boxes. With `refine`, each box is decoded a second time with the first mask's low-res logits
     as the decoder's mask input, and the second mask is the result.
 
-    Metrics (test/): mask_AP, mask_AP50, mask_AP75, mask_APs/m/l (COCO protocol, pycocotools), box_mIoU
+    Metrics (test/): mask_AP, mask_AP50, mask_AP75, mask_APs/m/l, mask_AR1/10/100, mask_ARs/m/l (pycocotools'
+    COCOeval on the run's results over every image of the split, `metrics.coco.mask_ap`), box_mIoU
     (ground-truth boxes: each mask against its instance), point_mIoU (one point at each instance's centre,
     SAM's most confident of three masks: the SAM paper's single-point evaluation), and the box counts; with
     `refine`, also mask_AP_unrefined (the first pass's masks, same run).
@@ -98,12 +97,14 @@ class SamBoxEvaluation(L.LightningModule):
         self.save_hyperparameters(ignore=["sam"])
         self.sam = sam.eval().requires_grad_(False)
         self.predictor = SamBoxPredictor(self.sam, chunk_size)
-        self.mask_ap = MeanAveragePrecision(iou_type="segm", backend="pycocotools")
-        self.mask_ap_unrefined = MeanAveragePrecision(iou_type="segm", backend="pycocotools") if refine else None
         self.box_miou, self.point_miou = MeanMetric(), MeanMetric()
         self.counts: Counter[str] = Counter()
-        self.results: list[dict[str, Any]] = []
+        self.results: dict[int, list[dict[str, Any]]] = {}
+        """COCO results entries by image id (with `refine`, also `self.results_unrefined`)."""
+        self.results_unrefined: dict[int, list[dict[str, Any]]] = {}
         self.images_seen = 0
+        self.metric_notes: dict[str, str] = {}
+        """Why a logged metric is NaN (train.py writes it as null with this reason), by metric name."""
 
     def images_of(self, batch: dict[str, Any] | list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """The batch's items in order, each yielded while the predictor holds its image: one item is encoded by
@@ -149,17 +150,17 @@ class SamBoxEvaluation(L.LightningModule):
 
     def evaluate_image(self, item: dict[str, Any], out: dict[str, np.ndarray]) -> None:
         """Update the metrics, results and overlays with one image's masks (`prompt`'s output)."""
-        _update_ap(self.mask_ap, item, out["masks"], out["scores"], out["labels"])
-        if self.mask_ap_unrefined is not None:
-            _update_ap(self.mask_ap_unrefined, item, out["masks_unrefined"], out["scores_unrefined"], out["labels"])
+        image_id = int(item["image_id"])
+        self.results[image_id] = encode_results(image_id, out["masks"], out["labels"], out["scores"])
+        if self.hparams.refine:
+            unrefined = encode_results(image_id, out["masks_unrefined"], out["labels"], out["scores_unrefined"])
+            self.results_unrefined[image_id] = unrefined
         non_crowd = item["gt_iscrowd"] == 0
         if item["prompt_scores"] is None and out["valid"].any():
             paired = item["gt_masks"][non_crowd][out["valid"]]
             self.box_miou.update(torch.from_numpy(mask_ious(out["masks"], paired)))
         if self.hparams.point_prompts:
             self.point_prompt_step(item["gt_masks"][non_crowd])
-        if self.hparams.results_file is not None:
-            self.results += encode_results(item["image_id"], out["masks"], out["labels"], out["scores"])
         if self.images_seen < self.hparams.overlays and self.hparams.overlay_dir is not None:
             path = Path(self.hparams.overlay_dir) / f"{Path(item['path']).stem}.png"
             save_overlay(path, item["image"], out["masks"], out["boxes"], out["scores"])
@@ -173,16 +174,13 @@ class SamBoxEvaluation(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.counts.clear()
-        self.results = []
+        self.results, self.results_unrefined = {}, {}
         self.images_seen = 0
 
     def on_test_epoch_end(self) -> None:
-        ap = self.mask_ap.compute()
-        self.mask_ap.reset()
-        metrics = {f"test/{name}": ap[key] for key, name in AP_NAMES.items()}
-        if self.mask_ap_unrefined is not None:
-            metrics["test/mask_AP_unrefined"] = self.mask_ap_unrefined.compute()["map"]
-            self.mask_ap_unrefined.reset()
+        results, unrefined = self.gathered(self.results), self.gathered(self.results_unrefined)
+        # float64 tensors: Lightning logs a Python float as float32, which would round COCOeval's numbers
+        metrics = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.coco_metrics(results, unrefined).items()}
         for name, metric in (("box_mIoU", self.box_miou), ("point_mIoU", self.point_miou)):
             if metric.update_count:
                 metrics[f"test/{name}"] = metric.compute()
@@ -196,9 +194,34 @@ class SamBoxEvaluation(L.LightningModule):
                 "clipping) and were skipped; every other box got a mask.",
                 stacklevel=1,
             )
-        if self.hparams.results_file is not None:
+        if self.hparams.results_file is not None and self.trainer.is_global_zero:
             # strict JSON: detector scores are checked when read (datamodules.coco) and SAM's are finite
-            write_json(Path(self.hparams.results_file), self.results, indent=None)
+            write_json(Path(self.hparams.results_file), results, indent=None)
+
+    def gathered(self, by_image: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The results entries of every process, by image id (a padding sampler repeats some images), on rank 0;
+        an empty list on the other ranks."""
+        if self.trainer.world_size > 1:
+            everyone: list[Any] = [None] * self.trainer.world_size if self.trainer.is_global_zero else None
+            torch.distributed.gather_object(by_image, everyone, dst=0)
+            by_image = {} if everyone is None else {k: v for part in everyone for k, v in part.items()}
+        return [entry for image_id in sorted(by_image) for entry in by_image[image_id]]
+
+    def coco_metrics(self, results: list[dict[str, Any]], unrefined: list[dict[str, Any]]) -> dict[str, float]:
+        """COCOeval's stats (`metrics.coco.mask_ap`) of the gathered results against every image of the split,
+        computed once on rank 0 and sent to the other ranks; NaN stats get their reason in `metric_notes`."""
+        metrics: dict[str, float] = {}
+        if self.trainer.is_global_zero:
+            coco = self.trainer.test_dataloaders.dataset.coco
+            metrics = {f"test/{name}": value for name, value in mask_ap(coco, results).items()}
+            if self.hparams.refine:
+                metrics["test/mask_AP_unrefined"] = mask_ap(coco, unrefined)["mask_AP"]
+        if self.trainer.world_size > 1:
+            sent = [metrics]
+            torch.distributed.broadcast_object_list(sent, src=0)
+            metrics = sent[0]
+        self.metric_notes.update({name: UNDEFINED for name, value in metrics.items() if math.isnan(value)})
+        return metrics
 
     def predict_step(self, batch: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
         """COCO results entries (RLE masks) of the batch's images' box prompts."""
@@ -207,14 +230,3 @@ class SamBoxEvaluation(L.LightningModule):
             out = self.prompt(item)
             entries += encode_results(item["image_id"], out["masks"], out["labels"], out["scores"])
         return entries
-
-
-def _update_ap(
-    metric: MeanAveragePrecision, item: dict[str, Any], masks: np.ndarray, scores: np.ndarray, labels: np.ndarray
-) -> None:
-    """Add one image's masks `(K, H, W)` bool, scores and labels `(K,)` against its ground truth to `metric`."""
-    metric.update(
-        [{"masks": torch.from_numpy(masks), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)}],
-        [{"masks": torch.from_numpy(item["gt_masks"]), "labels": torch.from_numpy(item["gt_labels"]),
-          "iscrowd": torch.from_numpy(item["gt_iscrowd"]), "area": torch.from_numpy(item["gt_areas"])}],
-    )  # fmt: skip

@@ -42,19 +42,33 @@ def test_the_test_loop_reports_miou_and_fb_iou_over_the_episodes(tmp_path: Path,
     run = Path(cfg.paths.output_dir)
     rows = json.loads((run / "oneshot_episodes.json").read_text())
     assert len(rows) == 36 and len(list((run / "overlays").glob("episode_*.png"))) == 2
-    # mIoU: per class, the intersections and unions summed over its episodes, then the mean over the classes
-    per_class: dict[int, list[int]] = {}
-    for row in rows:
-        counts = per_class.setdefault(row["class_id"], [0, 0])
-        counts[0] += row["intersection"]
-        counts[1] += row["union"]
-    expected = np.mean([i / max(u, 1) for i, u in per_class.values()])
-    assert metrics["test/mIoU"] == pytest.approx(expected, rel=1e-6)
+    per_class = class_counts(rows)
+    assert len(per_class) == 6  # every class had an episode
+    assert metrics["test/mIoU"] == pytest.approx(np.mean([i / max(u, 1) for i, u in per_class.values()]), abs=1e-12)
     assert 0.0 <= metrics["test/FB-IoU"] <= 1.0
     classes = json.loads((run / "oneshot_classes.json").read_text())
     assert {row["class_id"] for row in classes} == set(per_class)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["random_weights"] is True  # the tiny SAM has random weights, and the record says so
+
+
+def class_counts(rows: list[dict]) -> dict[int, list[int]]:
+    """Per class, the intersections and unions summed over its episodes."""
+    per_class: dict[int, list[int]] = {}
+    for row in rows:
+        counts = per_class.setdefault(row["class_id"], [0, 0])
+        counts[0] += row["intersection"]
+        counts[1] += row["union"]
+    return per_class
+
+
+def test_a_class_without_episode_counts_as_zero_in_miou_as_in_hsnet(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    cfg = oneshot_run(tmp_path, tiny_checkpoint, "data.n_episodes=3", "head.overlays=0")
+    with pytest.warns(UserWarning, match=r"(\d) of the 6 evaluated classes had no episode and count as IoU 0"):
+        metrics = train.run(cfg)
+    per_class = class_counts(json.loads((Path(cfg.paths.output_dir) / "oneshot_episodes.json").read_text()))
+    assert len(per_class) < 6
+    assert metrics["test/mIoU"] == pytest.approx(sum(i / max(u, 1) for i, u in per_class.values()) / 6, abs=1e-12)
 
 
 def test_the_persam_baseline_runs_as_a_head_option(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -1,5 +1,6 @@
 """One-shot segmentation data and metrics: the seeded episode sampler, the COCO-20i folds, the FSS-1000 / COCO-20i /
-PerSeg readers on tiny layouts written here, the generated set, and mIoU / FB-IoU against numpy.
+PerSeg readers on tiny layouts written here, HSNet's COCO-20i lists, the generated set, and mIoU / FB-IoU against a
+transcription of HSNet's AverageMeter.
 
 Longer than 300 lines: three readers, each on a tiny layout of its own written here, besides the sampler, the
 generator and the metric.
@@ -8,6 +9,7 @@ generator and the metric.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -176,6 +178,49 @@ def test_coco20i_episodes_use_images_of_the_class_with_the_union_mask(tmp_path: 
     assert seen == {0, 4}
 
 
+def test_coco20i_episodes_come_from_hsnets_lists_when_present(tmp_path: Path) -> None:
+    expected = write_coco(tmp_path)
+    lists = tmp_path / "splits" / "coco" / "val" / "fold0.pkl"
+    lists.parent.mkdir(parents=True)
+    chosen = {0: [1, 4], 4: [2, 3, 6]}  # the images HSNet lists per class: a subset of those with the class
+    name = "val2014/COCO_val2014_{:012d}.jpg".format
+    lists.write_bytes(pickle.dumps({c: [name(i) for i in ids] for c, ids in chosen.items()}, protocol=3))
+    dm = Coco20iDataModule(str(tmp_path), shots=1, n_episodes=30, seed=0, num_workers=0, fold=0)
+    dm.setup("test")
+    used = {c: set() for c in chosen}
+    for batch in all_batches(dm):
+        for path, mask in zip(
+            [batch["query_path"], *batch["support_paths"]], [batch["query_mask"], *batch["support_masks"]]
+        ):
+            used[batch["class_id"]].add(Path(path).name)
+            np.testing.assert_array_equal(mask, expected[(Path(path).name, batch["class_id"])])
+    assert used == {c: {Path(name(i)).name for i in ids} for c, ids in chosen.items()}
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this must not be printed",))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (pickle.dumps({0: [RunsCode()], 4: []}), r"names builtins\.print, which is refused"),
+        (pickle.dumps({0: ["val2014/COCO_val2014_000000000001.jpg"]}), r"no image list for class index\(es\) \[4\]"),
+        (pickle.dumps({0: [], 4: ["val2014/absent.jpg"]}), r"1 image\(s\) of class index 4 .* \(e\.g\. absent\.jpg\)"),
+        (b"not a pickle", "not a readable pickle"),
+    ],
+)
+def test_bad_hsnet_lists_are_named(tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes, message: str) -> None:
+    write_coco(tmp_path)
+    lists = tmp_path / "splits" / "coco" / "val" / "fold0.pkl"
+    lists.parent.mkdir(parents=True)
+    lists.write_bytes(content)
+    with pytest.raises(DatasetError, match=rf"HSNet's episode lists .*fold0\.pkl .*{message}"):
+        Coco20iDataModule(str(tmp_path), n_episodes=3, num_workers=0).setup("test")
+    assert "must not be printed" not in capsys.readouterr().out
+
+
 # --- FSS-1000, PerSeg, the generated set -----------------------------------------------------------------------------
 
 
@@ -302,36 +347,67 @@ def test_generator_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 # --- the metrics -----------------------------------------------------------------------------------------------------
 
 
-def numpy_reference(episodes: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[float, float]:
-    """mIoU and FB-IoU written out in float64 numpy from the definitions (HSNet's)."""
-    inter, union = {}, {}
-    fb = np.zeros((2, 2))  # rows: foreground, background; columns: intersection, union
+def hsnet_average_meter(
+    episodes: list[tuple[np.ndarray, np.ndarray, int]], nclass: int, class_ids: list[int]
+) -> tuple[float, float]:
+    """mIoU and FB-IoU as HSNet computes them, transcribed in float64 numpy from juhongm999/hsnet at commit
+    6b1bc12b3ff9f3950f49c55ab6f089e8d9e0d191: common/evaluation.py `Evaluator.classify_prediction` (per episode, the
+    intersection and union of the background (bin 0) and foreground (bin 1) pixels, union = pred + gt - inter) and
+    common/logger.py `AverageMeter` (`update` adds them into [2, nclass] buffers at the episode's class;
+    `compute_iou`: iou = inter / max(union, 1), kept for the fold's class_ids, mIoU = mean of the foreground row;
+    FB-IoU = mean over the two rows of the fold's summed inter / summed union, with no guard), without its x 100."""
+    inter, union = np.zeros((2, nclass)), np.zeros((2, nclass))
     for pred, gt, c in episodes:
-        i, u = np.logical_and(pred, gt).sum(), np.logical_or(pred, gt).sum()
-        inter[c], union[c] = inter.get(c, 0) + i, union.get(c, 0) + u
-        fb += [[i, u], [np.logical_and(~pred, ~gt).sum(), np.logical_or(~pred, ~gt).sum()]]
-    miou = np.mean([inter[c] / max(union[c], 1) for c in inter])
-    return float(miou), float(np.mean(fb[:, 0] / fb[:, 1]))
+        for row, (p, g) in enumerate(((~pred, ~gt), (pred, gt))):
+            both = np.logical_and(p, g).sum()
+            inter[row, c] += both
+            union[row, c] += p.sum() + g.sum() - both
+    iou = (inter / np.maximum(union, 1))[:, class_ids]
+    with np.errstate(invalid="ignore"):
+        fb_iou = (inter[:, class_ids].sum(1) / union[:, class_ids].sum(1)).mean()
+    return float(iou[1].mean()), float(fb_iou)
 
 
-def test_miou_and_fb_iou_agree_with_numpy() -> None:
-    rng = np.random.default_rng(0)
+def random_episodes(rng: np.random.Generator, n: int, classes: list[int]) -> list[tuple[np.ndarray, np.ndarray, int]]:
     episodes = []
-    for k in range(40):
+    for _ in range(n):
         h, w = rng.integers(5, 30, 2)
         gt = rng.random((h, w)) < rng.uniform(0.05, 0.6)
-        pred = np.where(rng.random((h, w)) < 0.2, ~gt, gt)  # 20% of the pixels flipped
-        episodes.append((pred, gt, int(rng.choice([1, 3, 6]))))
+        pred = np.where(rng.random((h, w)) < rng.uniform(0.05, 0.4), ~gt, gt)  # some pixels flipped
+        episodes.append((pred, gt, int(rng.choice(classes))))
+    return episodes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_miou_and_fb_iou_are_hsnets_average_meter(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    episodes = random_episodes(rng, 40, [1, 3, 6])
     episodes.append((np.zeros((8, 8), bool), np.zeros((8, 8), bool), 2))  # class 2: only an empty-empty episode
-    metric = OneShotIoU(num_classes=10)
+    fold = [1, 2, 3, 5, 6, 9]  # 5 and 9: no episode, IoU 0 in HSNet's mean; 0, 4, 7, 8: another fold's
+    episodes += random_episodes(rng, 5, [0, 4])  # another fold's classes: counted, but not in this fold's means
+    metric = OneShotIoU(num_classes=10, class_ids=fold)
     for pred, gt, c in episodes:
         metric.update(torch.from_numpy(pred) if c == 3 else pred, gt.astype(np.uint8) if c == 6 else gt, c)
     result = metric.compute()
-    miou, fb_iou = numpy_reference(episodes)
+    miou, fb_iou = hsnet_average_meter(episodes, 10, fold)
+    assert 0.1 < miou < 0.9 and 0.1 < fb_iou < 0.9
     assert result["mIoU"].item() == pytest.approx(miou, abs=1e-12)
     assert result["FB-IoU"].item() == pytest.approx(fb_iou, abs=1e-12)
+    assert metric.unseen() == [5, 9]
     per_class = metric.class_iou()
-    assert torch.isnan(per_class[[0, 4, 5, 7, 8, 9]]).all() and per_class[2] == 0  # unseen: left out; empty: 0
+    assert torch.isnan(per_class[[5, 7, 8, 9]]).all() and per_class[2] == 0  # no episode: NaN; empty: 0
+
+
+def test_fb_iou_with_no_foreground_anywhere_is_nan_as_in_hsnet() -> None:
+    episodes = [(np.zeros((6, 5), bool), np.zeros((6, 5), bool), c) for c in (0, 1, 1)]
+    metric = OneShotIoU(num_classes=3)
+    for pred, gt, c in episodes:
+        metric.update(pred, gt, c)
+    miou, fb_iou = hsnet_average_meter(episodes, 3, [0, 1, 2])
+    assert np.isnan(fb_iou) and torch.isnan(metric.compute()["FB-IoU"])  # not (0 + 1) / 2
+    assert metric.compute()["mIoU"].item() == miou == 0.0
+    with pytest.raises(ValueError, match="class_ids must be some of 0..2"):
+        OneShotIoU(num_classes=3, class_ids=[1, 3])
 
 
 def test_metric_states_sum_across_processes_and_nothing_seen_is_nan() -> None:
