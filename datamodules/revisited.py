@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from utils.atomic import atomic_folder
 from utils.errors import option
 
+from .coco_checks import MARGIN
 from .errors import DatasetError
-from .files import open_image
+from .files import image_size, open_image
 from .loaders import check_loader_options, usable_workers
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -58,19 +60,58 @@ ALLOWED_GLOBALS.update({("__builtin__", "bytes"): bytes, ("builtins", "bytes"): 
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds only plain containers, strings, numbers and numpy arrays.
+    """An unpickler that builds only plain containers, strings, numbers and numpy arrays, none larger than the file.
 
     Plain values need no global; every global a pickle names goes through `find_class`, which admits the few that
-    rebuild numpy arrays (`ALLOWED_GLOBALS`) and refuses any other, so that no code the file names is run.
+    rebuild numpy arrays (`ALLOWED_GLOBALS`) and refuses any other, so that no code the file names is run. The two
+    that allocate what their arguments ask for (``bytes(n)``, numpy's ``_reconstruct(ndarray, shape, dtype)``) are
+    refused beyond ``max_bytes``: nothing a pickle of that size holds needs more (see `check_declared_sizes` for the
+    lengths the pickle's own opcodes declare).
     """
 
+    def __init__(self, file: io.BufferedIOBase, max_bytes: int) -> None:
+        super().__init__(file)
+        self.max_bytes = max_bytes
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in ALLOWED_GLOBALS:
-            return ALLOWED_GLOBALS[(module, name)]
-        raise pickle.UnpicklingError(
-            f"it names {module}.{name}, which is refused: the file may hold only lists, dicts, strings, numbers and "
-            "numpy arrays (loading a pickle that names a function runs it)"
-        )
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which is refused: the file may hold only lists, dicts, strings, numbers "
+                "and numpy arrays (loading a pickle that names a function runs it)"
+            )
+        found = ALLOWED_GLOBALS[(module, name)]
+        if found is bytes:
+            return self._bytes
+        return self._reconstruct if found is _MULTIARRAY._reconstruct else found
+
+    def _refuse_above(self, n_bytes: int, what: str) -> None:
+        if n_bytes > self.max_bytes:
+            raise pickle.UnpicklingError(f"it asks for {what} of {n_bytes} bytes in a file of {self.max_bytes} bytes")
+
+    def _bytes(self, *args: Any) -> bytes:
+        if args and isinstance(args[0], int):
+            self._refuse_above(args[0], "bytes")
+        return bytes(*args)
+
+    def _reconstruct(self, subtype: type, shape: Any, dtype: Any) -> np.ndarray:
+        self._refuse_above(int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize, "an array")
+        return _MULTIARRAY._reconstruct(subtype, shape, dtype)
+
+
+_SIZED_OPCODES = {"FRAME", "PUT", "BINPUT", "LONG_BINPUT"}
+"""Opcodes whose argument is a size the unpickler allocates for (a frame; a memo table grown up to the index)."""
+
+
+def check_declared_sizes(raw: bytes) -> None:
+    """Raise ValueError when an opcode of the pickle ``raw`` declares a length or memo index beyond its size.
+
+    Python's unpickler allocates what a length says before reading that many bytes, and grows its memo table to
+    any index a PUT names: a pickle of a few dozen bytes can ask for terabytes. `pickletools.genops` reads each
+    opcode's argument without building anything and fails on a string or bytes longer than what is left.
+    """
+    for opcode, arg, _ in pickletools.genops(io.BytesIO(raw)):
+        if opcode.name in _SIZED_OPCODES and int(arg) > len(raw):
+            raise ValueError(f"its {opcode.name} opcode declares {arg}, more than the file's {len(raw)} bytes")
 
 
 def load_ground_truth(path: Path) -> dict[str, Any]:
@@ -80,7 +121,9 @@ def load_ground_truth(path: Path) -> dict[str, Any]:
     "junk" int64 arrays of database ids}. Raises DatasetError naming the file for anything else.
     """
     try:
-        data = RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
+        raw = path.read_bytes()
+        check_declared_sizes(raw)
+        data = RestrictedUnpickler(io.BytesIO(raw), len(raw)).load()
     except OSError as err:
         raise DatasetError(f"The ground-truth file {path} cannot be read ({err}).") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
@@ -102,18 +145,42 @@ def load_ground_truth(path: Path) -> dict[str, Any]:
 def _structure_problem(data: Any) -> str | None:
     if not isinstance(data, dict) or not {"imlist", "qimlist", "gnd"} <= set(data):
         return "it must be a dict with 'imlist', 'qimlist' and 'gnd'"
+    for key in ("imlist", "qimlist"):
+        if not isinstance(data[key], list) or not all(isinstance(name, str) for name in data[key]):
+            return f"'{key}' must be a list of image names (strings)"
+    if not isinstance(data["gnd"], list):
+        return "'gnd' must be a list of one dict per query"
     if len(data["gnd"]) != len(data["qimlist"]):
         return f"{len(data['qimlist'])} queries in 'qimlist' but {len(data['gnd'])} entries in 'gnd'"
     n = len(data["imlist"])
     for q, query in enumerate(data["gnd"]):
         if not isinstance(query, dict) or not {"bbx", "easy", "hard", "junk"} <= set(query):
             return f"gnd[{q}] must be a dict with 'bbx', 'easy', 'hard' and 'junk'"
-        ids = np.concatenate([np.asarray(query[k], np.int64).ravel() for k in ("easy", "hard", "junk")])
+        lists = [np.asarray(query[k]) for k in ("easy", "hard", "junk")]
+        if any(ids.size and ids.dtype.kind not in "iu" for ids in lists):
+            return f"gnd[{q}]'s 'easy', 'hard' and 'junk' must be arrays of database ids (whole numbers)"
+        ids = np.concatenate([ids.astype(np.int64).ravel() for ids in lists])
         if len(ids) and (ids.min() < 0 or ids.max() >= n):
             return f"gnd[{q}] names database ids outside 0..{n - 1}"
-        if np.asarray(query["bbx"]).size != 4:
-            return f"gnd[{q}]['bbx'] must be 4 numbers (x1, y1, x2, y2)"
+        bbx = np.asarray(query["bbx"])
+        if bbx.size != 4 or bbx.dtype.kind not in "iuf" or not np.isfinite(bbx).all():
+            return f"gnd[{q}]['bbx'] = {str(query['bbx'])[:80]} must be 4 finite numbers (x1, y1, x2, y2)"
+        if not (bbx.ravel()[0] < bbx.ravel()[2] and bbx.ravel()[1] < bbx.ravel()[3]):
+            return f"gnd[{q}]['bbx'] = {bbx.ravel().tolist()} has x2 <= x1 or y2 <= y1 (corners x1, y1, x2, y2)"
     return None
+
+
+def check_query_box(truth: Path, query: int, bbx: np.ndarray, size: tuple[int, int]) -> None:
+    """Refuse query `query`'s box `(x1, y1, x2, y2)` unless it lies in its image of `size` (width, height) up to
+    `MARGIN` (PIL would crop the blank outside)."""
+    w, h = size
+    low, high = -MARGIN * np.array([w, h]) - 2, np.array([w, h]) * (1 + MARGIN) + 2
+    if np.any(bbx[:2] < low) or np.any(bbx[2:] > high):
+        raise DatasetError(
+            f"The ground-truth file {truth} gives query {query} (gnd[{query}]['bbx']) the box {bbx.tolist()}, "
+            f"outside its {w}x{h} (WxH) image: boxes are pixel corners x1, y1, x2, y2. Fix: download the file again "
+            f"({GROUND_TRUTH_URL.format(name=truth.stem.removeprefix('gnd_'))})."
+        )
 
 
 def crop_query(image: Image.Image, bbx: np.ndarray) -> Image.Image:
@@ -196,6 +263,9 @@ class RevisitedDataModule(L.LightningDataModule):
             raise DatasetError(
                 self._not_found(f"{len(missing)} listed image(s) missing, e.g. {', '.join(missing[:3])}")
             )
+        for path, bbx, part, q in self.dataset.items:
+            if part == 1:
+                check_query_box(gnd_path, q, bbx, image_size(path))
 
     def _not_found(self, what: str) -> str:
         source = SOURCES.get(self.name, "the dataset's images")
