@@ -3,15 +3,14 @@
 Layout (the revisitop repository's): `root/<name>/jpg/<image>.jpg` and `root/<name>/gnd_<name>.pkl`, name `roxford5k`
 or `rparis6k`. The ground-truth file is a Python pickle of {"imlist": [names], "qimlist": [names], "gnd": [per query
 {"bbx": [x1, y1, x2, y2], "easy": ids, "hard": ids, "junk": ids}]}. A pickle can run any code it names when loaded, so
-it is read with `RestrictedUnpickler`, which builds plain containers and numpy arrays only and refuses anything else.
+it is read with `data_pickle.load_data_pickle`, which builds plain containers and numpy arrays only and refuses
+anything else, or anything larger than the file.
 Query images are cropped to their box before embedding, as the protocol requires; queries are not in the database.
 """
 
 from __future__ import annotations
 
-import io
 import pickle
-import pickletools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from utils.atomic import atomic_folder
 from utils.errors import option
 
 from .coco_checks import MARGIN
+from .data_pickle import load_data_pickle
 from .errors import DatasetError
 from .files import image_size, open_image
 from .loaders import check_loader_options, usable_workers
@@ -37,93 +37,15 @@ SOURCES = {
 }
 GROUND_TRUTH_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/gnd_{name}.pkl"
 
-# What a numpy array (and a numpy scalar) needs to be rebuilt from a pickle, under the names numpy 1 and 2 write.
-_MULTIARRAY = (getattr(np, "_core", None) or np.core).multiarray  # numpy 2 moved numpy.core to numpy._core
-_NUMPY = {"_reconstruct": _MULTIARRAY._reconstruct, "scalar": _MULTIARRAY.scalar}
-ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **{(m, name): obj for m in ("numpy.core.multiarray", "numpy._core.multiarray") for name, obj in _NUMPY.items()},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-def _latin1_bytes(text: str, encoding: str) -> bytes:
-    """Protocol-2 pickles of numpy arrays carry their bytes as `_codecs.encode(text, "latin1")`; no other codec."""
-    if encoding != "latin1":
-        raise pickle.UnpicklingError(f"it encodes bytes with {encoding!r}, which is refused (only latin1 is)")
-    return text.encode("latin1")
-
-
-ALLOWED_GLOBALS[("_codecs", "encode")] = _latin1_bytes
-# protocol 2 names bytes by its Python 2 module (`Unpickler.find_class`'s own renaming is bypassed when overridden)
-ALLOWED_GLOBALS.update({("__builtin__", "bytes"): bytes, ("builtins", "bytes"): bytes})
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds only plain containers, strings, numbers and numpy arrays, none larger than the file.
-
-    Plain values need no global; every global a pickle names goes through `find_class`, which admits the few that
-    rebuild numpy arrays (`ALLOWED_GLOBALS`) and refuses any other, so that no code the file names is run. The two
-    that allocate what their arguments ask for (``bytes(n)``, numpy's ``_reconstruct(ndarray, shape, dtype)``) are
-    refused beyond ``max_bytes``: nothing a pickle of that size holds needs more (see `check_declared_sizes` for the
-    lengths the pickle's own opcodes declare).
-    """
-
-    def __init__(self, file: io.BufferedIOBase, max_bytes: int) -> None:
-        super().__init__(file)
-        self.max_bytes = max_bytes
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(
-                f"it names {module}.{name}, which is refused: the file may hold only lists, dicts, strings, numbers "
-                "and numpy arrays (loading a pickle that names a function runs it)"
-            )
-        found = ALLOWED_GLOBALS[(module, name)]
-        if found is bytes:
-            return self._bytes
-        return self._reconstruct if found is _MULTIARRAY._reconstruct else found
-
-    def _refuse_above(self, n_bytes: int, what: str) -> None:
-        if n_bytes > self.max_bytes:
-            raise pickle.UnpicklingError(f"it asks for {what} of {n_bytes} bytes in a file of {self.max_bytes} bytes")
-
-    def _bytes(self, *args: Any) -> bytes:
-        if args and isinstance(args[0], int):
-            self._refuse_above(args[0], "bytes")
-        return bytes(*args)
-
-    def _reconstruct(self, subtype: type, shape: Any, dtype: Any) -> np.ndarray:
-        self._refuse_above(int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize, "an array")
-        return _MULTIARRAY._reconstruct(subtype, shape, dtype)
-
-
-_SIZED_OPCODES = {"FRAME", "PUT", "BINPUT", "LONG_BINPUT"}
-"""Opcodes whose argument is a size the unpickler allocates for (a frame; a memo table grown up to the index)."""
-
-
-def check_declared_sizes(raw: bytes) -> None:
-    """Raise ValueError when an opcode of the pickle ``raw`` declares a length or memo index beyond its size.
-
-    Python's unpickler allocates what a length says before reading that many bytes, and grows its memo table to
-    any index a PUT names: a pickle of a few dozen bytes can ask for terabytes. `pickletools.genops` reads each
-    opcode's argument without building anything and fails on a string or bytes longer than what is left.
-    """
-    for opcode, arg, _ in pickletools.genops(io.BytesIO(raw)):
-        if opcode.name in _SIZED_OPCODES and int(arg) > len(raw):
-            raise ValueError(f"its {opcode.name} opcode declares {arg}, more than the file's {len(raw)} bytes")
-
 
 def load_ground_truth(path: Path) -> dict[str, Any]:
-    """The ground-truth pickle at `path`, read with `RestrictedUnpickler` and checked.
+    """The ground-truth pickle at `path`, read with `load_data_pickle` and checked.
 
     Returns {"imlist": [str] * N, "qimlist": [str] * Q, "gnd": Q dicts of "bbx" (4,) float64 and "easy", "hard",
     "junk" int64 arrays of database ids}. Raises DatasetError naming the file for anything else.
     """
     try:
-        raw = path.read_bytes()
-        check_declared_sizes(raw)
-        data = RestrictedUnpickler(io.BytesIO(raw), len(raw)).load()
+        data = load_data_pickle(path.read_bytes())
     except OSError as err:
         raise DatasetError(f"The ground-truth file {path} cannot be read ({err}).") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
@@ -285,7 +207,7 @@ class RevisitedDataModule(L.LightningDataModule):
 
 # The generated offline set: a few "landmarks" (scikit-image's photographs), each seen by one query and by database
 # views of graded difficulty, among distractor photographs. Written as the published pickle so the quickstart reads
-# it through the same `RestrictedUnpickler`.
+# it through the same `load_data_pickle`.
 LANDMARKS = ("astronaut", "chelsea", "coffee", "rocket")
 DISTRACTORS = ("camera", "coins", "brick", "immunohistochemistry")
 VIEWS: dict[str, Callable[[Image.Image], Image.Image]] = {
