@@ -51,6 +51,13 @@ def read_boundaries(path: str | Path) -> np.ndarray:
         ) from None
     if not maps or any(m.ndim != 2 or m.shape != maps[0].shape for m in maps):
         raise DatasetError(f"{path}: its {len(maps)} boundary map(s) are not 2-D maps of one size; re-extract it.")
+    for k, m in enumerate(maps):
+        if m.dtype.kind not in "biuf" or (m.dtype.kind == "f" and not np.isfinite(m).all()):
+            raise DatasetError(
+                f"{path}: boundary map {k} (groundTruth{{{k + 1}}}.Boundaries) holds {m.dtype} values"
+                f"{' that are not finite' if m.dtype.kind == 'f' else ''}; a boundary map is 0 / 1 numbers. "
+                f"Re-extract the file. {HOW_TO_GET}."
+            )
     return np.stack([m > 0 for m in maps])
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -16,12 +15,11 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
+from .coco_checks import check_detection, check_instances
 from .errors import DatasetError
 from .files import load_image
 from .loaders import check_loader_options, image_items, usable_workers
 from .synthetic_coco import write_coco_like
-
-DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -31,60 +29,21 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 
 
 def load_coco(path: Path) -> COCO:
-    """The annotation file as a pycocotools COCO index; a clear error when it is not COCO-format JSON."""
+    """The annotation file as a pycocotools COCO index, checked by `check_instances` before pycocotools reads it;
+    a clear error when it is not COCO-format JSON or holds a bad annotation."""
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-            coco = COCO(str(path))
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
         raise DatasetError(
             f"Cannot read the instance annotations {path} ({type(err).__name__}: {err}). It must be a COCO-format "
             "JSON file with 'images', 'annotations' and 'categories': restore it from the dataset archive."
         ) from None
-    for ann_id, ann in coco.anns.items():
-        bbox, area = ann.get("bbox"), ann.get("area")
-        if not _is_box(bbox) or not (_is_number(area) and math.isfinite(area)):
-            raise DatasetError(
-                f"Annotation id {ann_id} in {path} has bbox = {str(bbox)[:80]}, area = {str(area)[:40]}: every "
-                "annotation needs bbox = [x, y, width, height] (finite numbers, width and height >= 0) and a finite "
-                "area. Restore the file from the dataset archive, or fix that annotation."
-            )
+    check_instances(data, path)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco.createIndex()
     return coco
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_box(bbox: object) -> bool:
-    """Whether ``bbox`` is a COCO box: a list of four finite numbers [x, y, width, height], width and height >= 0."""
-    return (
-        isinstance(bbox, list)
-        and len(bbox) == 4
-        and all(_is_number(v) and math.isfinite(v) for v in bbox)
-        and bbox[2] >= 0
-        and bbox[3] >= 0
-    )
-
-
-def check_detection(det: object, index: int, path: Path) -> None:
-    """Raise a DatasetError naming the file, the entry and the bad value unless ``det`` is a COCO result
-    ``{image_id: int, category_id: int, bbox: [x, y, w, h] finite numbers with w, h >= 0, score: finite number}``."""
-    fix = (
-        f"every entry needs {', '.join(DETECTION_KEYS)} with integer ids, bbox = [x, y, width, height] in pixels "
-        "(finite numbers, width and height >= 0) and a finite score (the COCO results format). Fix or remove the entry."
-    )
-    if not isinstance(det, dict) or (missing := [key for key in DETECTION_KEYS if key not in det]):
-        what = f"lacks {', '.join(missing)}" if isinstance(det, dict) else f"is a {type(det).__name__}"
-        raise DatasetError(f"Detection #{index} in {path} {what} ({str(det)[:120]}); {fix}")
-    problems = {
-        "image_id": not isinstance(det["image_id"], int) or isinstance(det["image_id"], bool),
-        "category_id": not isinstance(det["category_id"], int) or isinstance(det["category_id"], bool),
-        "bbox": not _is_box(det["bbox"]),
-        "score": not _is_number(det["score"]) or not math.isfinite(det["score"]),
-    }
-    for key, bad in problems.items():
-        if bad:
-            raise DatasetError(f"Detection #{index} in {path} has {key} = {str(det[key])[:80]}; {fix}")
 
 
 def load_detections(path: Path, image_ids: set[int], max_per_image: int) -> dict[int, list[dict[str, Any]]]:

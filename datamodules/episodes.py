@@ -129,12 +129,47 @@ def _rows(episode: Any, key: str, number: int, path: Path) -> list[list[str]]:
     return rows
 
 
-def load_episodes(path: Path, names: list[str]) -> list[Episode]:
-    """Episodes from a file written by `save_episodes`; every name must be one of `names` (the dataset's images).
+def check_episode(episode: Episode, labels: np.ndarray, names: list[str], path: Path, number: int) -> None:
+    """Refuse episode `number` of `path` unless it is a true N-way episode of the images' class ids `labels` (N,):
+    each row's supports of one class, its queries of that class and none of them among the episode's supports, and
+    the rows of N different classes (else the accuracy measures something else and nothing says so)."""
+    where = f"Episode {number} of episodes file {path}"
+    fix = (
+        "Fix: rewrite the episode (a run writes a valid file: drop data.episodes_file, and the run saves its "
+        "episodes), or check that data.root is the folder the episodes were drawn from."
+    )
+    support_set = set(episode.support.ravel().tolist())
+    if shared := [i for i in episode.query.ravel().tolist() if i in support_set]:
+        raise DatasetError(f"{where} has image {names[shared[0]]!r} both as a support and as a query. {fix}")
+    classes = []
+    for row, (support, query) in enumerate(zip(episode.support, episode.query)):
+        if len(kinds := np.unique(labels[support])) > 1:
+            raise DatasetError(
+                f"{where}: the supports of row {row} are of {len(kinds)} classes ({', '.join(names[i] for i in support)}"
+                f"); each row holds one class's images. {fix}"
+            )
+        if stray := [i for i in query if labels[i] != kinds[0]]:
+            raise DatasetError(
+                f"{where}: query {names[stray[0]]!r} of row {row} is not of that row's class (its supports are "
+                f"{', '.join(names[i] for i in support)}). {fix}"
+            )
+        classes.append(int(kinds[0]))
+    if len(set(classes)) < len(classes):
+        row = next(r for r, c in enumerate(classes) if classes.index(c) != r)
+        raise DatasetError(
+            f"{where} is meant to be {len(classes)}-way, but rows {classes.index(classes[row])} and {row} are of the "
+            f"same class ({names[episode.support[row, 0]]!r}). {fix}"
+        )
+
+
+def load_episodes(path: Path, names: list[str], labels: np.ndarray) -> list[Episode]:
+    """Episodes from a file written by `save_episodes`; every name must be one of `names` (the dataset's images,
+    whose class ids are `labels` (N,)), and every episode pass `check_episode`.
 
     Raises:
-        DatasetError: the file is unreadable, not JSON (names the line and column), malformed or refers to images
-            not in `names`; names the file, the episode and the fix.
+        DatasetError: the file is unreadable, not JSON (names the line and column), malformed, refers to images
+            not in `names`, or holds an episode that is not N-way (a query among its supports, a query of another
+            class, two rows of one class); names the file, the episode and the fix.
     """
     path = Path(path)
     try:
@@ -173,6 +208,7 @@ def load_episodes(path: Path, names: list[str]) -> list[Episode]:
         )
         check_protocol(len(support), support.shape[1], query.shape[1], path, number)
         episodes.append(Episode(support=support, query=query))
+        check_episode(episodes[-1], np.asarray(labels), names, path, number)
     if not episodes:
         raise DatasetError(f"Episodes file {path} holds no episode.")
     if len({(ep.support.shape, ep.query.shape) for ep in episodes}) > 1:

@@ -231,7 +231,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     def episodes(self) -> dict[int, list[Episode]]:
         """K -> the episodes to evaluate: those of `episodes_file`, else sampled with `seed` for every K in k_shot."""
         if self.episodes_file is not None:
-            fixed = load_episodes(self.episodes_file, self.image_names())
+            fixed = load_episodes(self.episodes_file, self.image_names(), self.sets[0].labels)
             return {fixed[0].k_shot: fixed}
         labels = self.sets[0].labels
         return {

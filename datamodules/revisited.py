@@ -3,13 +3,13 @@
 Layout (the revisitop repository's): `root/<name>/jpg/<image>.jpg` and `root/<name>/gnd_<name>.pkl`, name `roxford5k`
 or `rparis6k`. The ground-truth file is a Python pickle of {"imlist": [names], "qimlist": [names], "gnd": [per query
 {"bbx": [x1, y1, x2, y2], "easy": ids, "hard": ids, "junk": ids}]}. A pickle can run any code it names when loaded, so
-it is read with `RestrictedUnpickler`, which builds plain containers and numpy arrays only and refuses anything else.
+it is read with `data_pickle.load_data_pickle`, which builds plain containers and numpy arrays only and refuses
+anything else, or anything larger than the file.
 Query images are cropped to their box before embedding, as the protocol requires; queries are not in the database.
 """
 
 from __future__ import annotations
 
-import io
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +25,10 @@ from utils.atomic import atomic_folder
 from utils.errors import option
 from utils.images import rgb_image
 
+from .coco_checks import MARGIN
+from .data_pickle import load_data_pickle
 from .errors import DatasetError
+from .files import image_size
 from .loaders import check_loader_options, usable_workers
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -35,52 +38,15 @@ SOURCES = {
 }
 GROUND_TRUTH_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/gnd_{name}.pkl"
 
-# What a numpy array (and a numpy scalar) needs to be rebuilt from a pickle, under the names numpy 1 and 2 write.
-_MULTIARRAY = (getattr(np, "_core", None) or np.core).multiarray  # numpy 2 moved numpy.core to numpy._core
-_NUMPY = {"_reconstruct": _MULTIARRAY._reconstruct, "scalar": _MULTIARRAY.scalar}
-ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **{(m, name): obj for m in ("numpy.core.multiarray", "numpy._core.multiarray") for name, obj in _NUMPY.items()},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-def _latin1_bytes(text: str, encoding: str) -> bytes:
-    """Protocol-2 pickles of numpy arrays carry their bytes as `_codecs.encode(text, "latin1")`; no other codec."""
-    if encoding != "latin1":
-        raise pickle.UnpicklingError(f"it encodes bytes with {encoding!r}, which is refused (only latin1 is)")
-    return text.encode("latin1")
-
-
-ALLOWED_GLOBALS[("_codecs", "encode")] = _latin1_bytes
-# protocol 2 names bytes by its Python 2 module (`Unpickler.find_class`'s own renaming is bypassed when overridden)
-ALLOWED_GLOBALS.update({("__builtin__", "bytes"): bytes, ("builtins", "bytes"): bytes})
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds only plain containers, strings, numbers and numpy arrays.
-
-    Plain values need no global; every global a pickle names goes through `find_class`, which admits the few that
-    rebuild numpy arrays (`ALLOWED_GLOBALS`) and refuses any other, so that no code the file names is run.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in ALLOWED_GLOBALS:
-            return ALLOWED_GLOBALS[(module, name)]
-        raise pickle.UnpicklingError(
-            f"it names {module}.{name}, which is refused: the file may hold only lists, dicts, strings, numbers and "
-            "numpy arrays (loading a pickle that names a function runs it)"
-        )
-
 
 def load_ground_truth(path: Path) -> dict[str, Any]:
-    """The ground-truth pickle at `path`, read with `RestrictedUnpickler` and checked.
+    """The ground-truth pickle at `path`, read with `load_data_pickle` and checked.
 
     Returns {"imlist": [str] * N, "qimlist": [str] * Q, "gnd": Q dicts of "bbx" (4,) float64 and "easy", "hard",
     "junk" int64 arrays of database ids}. Raises DatasetError naming the file for anything else.
     """
     try:
-        data = RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
+        data = load_data_pickle(path.read_bytes())
     except OSError as err:
         raise DatasetError(f"The ground-truth file {path} cannot be read ({err}).") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
@@ -102,18 +68,42 @@ def load_ground_truth(path: Path) -> dict[str, Any]:
 def _structure_problem(data: Any) -> str | None:
     if not isinstance(data, dict) or not {"imlist", "qimlist", "gnd"} <= set(data):
         return "it must be a dict with 'imlist', 'qimlist' and 'gnd'"
+    for key in ("imlist", "qimlist"):
+        if not isinstance(data[key], list) or not all(isinstance(name, str) for name in data[key]):
+            return f"'{key}' must be a list of image names (strings)"
+    if not isinstance(data["gnd"], list):
+        return "'gnd' must be a list of one dict per query"
     if len(data["gnd"]) != len(data["qimlist"]):
         return f"{len(data['qimlist'])} queries in 'qimlist' but {len(data['gnd'])} entries in 'gnd'"
     n = len(data["imlist"])
     for q, query in enumerate(data["gnd"]):
         if not isinstance(query, dict) or not {"bbx", "easy", "hard", "junk"} <= set(query):
             return f"gnd[{q}] must be a dict with 'bbx', 'easy', 'hard' and 'junk'"
-        ids = np.concatenate([np.asarray(query[k], np.int64).ravel() for k in ("easy", "hard", "junk")])
+        lists = [np.asarray(query[k]) for k in ("easy", "hard", "junk")]
+        if any(ids.size and ids.dtype.kind not in "iu" for ids in lists):
+            return f"gnd[{q}]'s 'easy', 'hard' and 'junk' must be arrays of database ids (whole numbers)"
+        ids = np.concatenate([ids.astype(np.int64).ravel() for ids in lists])
         if len(ids) and (ids.min() < 0 or ids.max() >= n):
             return f"gnd[{q}] names database ids outside 0..{n - 1}"
-        if np.asarray(query["bbx"]).size != 4:
-            return f"gnd[{q}]['bbx'] must be 4 numbers (x1, y1, x2, y2)"
+        bbx = np.asarray(query["bbx"])
+        if bbx.size != 4 or bbx.dtype.kind not in "iuf" or not np.isfinite(bbx).all():
+            return f"gnd[{q}]['bbx'] = {str(query['bbx'])[:80]} must be 4 finite numbers (x1, y1, x2, y2)"
+        if not (bbx.ravel()[0] < bbx.ravel()[2] and bbx.ravel()[1] < bbx.ravel()[3]):
+            return f"gnd[{q}]['bbx'] = {bbx.ravel().tolist()} has x2 <= x1 or y2 <= y1 (corners x1, y1, x2, y2)"
     return None
+
+
+def check_query_box(truth: Path, query: int, bbx: np.ndarray, size: tuple[int, int]) -> None:
+    """Refuse query `query`'s box `(x1, y1, x2, y2)` unless it lies in its image of `size` (width, height) up to
+    `MARGIN` (PIL would crop the blank outside)."""
+    w, h = size
+    low, high = -MARGIN * np.array([w, h]) - 2, np.array([w, h]) * (1 + MARGIN) + 2
+    if np.any(bbx[:2] < low) or np.any(bbx[2:] > high):
+        raise DatasetError(
+            f"The ground-truth file {truth} gives query {query} (gnd[{query}]['bbx']) the box {bbx.tolist()}, "
+            f"outside its {w}x{h} (WxH) image: boxes are pixel corners x1, y1, x2, y2. Fix: download the file again "
+            f"({GROUND_TRUTH_URL.format(name=truth.stem.removeprefix('gnd_'))})."
+        )
 
 
 def crop_query(image: Image.Image, bbx: np.ndarray) -> Image.Image:
@@ -197,6 +187,9 @@ class RevisitedDataModule(L.LightningDataModule):
             raise DatasetError(
                 self._not_found(f"{len(missing)} listed image(s) missing, e.g. {', '.join(missing[:3])}")
             )
+        for path, bbx, part, q in self.dataset.items:
+            if part == 1:
+                check_query_box(gnd_path, q, bbx, image_size(path))
 
     def _not_found(self, what: str) -> str:
         source = SOURCES.get(self.name, "the dataset's images")
@@ -216,7 +209,7 @@ class RevisitedDataModule(L.LightningDataModule):
 
 # The generated offline set: a few "landmarks" (scikit-image's photographs), each seen by one query and by database
 # views of graded difficulty, among distractor photographs. Written as the published pickle so the quickstart reads
-# it through the same `RestrictedUnpickler`.
+# it through the same `load_data_pickle`.
 LANDMARKS = ("astronaut", "chelsea", "coffee", "rocket")
 DISTRACTORS = ("camera", "coins", "brick", "immunohistochemistry")
 VIEWS: dict[str, Callable[[Image.Image], Image.Image]] = {

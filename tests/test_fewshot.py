@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -133,10 +134,30 @@ def test_episodes_are_seeded_disjoint_and_replayable(tmp_path: Path) -> None:
         assert len(np.unique(rows)) == rows.size
     names = [f"c{label}/{i}.png" for i, label in enumerate(labels)]
     save_episodes(tmp_path / "episodes.json", first, names)
-    loaded = load_episodes(tmp_path / "episodes.json", names)
+    loaded = load_episodes(tmp_path / "episodes.json", names, labels)
     assert all((a.support == b.support).all() and (a.query == b.query).all() for a, b in zip(first, loaded))
     with pytest.raises(DatasetError, match="not in the dataset"):
-        load_episodes(tmp_path / "episodes.json", names[:-50])
+        load_episodes(tmp_path / "episodes.json", names[:-50], labels[:-50])
+
+
+@pytest.mark.parametrize(
+    ("support", "query", "message"),
+    [
+        ([["a/0", "a/1"], ["b/0", "b/1"]], [["a/1"], ["b/2"]], "image 'a/1' both as a support and as a query"),
+        ([["a/0", "a/1"], ["b/0", "b/1"]], [["a/2"], ["a/3"]], "query 'a/3' of row 1 is not of that row's class"),
+        ([["a/0", "b/1"], ["b/0", "b/2"]], [["a/2"], ["b/3"]], "the supports of row 0 are of 2 classes"),
+        ([["a/0", "a/1"], ["a/2", "a/3"]], [["a/4"], ["a/5"]], "meant to be 2-way, but rows 0 and 1 are of the same"),
+    ],
+)
+def test_episodes_file_that_is_not_n_way_is_refused(tmp_path: Path, support: list, query: list, message: str) -> None:
+    """An episode whose query is one of its supports, of another class, or two rows of one class: refused by name."""
+    names = [f"{c}/{i}" for c in "ab" for i in range(6)]
+    labels = np.repeat([0, 1], 6)
+    episodes = [{"support": [["a/0", "a/1"], ["b/0", "b/1"]], "query": [["a/2"], ["b/2"]]}]
+    episodes.append({"support": support, "query": query})
+    (tmp_path / "episodes.json").write_text(json.dumps({"episodes": episodes}))
+    with pytest.raises(DatasetError, match=rf"Episode 1 of episodes file .*episodes\.json.*{message}.*Fix: "):
+        load_episodes(tmp_path / "episodes.json", names, labels)
 
 
 def test_linear_probe_grid_learns_separable_classes() -> None:

@@ -46,7 +46,7 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
     result = (
         run_call(case, tmp_path)
         if case.call is not None
-        else run_cli(case.argv, tmp_path, case.env, case.timeout, case.fresh)
+        else run_cli(case.argv, tmp_path, case.env, case.timeout, case.fresh, case.memory_limit_gb)
     )
     assert "Traceback" not in result.text, result.text
     assert result.exit_code == case.exit_code, result.text

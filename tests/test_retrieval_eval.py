@@ -117,6 +117,49 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path
     assert str(path) in str(info.value) and not marker.exists()
 
 
+TERABYTES_16 = (16 * 10**12).to_bytes(6, "little")
+BOMBS = {
+    # bytes(16e12) through the admitted `bytes` global (protocol 2 rebuilds b"" as bytes())
+    "bytes-call": b"\x80\x02c__builtin__\nbytes\n\x8a\x06" + TERABYTES_16 + b"\x85R.",
+    # a BINBYTES8 opcode declaring 16 TB: the unpickler allocates before it reads
+    "declared-length": b"\x80\x04\x8e" + (16 * 10**12).to_bytes(8, "little") + b".",
+    # a FRAME of 16 TB
+    "frame": b"\x80\x04\x95" + (16 * 10**12).to_bytes(8, "little") + b"N.",
+    # a memo index of 2**24: the unpickler grows its memo table to it (harmless here, refused all the same)
+    "memo-index": b"\x80\x02K\x01r" + (1 << 24).to_bytes(4, "little") + b".",
+    # numpy's _reconstruct asked for a 16 TB array
+    "array-shape": b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x06"
+    + TERABYTES_16
+    + b"\x85C\x01b\x87R.",
+}
+
+
+@pytest.mark.parametrize("bomb", BOMBS, ids=list(BOMBS))
+def test_a_pickle_cannot_ask_for_more_memory_than_its_size(tmp_path: Path, bomb: str) -> None:
+    path = tmp_path / "gnd_roxford5k.pkl"
+    path.write_bytes(BOMBS[bomb])
+    with pytest.raises(DatasetError, match=rf"{path} is not a revisited-protocol pickle: .*(bytes|declares).*Fix"):
+        load_ground_truth(path)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"bbx": [np.nan, 2.0, 30.0, 40.0]}, r"gnd\[0\]\['bbx'\] = \[nan, 2.0, 30.0, 40.0\] must be 4 finite numbers"),
+        ({"bbx": [30.0, 2.0, 1.5, 40.0]}, r"has x2 <= x1 or y2 <= y1"),
+        ({"bbx": "abcd"}, r"must be 4 finite numbers"),
+        ({"easy": ["x", "y"]}, r"gnd\[0\]'s 'easy', 'hard' and 'junk' must be arrays of database ids"),
+    ],
+)
+def test_bad_query_entries_are_refused(tmp_path: Path, query: dict, message: str) -> None:
+    data = published_structure()
+    data["gnd"][0].update(query)
+    path = tmp_path / "gnd_roxford5k.pkl"
+    path.write_bytes(pickle.dumps(data))
+    with pytest.raises(DatasetError, match=rf"{path} is not in the revisitop format: .*{message}"):
+        load_ground_truth(path)
+
+
 def write_layout(root: Path) -> tuple[Path, np.ndarray]:
     """root/roxford5k with 2 database images and 1 query of 64x48 random pixels; returns the query file and box."""
     folder = root / "roxford5k" / "jpg"
@@ -142,6 +185,16 @@ def test_queries_are_cropped_to_their_box(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(images.load(2)), expected)
     assert images[2]["image"].shape == (3, round(28 * (y2 - y1) / (x2 - x1)), 28) and images[2]["part"] == 1
     assert images[0]["image"].shape == (3, 21, 28) and images[0]["part"] == 0  # database images are whole
+
+
+def test_a_query_box_outside_its_image_is_refused(tmp_path: Path) -> None:
+    write_layout(tmp_path)
+    path = tmp_path / "roxford5k" / "gnd_roxford5k.pkl"
+    data = pickle.loads(path.read_bytes())
+    data["gnd"][0]["bbx"] = np.array([10.0, 5.0, 400.0, 30.0])
+    path.write_bytes(pickle.dumps(data))
+    with pytest.raises(DatasetError, match=rf"{path} gives query 0 .* outside its 64x48 \(WxH\) image"):
+        RevisitedDataModule(str(tmp_path), "roxford5k", num_workers=0).setup("test")
 
 
 def test_missing_data_names_the_layout_and_where_to_get_it(tmp_path: Path) -> None:

@@ -148,6 +148,24 @@ def test_the_mat_reader_reads_a_bsds_file(tmp_path: Path) -> None:
         read_boundaries(tmp_path / "c.mat")
 
 
+@pytest.mark.parametrize(
+    ("boundaries", "message"),
+    [
+        (np.full((4, 5), np.nan), "holds float64 values that are not finite"),
+        (np.full((4, 5), "x", dtype=object), "holds object values"),
+        (np.zeros((4, 5), complex), "holds complex128 values"),
+    ],
+)
+def test_a_bsds_file_with_bad_boundaries_is_refused(tmp_path: Path, boundaries: np.ndarray, message: str) -> None:
+    """A .mat whose second annotator's map is not 0 / 1 numbers (NaN, a cell, complex): the file and map named."""
+    cells = np.empty((1, 2), object)
+    for k, maps in enumerate((np.eye(4, 5, dtype=np.uint8), boundaries)):
+        cells[0, k] = {"Segmentation": np.ones((4, 5), np.uint16), "Boundaries": maps}
+    scipy.io.savemat(tmp_path / "bad.mat", {"groundTruth": cells})
+    with pytest.raises(DatasetError, match=rf"bad\.mat: boundary map 1 \(groundTruth\{{2\}}\.Boundaries\) {message}"):
+        read_boundaries(tmp_path / "bad.mat")
+
+
 def test_grid_masks_are_sam_predictors_probabilities() -> None:
     torch.manual_seed(0)  # a random SAM's predicted IoUs sit near 0: another draw can have none above the threshold
     sam = build_sam("vit_b", **TINY_SAM)

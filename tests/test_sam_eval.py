@@ -224,7 +224,9 @@ def test_bad_annotation_box_names_the_annotation(coco_root: Path, tmp_path: Path
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
     ann_id = data["annotations"][1]["id"]
-    with pytest.raises(DatasetError, match=rf"Annotation id {ann_id} in .*instances_val2017.json has bbox = \['1'"):
+    with pytest.raises(
+        DatasetError, match=rf"Annotation #1 \(id {ann_id}\) in .*instances_val2017.json has bbox = \['1'"
+    ):
         datamodule(tmp_path)
 
 

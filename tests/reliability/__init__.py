@@ -8,8 +8,10 @@ in a fresh folder (`argv`), or a call of the Python API (`call`). What main did 
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,9 @@ class Case:
     check: further assertions on the outcome (for cases whose fix is a correct result, not an error).
     exit_code: 2 for a user error; 0 where the fix is that the command now does the right thing.
     fresh: run argv in a new interpreter (import-time behaviour); otherwise it is forked from a warm one.
+    memory_limit_gb: for argv, the address space the command may use (``RLIMIT_AS``), for inputs that once made a
+        run allocate without bound: a regression then fails the case instead of exhausting the machine. 8 GB is
+        what a tiny train.py run needs (torch reserves address space it does not use).
     """
 
     id: str
@@ -64,6 +69,7 @@ class Case:
     timeout: float = 240.0
     fresh: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    memory_limit_gb: float | None = None
 
 
 # Train.py overrides that make any run take seconds: the tiny fixture backbone, 56 px crops, 2 steps.
@@ -113,7 +119,7 @@ class _ForkServer:
     process: subprocess.Popen | None = None
 
     @classmethod
-    def run(cls, args: list[str], tmp: Path, env: dict[str, str], timeout: float) -> Result:
+    def run(cls, args: list[str], tmp: Path, env: dict[str, str], timeout: float, memory_limit: int | None) -> Result:
         if cls.process is None or cls.process.poll() is not None:
             cls.process = subprocess.Popen(
                 [sys.executable, "-m", "tests.reliability._fork_server"],
@@ -126,22 +132,45 @@ class _ForkServer:
             atexit.register(cls.process.kill)
         with tempfile.TemporaryDirectory() as folder:
             out = Path(folder) / "output.txt"
-            request = {"argv": args, "cwd": str(tmp), "env": env, "timeout": timeout, "out": str(out)}
+            request = {
+                "argv": args,
+                "cwd": str(tmp),
+                "env": env,
+                "timeout": timeout,
+                "out": str(out),
+                "memory_limit": memory_limit,
+            }
             cls.process.stdin.write(json.dumps(request) + "\n")
             cls.process.stdin.flush()
             reply = json.loads(cls.process.stdout.readline())
             return Result(reply["exit_code"], out.read_text())
 
 
-def run_cli(argv: tuple[str, ...], tmp: Path, env: dict[str, str], timeout: float, fresh: bool = False) -> Result:
-    """Run ``python ARGV`` in ``tmp``: forked from the warm server, or in a new interpreter when ``fresh``."""
+def limit_memory(n_bytes: int | None) -> None:
+    """Cap this process's address space at ``n_bytes`` (``RLIMIT_AS``; None: no cap). Called in a child only."""
+    if n_bytes is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (n_bytes, n_bytes))
+
+
+def run_cli(
+    argv: tuple[str, ...],
+    tmp: Path,
+    env: dict[str, str],
+    timeout: float,
+    fresh: bool = False,
+    memory_limit_gb: float | None = None,
+) -> Result:
+    """Run ``python ARGV`` in ``tmp``: forked from the warm server, or in a new interpreter when ``fresh``; with
+    at most ``memory_limit_gb`` of address space when given."""
     args = [substitute(a, tmp) for a in argv]
     if args and args[0] == "train.py":
         args[0] = str(REPO / "train.py")
+    memory_limit = None if memory_limit_gb is None else int(memory_limit_gb * (1 << 30))
     if not fresh:
-        return _ForkServer.run(args, tmp, offline_env(tmp, env), timeout)
+        return _ForkServer.run(args, tmp, offline_env(tmp, env), timeout, memory_limit)
     proc = subprocess.run(
         [sys.executable, *args],
+        preexec_fn=functools.partial(limit_memory, memory_limit),
         check=False,
         cwd=tmp,
         env=offline_env(tmp, env),

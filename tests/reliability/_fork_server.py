@@ -29,9 +29,12 @@ import timm  # noqa: F401
 import torch  # noqa: F401
 import torchmetrics  # noqa: F401
 
+from tests.reliability import limit_memory
+
 
 def child(request: dict) -> int:
     """Become the requested command; return its exit code."""
+    limit_memory(request.get("memory_limit"))
     fd = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -102,7 +102,7 @@ def episodes_file(text: str):
         from datamodules.episodes import load_episodes
 
         (tmp / "episodes.json").write_text(text)
-        load_episodes(tmp / "episodes.json", ["a/0.png", "a/1.png", "b/0.png", "b/1.png"])
+        load_episodes(tmp / "episodes.json", ["a/0.png", "a/1.png", "b/0.png", "b/1.png"], np.array([0, 0, 1, 1]))
 
     return load
 
