@@ -6,7 +6,6 @@ come from `datamodules.oneshot`.
 
 from __future__ import annotations
 
-import io
 import pickle
 import re
 from pathlib import Path
@@ -18,10 +17,10 @@ from utils.errors import option
 from utils.images import read_mask
 
 from .coco import load_coco
+from .data_pickle import load_data_pickle
 from .errors import DatasetError
 from .files import load_image
 from .oneshot import OneShotDataModule, OneShotReader
-from .revisited import RestrictedUnpickler
 from .synthetic_oneshot import write_oneshot_like
 
 COCO_FOLDS = 4
@@ -279,11 +278,11 @@ class Coco20iDataModule(OneShotDataModule):
 def read_hsnet_lists(path: Path, class_ids: list[int], image_ids: dict[str, int]) -> dict[int, list[int]]:
     """HSNet's COCO-20i image lists: a pickle of {class index: ["val2014/<file_name>", ...]} -> {class: image ids}.
 
-    Read with `RestrictedUnpickler` (plain containers only: a pickle that names any function is refused), then
+    Read with `load_data_pickle` (plain containers only, no more memory than the file's size justifies), then
     checked: every class of `class_ids` listed, every name an image of the annotations (`image_ids` by file name).
     """
     try:
-        data = RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
+        data = load_data_pickle(path.read_bytes())
     except OSError as err:
         raise DatasetError(f"HSNet's episode lists {path} cannot be read ({err}).") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
