@@ -6,6 +6,8 @@ A row's `protocol` overrides are `python train.py` overrides (Hydra); `runs` lis
 paper's unit: ours is `metric x scale`. `pipeline` names the generated stand-in set that `--pipeline` runs instead of
 the real data (the same head and protocol options, tiny models). GPU minutes and GiB are ESTIMATES for one H100
 (no GPU has measured this suite yet: README, "Measured so far"), from the models' sizes and the split sizes.
+
+Longer than 300 lines: the rows are data, one entry per published number with its source and data layout.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """One photo reader and one mask reader (utils.images) for every tool: a folder of odd files (16-bit, float, CMYK,
 palette with transparency, EXIF-rotated, grey+alpha, RGBA, animated GIF) reads the same pixels through every
-entry point that reads photos, and the unreadable ones (truncated, empty, text) are refused naming the file."""
+entry point that reads photos, and the unreadable ones (truncated, empty, text) are refused naming the file.
+
+Longer than 300 lines: the odd-file folder and the table of every entry point that reads photos, one short test each.
+"""
 
 from __future__ import annotations
 
