@@ -126,8 +126,8 @@ def check_run_options(cfg: DictConfig) -> None:
 
 
 def resolved_yaml(cfg: DictConfig) -> str:
-    """The run's config with every interpolation resolved; UserError for one that points at nothing."""
-    from omegaconf.errors import InterpolationKeyError
+    """The run's config with every interpolation resolved; UserError for one that points at nothing or at itself."""
+    from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError
 
     try:
         return OmegaConf.to_yaml(cfg, resolve=True)
@@ -141,6 +141,28 @@ def resolved_yaml(cfg: DictConfig) -> str:
             "head needs a depth dataset, data=nyu or data=kitti; a segmentation head a segmentation dataset). Fix: "
             "choose matching configs; `python train.py --cfg job` shows what was composed."
         ) from None
+    except InterpolationResolutionError as err:
+        # e.g. data.batch_size='${data.batch_size}': OmegaConf says only "Recursive interpolation detected"
+        key = err.full_key
+        override = next((o for o in _overrides() if o.split("=", 1)[0].lstrip("+~") == key), None)
+        where = f"the override `{override}`" if override else f"the config value {key}"
+        reason = str(err).splitlines()[0]
+        if reason.startswith("Recursive interpolation"):
+            reason = "it refers to itself, directly or through other keys"
+        raise UserError(
+            f"{key} cannot be resolved: {reason} ({where}). Fix: give {key} a value (e.g. `{key}=VALUE`), or an "
+            f"interpolation of another key (`{key}='${{other.key}}'`); `python train.py --cfg job` shows what was "
+            "composed."
+        ) from None
+
+
+def _overrides() -> list[str]:
+    """The run's command-line overrides, as written (an override holding `${...}` is not resolved)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
 
 
 def _choices() -> dict[str, str]:
@@ -222,10 +244,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     from utils.checkpoints import resume_checkpoint
 
+    config_yaml = resolved_yaml(cfg)  # first: a value that cannot be resolved fails wherever it is read
     check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume = resume_checkpoint(cfg.ckpt_path) if cfg.train else None  # a bad file stops the run before it starts
-    write_text(output_dir / "config.yaml", resolved_yaml(cfg))
+    write_text(output_dir / "config.yaml", config_yaml)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
     model = build(cfg.head)
