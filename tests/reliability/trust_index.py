@@ -131,7 +131,7 @@ CASES = [
     # an index folder is one thing: a file of another index, or a changed one, is refused by name
     Case(
         "index-faiss-swapped-same-count",
-        "silent",  # queried without complaint: the query image was no longer its own first hit
+        "silent",  # queried without complaint: the other index's rows, named with this index's paths
         argv=QUERY,
         setup=faiss_of_same_count,
         names=("{tmp}/index/index.faiss", "inconsistent", "`python -m retrieval index", "--out {tmp}/index"),
@@ -173,14 +173,14 @@ CASES = [
     # an unwritable download cache: the folder and the fix, in the syntax of the command
     Case(
         "download-cache-not-a-folder-train",
-        "traceback",  # four chained tracebacks, ending in NotADirectoryError
+        "wrapped",  # "Error in call to target 'backbones.load_backbone': NotADirectoryError(20, 'Not a directory')"
         argv=("train.py", "head=linear_seg", "data=ade20k", "data.root={tmp}/ade", "backbone.download=true"),
         setup=cache_is_a_file,
         names=(*CACHE_FIX, "backbone.download=true", "backbone.checkpoint=PATH"),
     ),
     Case(
         "download-cache-not-a-folder-visualize",
-        "traceback",
+        "traceback",  # four chained tracebacks, ending in NotADirectoryError
         argv=("-m", "visualize.pca", "{tmp}/images/a.png", "--out", "{tmp}/o.png", "--download", *TINY),
         setup=cache_is_a_file,
         names=(*CACHE_FIX, "--download", "--checkpoint PATH"),
