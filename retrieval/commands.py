@@ -66,10 +66,24 @@ def check_same(index_dir: Path, stored: dict[str, Any], asked: dict[str, Any]) -
     """RetrievalError unless `asked` embeds as the index's own spec and weights do."""
     keys = ("embedding", "weights_sha256")
     if any(stored.get(k) != asked.get(k) for k in keys):
+        loading = stored.get("loading") or {}
+        # the same settings, other weights: random weights drawn before they were seeded (or real ones found since)
+        lost = (
+            loading.get("random_weights")
+            and loading == asked.get("loading")
+            and stored.get("embedding") == asked.get("embedding")
+        )
+        unseeded = (
+            " The index was built with random weights that cannot be made again (drawn before random weights were "
+            "seeded, or weights were put into the torch.hub cache since): build it again (delete it, then "
+            "`python -m retrieval index ... --random-weights`)."
+            if lost
+            else ""
+        )
         raise RetrievalError(
             f"The index {index_dir} was built with {describe(stored)}; this command asks for {describe(asked)}. "
             "Descriptors of other settings cannot be compared: give the index's own settings (query: leave them "
-            "out), or build another index with --out."
+            f"out), or build another index with --out.{unseeded}"
         )
 
 

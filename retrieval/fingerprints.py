@@ -46,5 +46,5 @@ def difference(root: Path, name: str, recorded: dict[str, int | str]) -> str | N
     if found["size"] != recorded.get("size"):
         return f"holds {found['size']} bytes, not the {recorded.get('size')} its build wrote"
     if found["sha256"] != recorded.get("sha256"):
-        return "holds other bytes than its build wrote (of the same size)"
+        return "holds as many bytes as its build wrote, but other ones"
     return None

@@ -273,7 +273,10 @@ def test_a_changed_index_file_is_refused_by_name_and_the_given_command_rebuilds_
     capsys.readouterr()
     assert main(query) == 2
     message = capsys.readouterr().err
-    assert f"{copy / 'paths.json'} holds other bytes" in message and "inconsistent" in message, message
+    assert (
+        f"{copy / 'paths.json'} holds as many bytes as its build wrote, but other ones" in message
+        and "inconsistent" in message
+    ), message
     assert main([*rebuild_command_in(message), "--device", "cpu", "--num-workers", "0"]) == 0
     assert "(0 embedded now" in capsys.readouterr().out
     assert main(query) == 0 and json.loads((copy / "paths.json").read_text()) == json.loads(
@@ -319,3 +322,7 @@ def test_an_index_of_random_weights_can_be_queried_with_them(tmp_path, capsys) -
         == 0
     )
     assert "Wrote" in capsys.readouterr().out
+    spec = json.loads((tmp_path / "index" / "spec.json").read_text())
+    (tmp_path / "index" / "spec.json").write_text(json.dumps(spec | {"weights_sha256": "0" * 64}))  # as if unseeded
+    query = ["query", str(tmp_path / "index"), image, "--random-weights", "--k", "5", "--out", str(tmp_path / "r")]
+    fails(query, capsys, "random weights that cannot be made again", "--random-weights")
