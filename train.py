@@ -143,26 +143,18 @@ def resolved_yaml(cfg: DictConfig) -> str:
         ) from None
     except InterpolationResolutionError as err:
         # e.g. data.batch_size='${data.batch_size}': OmegaConf says only "Recursive interpolation detected"
-        key = err.full_key
-        override = next((o for o in _overrides() if o.split("=", 1)[0].lstrip("+~") == key), None)
-        where = f"the override `{override}`" if override else f"the config value {key}"
-        reason = str(err).splitlines()[0]
-        if reason.startswith("Recursive interpolation"):
-            reason = "it refers to itself, directly or through other keys"
+        from hydra.core.hydra_config import HydraConfig
+
+        key, hydra = err.full_key, HydraConfig.get() if HydraConfig.initialized() else None
+        written = OmegaConf.to_container(hydra.overrides.task) if hydra else []  # unresolved: as the user wrote them
+        override = next((o for o in written if o.split("=", 1)[0].lstrip("+~") == key), None)
+        recursive = str(err).startswith("Recursive interpolation")
+        reason = "it refers to itself, directly or through other keys" if recursive else str(err).splitlines()[0]
         raise UserError(
-            f"{key} cannot be resolved: {reason} ({where}). Fix: give {key} a value (e.g. `{key}=VALUE`), or an "
-            f"interpolation of another key (`{key}='${{other.key}}'`); `python train.py --cfg job` shows what was "
-            "composed."
+            f"{key} cannot be resolved: {reason} ({f'the override `{override}`' if override else 'the config'}). Fix: "
+            f"give {key} a value (`{key}=VALUE`) or an interpolation of another key (`{key}='${{other.key}}'`); "
+            "`python train.py --cfg job` shows what was composed."
         ) from None
-
-
-def _overrides() -> list[str]:
-    """The run's command-line overrides, as written (an override holding `${...}` is not resolved)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
 
 
 def _choices() -> dict[str, str]:

@@ -62,7 +62,7 @@ def test_random_weights_are_seeded_and_leave_the_callers_random_state_alone(
     torch.manual_seed(3)
     unseeded_build = weights_sha256(backbones.build_dinov2("dinov2_vits14", **TINY))
     assert from_global == [unseeded_build, unseeded_build] != [digests[0]] * 2
-    with pytest.raises(ValueError, match="random_seed='a'"):
+    with pytest.raises(ValueError, match="random_seed=a is not a seed"):
         backbones.load_backbone("dinov2_vits14", random_fallback=True, random_seed="a", **TINY)
 
 
