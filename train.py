@@ -126,8 +126,8 @@ def check_run_options(cfg: DictConfig) -> None:
 
 
 def resolved_yaml(cfg: DictConfig) -> str:
-    """The run's config with every interpolation resolved; UserError for one that points at nothing."""
-    from omegaconf.errors import InterpolationKeyError
+    """The run's config with every interpolation resolved; UserError for one that points at nothing or at itself."""
+    from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError
 
     try:
         return OmegaConf.to_yaml(cfg, resolve=True)
@@ -140,6 +140,20 @@ def resolved_yaml(cfg: DictConfig) -> str:
             f"{reads}, which the composed config ({choices}) does not have: these configs do not go together (a depth "
             "head needs a depth dataset, data=nyu or data=kitti; a segmentation head a segmentation dataset). Fix: "
             "choose matching configs; `python train.py --cfg job` shows what was composed."
+        ) from None
+    except InterpolationResolutionError as err:
+        # e.g. data.batch_size='${data.batch_size}': OmegaConf says only "Recursive interpolation detected"
+        from hydra.core.hydra_config import HydraConfig
+
+        key, hydra = err.full_key, HydraConfig.get() if HydraConfig.initialized() else None
+        written = OmegaConf.to_container(hydra.overrides.task) if hydra else []  # unresolved: as the user wrote them
+        override = next((o for o in written if o.split("=", 1)[0].lstrip("+~") == key), None)
+        recursive = str(err).startswith("Recursive interpolation")
+        reason = "it refers to itself, directly or through other keys" if recursive else str(err).splitlines()[0]
+        raise UserError(
+            f"{key} cannot be resolved: {reason} ({f'the override `{override}`' if override else 'the config'}). Fix: "
+            f"give {key} a value (`{key}=VALUE`) or an interpolation of another key (`{key}='${{other.key}}'`); "
+            "`python train.py --cfg job` shows what was composed."
         ) from None
 
 
@@ -222,10 +236,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     from utils.checkpoints import resume_checkpoint
 
+    config_yaml = resolved_yaml(cfg)  # first: a value that cannot be resolved fails wherever it is read
     check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume = resume_checkpoint(cfg.ckpt_path) if cfg.train else None  # a bad file stops the run before it starts
-    write_text(output_dir / "config.yaml", resolved_yaml(cfg))
+    write_text(output_dir / "config.yaml", config_yaml)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
     model = build(cfg.head)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
+
+import torch
 
 from backbones.base import COMPILE_MODES, WEIGHT_DTYPES, FrozenBackbone
 from backbones.dinov2 import (
@@ -34,6 +37,10 @@ __all__ = [
 
 BACKBONE_NAMES: tuple[str, ...] = (*DINOV2_SPECS, *DINOV3_FILES)
 
+RANDOM_WEIGHTS_SEED = 0
+"""The seed of `random_fallback`'s weights by default: one architecture has the same random weights in every
+process, so that an index built with random weights can be queried with them (their SHA-256 is checked)."""
+
 
 def load_backbone(
     name: str,
@@ -41,6 +48,7 @@ def load_backbone(
     download: bool = False,
     random_fallback: bool = False,
     sha256: str | None = None,
+    random_seed: int | None = RANDOM_WEIGHTS_SEED,
     dtype: str = "float32",
     compile: bool | str | None = None,
     fused_attention: bool = True,
@@ -55,6 +63,8 @@ def load_backbone(
         download: allow downloading the official file (progress bar, atomic write into the hub cache).
         random_fallback: when no weights can be found, warn loudly and keep random weights instead of failing;
             the backbone's ``random_weights`` is then True (figures and metrics say so).
+        random_seed: the seed of those random weights (the caller's random state is left as it was); ``None``
+            draws them from torch's global random state instead (train.py: from the run's ``seed``).
         sha256: the file's expected SHA-256 (local, cached or downloaded). Without it a ``<file>.sha256`` beside
             the file pins it; an unpinned hub-cache file has its hash recorded there at first use.
         dtype, compile, fused_attention: speed options, see ``FrozenBackbone.configure_speed``
@@ -73,6 +83,12 @@ def load_backbone(
             f"Unknown architecture overrides {sorted(unknown)}; only embed_dim, depth and num_heads can change."
         )
     _check_arch(name, overrides)
+    if random_seed is not None and (
+        isinstance(random_seed, bool) or not isinstance(random_seed, int) or not 0 <= random_seed < 2**64
+    ):
+        raise ValueError(
+            f"{option('backbone', 'random_seed', random_seed)} is not a seed: give a whole number from 0 to 2**64 - 1."
+        )
     if name in DINOV3_FILES:
         filename, url, build = DINOV3_FILES[name][1], None, build_dinov3
     else:
@@ -91,7 +107,7 @@ def load_backbone(
             f"torch.hub cache); for real ones give {real}.\n{'!' * 78}",
             stacklevel=2,
         )
-        backbone = build(name, **overrides)
+        backbone = _random_backbone(build, name, random_seed, overrides)
         backbone.random_weights = True
     else:
         if name in DINOV3_FILES:
@@ -100,6 +116,21 @@ def load_backbone(
             backbone = build_dinov2(name, **overrides)
             load_official_weights(backbone, path)
     return backbone.configure_speed(dtype, compile, fused_attention)
+
+
+def _random_backbone(
+    build: Callable[..., FrozenBackbone], name: str, seed: int | None, overrides: dict[str, int]
+) -> FrozenBackbone:
+    """``build(name, **overrides)``, its random initialisation drawn from ``seed`` (None: the global random state).
+
+    timm's initialisers draw from torch's default CPU generator and take no generator of their own, so it is
+    seeded inside `torch.random.fork_rng`, which puts the caller's state back afterwards.
+    """
+    if seed is None:
+        return build(name, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return build(name, **overrides)
 
 
 # The official widths and head counts of the DINOv3 releases (timm's vit_{small,base,large}_patch16_dinov3).

@@ -61,7 +61,6 @@ def download_to_cache(url: str, sha256: str | None = None, owner: str = "backbon
     """
     target = hub_checkpoint_path(url.rsplit("/", 1)[-1])
     new_folders = _created_folders(target)
-    remove_stale_temps(target.parent)
     expected = None if sha256 is None else checked_sha256(sha256, option(owner, "sha256", sha256))
 
     def download(tmp: Path) -> None:
@@ -82,16 +81,30 @@ def download_to_cache(url: str, sha256: str | None = None, owner: str = "backbon
             )
 
     try:
+        remove_stale_temps(target.parent)
         atomic_write(target, download)
-    except BaseException:
+    except BaseException as err:
         for folder in new_folders:  # leave no empty cache folders behind a failed first download
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+        if isinstance(err, OSError):  # the download's own errors are CheckpointErrors: this is the cache folder
+            raise unwritable_cache(target, err, owner, what) from None
         raise
     digest = expected or sha256_of(target)
     write_sha256_record(target, digest)
     print(f"Downloaded {url} to {target}; SHA-256 {digest} (recorded in {sha256_record(target).name}).")
     return target
+
+
+def unwritable_cache(target: Path, err: OSError, owner: str, what: str) -> CheckpointError:
+    """The error for a hub cache folder that cannot take ``target`` (read-only, not a folder, no permission)."""
+    return CheckpointError(
+        f"Cannot save the {what} into the torch.hub cache folder {target.parent}: {err.strerror or err}"
+        f"{f' ({err.filename})' if err.filename not in (None, str(target.parent)) else ''}. Nothing was saved. Fix: make that folder writable, or "
+        f"point the cache at a writable folder with the TORCH_HOME environment variable (e.g. `TORCH_HOME=$HOME/"
+        f".cache/torch` before the command, then {option(owner, 'download', True)} again), or fetch {target.name} "
+        f"by hand and pass it ({option(owner, 'checkpoint', 'PATH')})."
+    )
 
 
 def resolve_checkpoint(

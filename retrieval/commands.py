@@ -12,12 +12,17 @@ import torch
 from retrieval.embedding import EmbeddingSpec, embed
 from retrieval.faiss_index import search
 from retrieval.index_store import (
+    FILES,
+    INDEX_FILE,
     SPEC_FILE,
     RetrievalError,
+    check_part_files,
     load_input,
     open_index,
     parts,
     read_part,
+    rebuild_command,
+    record_files,
     write_index_files,
 )
 from retrieval.sheets import contact_sheet, short
@@ -62,10 +67,24 @@ def check_same(index_dir: Path, stored: dict[str, Any], asked: dict[str, Any]) -
     """RetrievalError unless `asked` embeds as the index's own spec and weights do."""
     keys = ("embedding", "weights_sha256")
     if any(stored.get(k) != asked.get(k) for k in keys):
+        loading = stored.get("loading") or {}
+        # the same settings, other weights: random weights drawn before they were seeded (or real ones found since)
+        lost = (
+            loading.get("random_weights")
+            and loading == asked.get("loading")
+            and stored.get("embedding") == asked.get("embedding")
+        )
+        unseeded = (
+            " The index was built with random weights that cannot be made again (drawn before random weights were "
+            "seeded, or weights were put into the torch.hub cache since): build it again (delete it, then "
+            "`python -m retrieval index ... --random-weights`)."
+            if lost
+            else ""
+        )
         raise RetrievalError(
             f"The index {index_dir} was built with {describe(stored)}; this command asks for {describe(asked)}. "
             "Descriptors of other settings cannot be compared: give the index's own settings (query: leave them "
-            "out), or build another index with --out."
+            f"out), or build another index with --out.{unseeded}"
         )
 
 
@@ -101,20 +120,27 @@ def index(args: argparse.Namespace) -> None:
         raise RetrievalError(
             f"--size {spec.size} is not a multiple of the patch size {backbone.patch_size}: use {fit}."
         )
-    record = {"embedding": spec.to_json(), **record}
+    # the source and kind of the last build: what `rebuild_command` needs to build the index again
+    source = {"source": str(args.source.absolute()), "index_kind": args.index_kind}
+    record = {"embedding": spec.to_json(), **record, **source}
     out, rank_zero = args.out, rank_zero_only.rank == 0
     # one build of a folder at a time (INDEX.lock beside it); the other ranks of a multi-GPU run are under rank 0's
-    kept = "The images embedded so far are kept: run the same command again to resume."
-    with writing(out, "--out", kept), extraction_lock(out, exclusive=rank_zero):
+    resume = "The images embedded so far are kept: run the same command again to resume."
+    with writing(out, "--out", resume), extraction_lock(out, exclusive=rank_zero):
+        stored = {}
         if (out / SPEC_FILE).is_file():
-            check_same(out, open_index_record(out), record)
+            stored = open_index_record(out)
+            check_same(out, stored, record)
         elif out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise RetrievalError(f"--out {out} exists and is not an index folder (no {SPEC_FILE}): give a new folder.")
+        done, incomplete = parts(out)
+        check_part_files(out, stored, done)  # the parts are reused as they are; the files derived from them rebuilt
         if rank_zero:
             out.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(out)
-            write_text(out / SPEC_FILE, json.dumps(record, indent=2))
-        done, incomplete = parts(out)
+            # the fingerprints stay until the build ends: they still describe the last finished build's files
+            kept = {FILES: stored[FILES]} if FILES in stored else {}
+            write_text(out / SPEC_FILE, json.dumps(record | kept, indent=2))
         seen = {p for part in done for p in read_part(part).paths}
         new = [p for p in paths if p not in seen]
         embedded = 0
@@ -126,6 +152,7 @@ def index(args: argparse.Namespace) -> None:
         if not rank_zero:
             return
         n, skipped = write_index_files(out, [read_part(p) for p in parts(out)[0]], args.index_kind)
+        record_files(out, record)
     print(f"Indexed {n} images in {out} ({embedded} embedded now, {len(skipped)} unreadable: {out / 'skipped.json'}).")
 
 
@@ -185,6 +212,11 @@ def query(args: argparse.Namespace) -> None:
     check_same(args.index, loaded.record, {"embedding": spec.to_json(), **record})
     inputs = torch.stack([load_input(image, spec.size) for image in args.images])
     vectors = embed(backbone.to(device), inputs.to(device), spec).float().cpu().numpy()
+    if vectors.shape[1] != loaded.index.d:
+        raise RetrievalError(
+            f"{args.index / INDEX_FILE} holds {loaded.index.d}-dimensional vectors, but the index's settings give "
+            f"{vectors.shape[1]}-dimensional descriptors: run `{rebuild_command(args.index, loaded.record)}`."
+        )
     scores, ids = search(loaded.index, vectors, args.k)
     with outputs:
         for image, stem, row_scores, row_ids in zip(args.images, stems, scores, ids):

@@ -1,6 +1,8 @@
 """An index folder on disk: resumable fp16 shards of descriptors (the feature cache's store), and the FAISS index.
 
-    INDEX/spec.json       the EmbeddingSpec, the weights' SHA-256 and how the backbone was loaded
+    INDEX/spec.json       the EmbeddingSpec, the weights' SHA-256, how the backbone was loaded, the source and
+                          index kind of the last build, and the fingerprints of the files below as written
+                          (`retrieval.fingerprints`; a file that differs when opened is refused by name)
     INDEX/parts/NNNNN-<digest>/   one part per `index` run that found new images: a feature-cache shard folder
                           (key.json, paths.json, embedding_*.npy (n, D) float16, ok_*.npy (n,) uint8,
                           shard_*.json markers, manifest.json once complete)
@@ -16,6 +18,7 @@ from all parts' shards (rebuilding costs seconds where embedding costs hours, an
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +36,14 @@ from datamodules.feature_cache.store import (
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from retrieval.embedding import EmbeddingSpec
 from retrieval.faiss_index import build_index, read_index, write_index
+from retrieval.fingerprints import difference, fingerprints
 from utils.atomic import write_text
 from utils.errors import UserError
 from utils.images import rgb_image
 
 SPEC_FILE, INDEX_FILE, SKIPPED_FILE, PARTS = "spec.json", "index.faiss", "skipped.json", "parts"
+FILES = "files"
+"""spec.json's key for the fingerprints of the files the commands read (index.faiss, paths.json, every part's)."""
 
 
 class RetrievalError(UserError):
@@ -118,6 +124,57 @@ def write_index_files(index_dir: Path, all_parts: list[Part], kind: str) -> tupl
     return len(paths), skipped
 
 
+def record_files(index_dir: Path, record: dict[str, Any]) -> None:
+    """Rewrite spec.json as ``record`` plus the fingerprints of index.faiss, paths.json and every complete part's
+    files: written last, so that they describe a finished build."""
+    files = [index_dir / INDEX_FILE, index_dir / PATHS_FILE]
+    files += [f for part in parts(index_dir)[0] for f in sorted(part.iterdir()) if f.is_file()]
+    write_text(index_dir / SPEC_FILE, json.dumps(record | {FILES: fingerprints(index_dir, files)}, indent=2))
+
+
+def rebuild_command(directory: Path, record: dict[str, Any]) -> str:
+    """The `python -m retrieval index` command that builds `directory` again with its own settings (its parts'
+    images are not embedded again)."""
+    spec, loading = record.get("embedding") or {}, record.get("loading") or {}
+    flags = [f"--{key} {spec[key]}" for key in ("backbone", "size", "pooling", "block") if key in spec]
+    flags += [
+        f"--{key.replace('_', '-')} {loading[key]}" for key in ("embed_dim", "depth", "num_heads") if loading.get(key)
+    ]
+    flags += [f"--checkpoint {loading['checkpoint']}"] if loading.get("checkpoint") else []
+    flags += ["--random-weights"] if loading.get("random_weights") else []
+    flags += [f"--index-kind {record['index_kind']}"] if record.get("index_kind") else []
+    return f"python -m retrieval index {record.get('source') or 'SOURCE'} --out {directory} {' '.join(flags)}"
+
+
+def check_files(directory: Path, record: dict[str, Any], names: list[str]) -> None:
+    """RetrievalError naming the first of ``names`` (recorded files of the index) that differs from its fingerprint."""
+    recorded = record[FILES]
+    for name in names:
+        if (problem := difference(directory, name, recorded.get(name) or {})) is None:
+            continue
+        part = name.split("/")[1] if name.startswith(f"{PARTS}/") else None
+        fix = (
+            f"delete the part folder {directory / PARTS / part} and run `{rebuild_command(directory, record)}`: only "
+            "that part's images are embedded again"
+            if part
+            else f"run `{rebuild_command(directory, record)}`: it rebuilds index.faiss and paths.json from the parts' "
+            "shards without embedding again"
+        )
+        raise RetrievalError(
+            f"The index folder {directory} is inconsistent: {directory / name} {problem} (it was changed, truncated "
+            f"or copied from another index since), so its rows would not be the images and descriptors they say "
+            f"they are. Fix: {fix}."
+        )
+
+
+def check_part_files(directory: Path, record: dict[str, Any], found: list[Path]) -> None:
+    """Check the recorded files of the complete parts ``found`` (a part built since the record was written, by a
+    build that was killed before it, is not checked: the next build records it)."""
+    names = {part.name for part in found}
+    if FILES in record:
+        check_files(directory, record, [n for n in record[FILES] if n.startswith(PARTS) and n.split("/")[1] in names])
+
+
 @dataclass
 class LoadedIndex:
     """An index folder, checked: its spec record, paths and FAISS index."""
@@ -130,10 +187,17 @@ class LoadedIndex:
     def vectors(self) -> np.ndarray:
         """The indexed descriptors `(N, D)` float32, from the parts' shards, in paths.json's order."""
         done, _ = parts(self.directory)
+        check_part_files(self.directory, self.record, done)
         loaded = [read_part(p) for p in done]
         vectors = np.concatenate([p.vectors[p.ok] for p in loaded])
+        rebuild = f"run `{rebuild_command(self.directory, self.record)}`"
         if [path for p in loaded for path, ok in zip(p.paths, p.ok) if ok] != self.paths:
-            raise RetrievalError(f"{self.directory}'s shards do not match its paths.json: run `index` again.")
+            raise RetrievalError(f"{self.directory}'s shards do not match its paths.json: {rebuild}.")
+        if vectors.shape[1] != self.index.d:
+            raise RetrievalError(
+                f"{self.directory / INDEX_FILE} holds {self.index.d}-dimensional vectors, the shards "
+                f"{vectors.shape[1]}-dimensional descriptors: {rebuild}."
+            )
         return vectors
 
 
@@ -144,10 +208,23 @@ def open_index(directory: Path) -> LoadedIndex:
         raise RetrievalError(f"The index folder {directory} does not exist: {rerun}.")
     try:
         record = json.loads((directory / SPEC_FILE).read_text())
-        paths = json.loads((directory / PATHS_FILE).read_text())
         EmbeddingSpec(**record["embedding"])
+        if FILES in record:
+            check_files(directory, record, [INDEX_FILE, PATHS_FILE])
+        paths = json.loads((directory / PATHS_FILE).read_text())
     except (OSError, ValueError, KeyError, TypeError) as err:
+        if isinstance(err, RetrievalError):
+            raise
         raise RetrievalError(f"{directory} is not a complete index ({type(err).__name__}: {err}): {rerun}.") from None
+    if FILES not in record:
+        # built before files were fingerprinted: still usable (dedup and cluster need no weights, and a rebuild needs
+        # the weights it was built with, which for random ones were not reproducible then), but unchecked
+        print(
+            f"Warning: the index {directory} records no fingerprints of its files (built before they were checked), "
+            f"so a file changed since is not noticed. Run `{rebuild_command(directory, record)}` to record them "
+            "(seconds: nothing is embedded again).",
+            file=sys.stderr,
+        )
     try:
         index = read_index(directory / INDEX_FILE)
     except RuntimeError as err:

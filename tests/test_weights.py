@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -30,6 +32,66 @@ def test_random_weights_are_recorded_on_the_backbone(
     assert random.random_weights is True and loaded.random_weights is False
     args = argparse.Namespace(checkpoint=None, backbone="dinov2_vits14")
     assert "RANDOM WEIGHTS" in backbone_label(args, random) and backbone_label(args, loaded) == "dinov2_vits14"
+
+
+def test_random_weights_are_seeded_and_leave_the_callers_random_state_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same architecture has the same random weights whatever the global random state (an index built with
+    them can be queried with them); `random_seed=None` draws them from the global state, as train.py's seed did."""
+    from datamodules.feature_cache.hashing import weights_sha256
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    digests, states = [], []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+            digests.append(weights_sha256(backbones.load_backbone("dinov2_vits14", random_fallback=True, **TINY)))
+        states.append(torch.equal(torch.get_rng_state(), state))
+    assert digests[0] == digests[1] and all(states)
+    with pytest.warns(UserWarning):
+        other_seed = backbones.load_backbone("dinov2_vits14", random_fallback=True, random_seed=1, **TINY)
+    assert weights_sha256(other_seed) != digests[0]
+    from_global = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        with pytest.warns(UserWarning):
+            backbone = backbones.load_backbone("dinov2_vits14", random_fallback=True, random_seed=None, **TINY)
+        from_global.append(weights_sha256(backbone))
+    torch.manual_seed(3)
+    unseeded_build = weights_sha256(backbones.build_dinov2("dinov2_vits14", **TINY))
+    assert from_global == [unseeded_build, unseeded_build] != [digests[0]] * 2
+    with pytest.raises(ValueError, match="random_seed=a is not a seed"):
+        backbones.load_backbone("dinov2_vits14", random_fallback=True, random_seed="a", **TINY)
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_an_unwritable_hub_cache_is_named_with_the_fix(
+    code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path
+) -> None:
+    """A read-only or forbidden cache folder (refusing the download's temporary file), and a cache path under a
+    regular file: one CheckpointError naming the folder and TORCH_HOME, before anything is fetched."""
+    from backbones.weights import download_to_cache
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code), str(kwargs["dir"]))
+
+    fetched = []
+    monkeypatch.setattr("torch.hub.download_url_to_file", lambda *args, **kwargs: fetched.append(args))
+    with monkeypatch.context() as patch:
+        patch.setattr("utils.atomic.tempfile.mkstemp", refuse)
+        with pytest.raises(backbones.CheckpointError) as err:
+            download_to_cache(tiny_checkpoint.as_uri())
+    folder = tmp_path / "home" / "hub" / "checkpoints"
+    assert str(folder) in str(err.value) and os.strerror(code) in str(err.value) and "TORCH_HOME" in str(err.value)
+    assert not (tmp_path / "home").exists() and not fetched
+    (tmp_path / "home").write_text("a file, not a folder")
+    with pytest.raises(backbones.CheckpointError, match="Not a directory.*download=True.*checkpoint=PATH"):
+        download_to_cache(tiny_checkpoint.as_uri())
+    assert not fetched
 
 
 def test_a_cached_file_is_trusted_on_first_use_then_checked(
