@@ -6,11 +6,21 @@ Per image and threshold t (99 thresholds in (0, 1) by default): the edge map is 
 image diagonal, one-to-one. Recall counts, over all annotators, the boundary pixels matched (`cntR`) of all boundary
 pixels (`sumR`); precision the predicted pixels matched to any annotator (`cntP`) of all predicted pixels (`sumP`).
 
-The matching: the BSDS code's `correspondPixels` solves a min-cost assignment (Goldberg's CSA in C++); pyEdgeEval
-(PyPI `pyedgeeval`) wraps that code but ships only an sdist whose C++/Cython extension needs a compiler at install
-time, so it is not a dependency here. Precision and recall need only HOW MANY pixels are matched and which ones, so
-this module takes a maximum-cardinality bipartite matching (`scipy.sparse.csgraph.maximum_bipartite_matching`,
-Hopcroft-Karp) on the pixel pairs within maxDist: each pixel is matched at most once, as in the BSDS code.
+The matching is the benchmark's `correspondPixels` (BSDS500 `csa/Matrix/match.cc`, `matchEdgeMaps`): a
+minimum-cost assignment in which a pair of pixels at most maxDist apart costs `rint(100 x distance)` and a pixel
+left unmatched is assigned to an outlier node at `ow = ceil(100 x outlierCost)`, outlierCost = 100 x maxDist
+(in pixels). A matching M of k pairs then costs `sum_M w + ow x (n1 + n2 - k)`, n1 and n2 the two maps' pixel
+counts, whatever the outlier links; this module minimises exactly that (see `_assignment`).
+
+The C++ does not connect every pixel to every outlier node: for speed it links each to `degree = 6` outlier nodes
+drawn at random (`kOfN`, from a generator seeded from the clock when the library loads, so two runs of the
+official code may differ), plus a "perfect match overlay" at cost 100 x ow that keeps the assignment feasible. Those
+links only restrict which outlier node an unmatched pixel may take; where they bind, the C++ returns a costlier
+assignment than the complete graph's minimum, which this module solves. They do bind: on generated 321x481 images
+the C++ matched 0 to 23 fewer boundary pixels per image and threshold at a higher cost, and two of its runs differ
+(`tests/test_edges_benchmark.py`). Among several assignments of equal minimum cost the C++ (Goldberg's CSA) and
+scipy's solver may pick different ones: the number matched is the same unless two of them differ in cost by exactly
+ow, which predicted pixels are matched (the union over annotators gives `cntP`) can differ.
 """
 
 from __future__ import annotations
@@ -19,14 +29,18 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 from skimage.morphology import thin
 from torchmetrics import Metric
 
 MAX_DIST = 0.0075
 """The benchmark's match tolerance, as a fraction of the image diagonal."""
+OUTLIER_COST = 100.0
+"""`correspondPixels`' cost of an unmatched pixel, in multiples of the match tolerance."""
+MULTIPLIER = 100
+"""`matchEdgeMaps`' scale from pixel distances to the integer costs its assignment solver takes."""
 
 
 def thresholds(n: int = 99) -> np.ndarray:
@@ -47,25 +61,91 @@ class _Pixels:
 
     def __init__(self, binary: np.ndarray) -> None:
         self.points = np.argwhere(binary)
+        self.flat = np.flatnonzero(binary)  # the same pixels' raster indices, ascending
         self.tree = cKDTree(self.points) if len(self.points) else None
 
 
-def _partners(pred: _Pixels, truth: _Pixels, max_dist: float) -> np.ndarray:
-    """For each pixel of `pred`, the index of its partner in `truth` or -1, in a maximum one-to-one matching of the
-    pixel pairs at most `max_dist` apart."""
+def _partners(pred: _Pixels, truth: _Pixels, max_dist: float, solved: dict | None = None) -> np.ndarray:
+    """For each pixel of `pred`, the index of its partner in `truth` or -1, in `correspondPixels`' minimum-cost
+    assignment of the two maps' pixels with tolerance `max_dist` pixels.
+
+    The assignment decomposes into the connected components of the graph of pixel pairs within the tolerance, each
+    solved alone. `solved` (a dict, emptied and refilled) keeps each component's solution by its pixels, for the
+    next call with the same `truth`: a component found again (at the next threshold most are) is not solved again.
+    """
+    partner = np.full(len(pred.points), -1)
+    previous = dict(solved) if solved is not None else {}
+    if solved is not None:
+        solved.clear()
     if pred.tree is None or truth.tree is None:
-        return np.full(len(pred.points), -1)
-    pairs = pred.tree.sparse_distance_matrix(truth.tree, max_dist, output_type="coo_matrix")
-    # a distance of 0 (the same pixel) is a stored zero, which a sparse graph would drop: every pair is an edge
-    graph = coo_matrix((np.ones(pairs.nnz, np.int8), (pairs.row, pairs.col)), (len(pred.points), len(truth.points)))
-    return maximum_bipartite_matching(graph.tocsr(), perm_type="column")
+        return partner
+    # pairs within the tolerance, as matchEdgeMaps tests them (integer offsets: u^2 + v^2 <= maxDist^2)
+    near = pred.tree.sparse_distance_matrix(truth.tree, max_dist + 1e-6, output_type="coo_matrix")
+    rows, cols = near.row, near.col
+    d2 = ((pred.points[rows] - truth.points[cols]) ** 2).sum(1)
+    keep = d2 <= max_dist * max_dist
+    rows, cols, d2 = rows[keep], cols[keep], d2[keep]
+    if not len(rows):
+        return partner
+    cost = np.rint(np.sqrt(d2) * MULTIPLIER).astype(np.int64)
+    outlier = int(np.ceil(OUTLIER_COST * max_dist * MULTIPLIER))
+    n = len(pred.points)
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, n + cols)), (n + len(truth.points),) * 2)
+    component = connected_components(graph, directed=False)[1][rows]
+    order = np.lexsort((cols, rows, component))  # by component, then in raster order: a component's own order
+    starts = np.flatnonzero(np.r_[True, np.diff(component[order]) != 0])
+    ends = np.r_[starts[1:], len(order)]
+    lone = starts[ends - starts == 1]  # a component of one pair: matched (it saves outlier - cost > 0)
+    partner[rows[order[lone]]] = cols[order[lone]]
+    for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+        pair = order[start:end]
+        key = pred.flat[rows[pair]].tobytes() + b"|" + cols[pair].tobytes()
+        if key in previous:
+            matched_flat, matched_cols = previous[key]
+        else:
+            matched_rows, matched_cols = _assignment(rows[pair], cols[pair], cost[pair], outlier)
+            matched_flat = pred.flat[matched_rows]
+        if solved is not None:
+            solved[key] = matched_flat, matched_cols
+        partner[np.searchsorted(pred.flat, matched_flat)] = matched_cols
+    return partner
+
+
+def _assignment(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, outlier: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs `(rows[m], cols[m])` of a minimum-cost assignment of the pixels of one component: each pixel is
+    matched along one of the `(E,)` pairs at its integer `cost` or left to an outlier at `outlier`.
+
+    With k pairs matched the cost is `sum cost + outlier x (n1 + n2 - k)` (an unmatched pixel takes an outlier
+    node; the k outlier nodes freed by the matched pairs pair up with each other at `outlier` each), i.e. up to a
+    constant `sum (cost - outlier)`: scipy's LAPJVsp minimises it over the pixels of the smaller side, each given
+    a private outlier column, which a full matching of that side may take (`+ 1` everywhere: the solver takes
+    non-zero weights, and a full matching has one edge per row).
+    """
+    left, i = np.unique(rows, return_inverse=True)
+    right, j = np.unique(cols, return_inverse=True)
+    transposed = len(right) < len(left)
+    if transposed:
+        (left, i), (right, j) = (right, j), (left, i)
+    n_left, n_right = len(left), len(right)
+    own = np.arange(n_left)
+    graph = csr_matrix(
+        (
+            np.r_[cost + 1, np.full(n_left, outlier + 1)].astype(np.float64),
+            (np.r_[i, own], np.r_[j, n_right + own]),
+        ),
+        (n_left, n_right + n_left),
+    )
+    a, b = min_weight_full_bipartite_matching(graph)
+    real = b < n_right
+    a, b = left[a[real]], right[b[real]]
+    return (b, a) if transposed else (a, b)
 
 
 def match_edges(pred: np.ndarray, truth: np.ndarray, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one matches between the `True` pixels of two `(H, W)` bool maps at most `max_dist` pixels apart.
 
-    Returns `(matched_pred, matched_truth)`, `(H, W)` bool each: the pixels of `pred` / `truth` that have a partner.
-    Both hold the same number of pixels, the largest number any one-to-one matching within `max_dist` reaches.
+    Returns `(matched_pred, matched_truth)`, `(H, W)` bool each: the pixels of `pred` / `truth` that have a partner
+    in the benchmark's minimum-cost assignment (`correspondPixels`; both hold the same number of pixels).
     """
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     if pred.shape != truth.shape or pred.ndim != 2:
@@ -105,6 +185,7 @@ def image_counts(
     radius = max_dist * float(np.hypot(*edges.shape))
     counts = np.zeros((len(levels), 4), np.int64)
     annotators = [_Pixels(truth) for truth in boundaries]  # the same at every threshold
+    components: list[dict] = [{} for _ in annotators]  # each annotator's assignments at the previous threshold
     previous = None
     for k, level in enumerate(levels):
         binary = edges >= max(float(level), np.finfo(float).eps)
@@ -116,8 +197,8 @@ def image_counts(
             binary = thin_edges(binary)
         pred = _Pixels(binary)
         any_matched = np.zeros(len(pred.points), bool)
-        for truth in annotators:
-            partner = _partners(pred, truth, radius)
+        for truth, solved in zip(annotators, components):
+            partner = _partners(pred, truth, radius, solved)
             any_matched |= partner >= 0
             counts[k, 0] += int((partner >= 0).sum())
         counts[k, 1:] = boundaries.sum(), any_matched.sum(), binary.sum()

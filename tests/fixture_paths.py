@@ -11,6 +11,7 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DINOV2 = FIXTURES / "dinov2"
 DINOV3 = FIXTURES / "dinov3"
+BSDS_COUNTS = FIXTURES / "bsds_counts"
 TINY_CHECKPOINT = DINOV2 / "tiny_vit14.pth"
 TINY_DINOV3 = DINOV3 / "tiny_vit16_dinov3.pth"
 CHECKSUMS = FIXTURES / "SHA256SUMS"
