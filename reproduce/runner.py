@@ -109,12 +109,14 @@ def own_hub_dir(folder: Path) -> Iterator[None]:
     """The torch.hub cache moved to `folder`: pipeline runs must not load a cached real checkpoint into tiny models."""
     import torch
 
-    before = torch.hub.get_dir()
+    # torch.hub has no public way back to "not set" (then $TORCH_HOME decides): restoring get_dir() with set_dir
+    # would pin the folder for the rest of the process, so the private setting itself is put back
+    before = torch.hub._hub_dir
     torch.hub.set_dir(str(folder))
     try:
         yield
     finally:
-        torch.hub.set_dir(before)
+        torch.hub._hub_dir = before
 
 
 def run_row(row: Row, options: Options, execute: Callable, shared: dict | None = None) -> dict:

@@ -22,10 +22,13 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING
 
 from utils.atomic import TEMP_MARK, remove_stale_temps, write_text
 from utils.errors import UserError
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; the project supports 3.10
+    from typing import Self
 
 MANIFEST = ".outputs.json"
 OVERWRITE_FLAG = "--overwrite"
