@@ -1,5 +1,5 @@
 """Time the BSDS500 edge benchmark (`metrics.edges.image_counts`: 99 thresholds, thinning, the minimum-cost
-matching to each annotator) on generated 321x481 images (`datamodules.bsds_synthetic`), and pyEdgeEval's
+matching to each annotator) on generated 321x481 images (`datamodules.synthetic.bsds`), and pyEdgeEval's
 `evaluate_boundaries_threshold_multiple_gts` (the original `correspondPixels` C++) on the same images when it is
 importable here, then extrapolate to BSDS500's 200 test images.
 
@@ -52,7 +52,7 @@ def cpu_seconds(fn, *args) -> tuple[float, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from datamodules.bsds_synthetic import synthetic_image  # after --help: these import torch
+    from datamodules.synthetic.bsds import synthetic_image  # after --help: these import torch
     from metrics.edges import image_counts, thresholds
 
     levels = thresholds(99)

@@ -29,7 +29,7 @@ if __name__ == "__main__":
 import numpy as np
 import torch
 
-from datamodules.episodes import sample_episodes
+from datamodules.classification.episodes import sample_episodes
 from ops.classifiers import centre_and_project, cosine_knn, logistic_regression
 from probes.fewshot import evaluate_episodes
 

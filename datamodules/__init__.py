@@ -1,4 +1,13 @@
-"""LightningDataModules for semantic segmentation on ADE20k, Pascal VOC 2012 and Cityscapes."""
+"""LightningDataModules by task, fed to the frozen backbones.
+
+- `segmentation/` ADE20k, Pascal VOC 2012, Cityscapes; `depth/` NYU-Depth v2, KITTI;
+- `classification/` class folders and few-shot episodes; `sam/` COCO-format instances, interactive sets, BSDS500;
+- `oneshot/` FSS-1000, COCO-20i, PerSeg episodes; `retrieval/` revisited Oxford and Paris;
+- `synthetic/` small generated sets in those layouts (tests, quickstarts); `feature_cache/` tokens extracted once.
+
+At the top, what the tasks share: file reading (`files`), loaders and their checks (`loaders`), datasets and
+transforms, archive downloads, the data-only pickle reader, the fast extraction loader and `DatasetError`.
+"""
 
 import os
 
@@ -6,16 +15,6 @@ import os
 # from a data pipeline that should touch no network. Its documented switch turns that off (a user's setting wins).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from .ade20k import ADE20kDataModule
-from .base import SegmentationDataModule
-from .cityscapes import CityscapesDataModule
-from .errors import DatasetError
-from .voc import VOC2012DataModule
+from datamodules.errors import DatasetError
 
-__all__ = [
-    "ADE20kDataModule",
-    "CityscapesDataModule",
-    "DatasetError",
-    "SegmentationDataModule",
-    "VOC2012DataModule",
-]
+__all__ = ["DatasetError"]

@@ -6,7 +6,7 @@ import albumentations as A
 import torch
 from torch.utils.data import Dataset
 
-from .files import LabelMap, load_image, load_label
+from datamodules.files import LabelMap, load_image, load_label
 
 Sample = tuple[Path, Path, LabelMap]
 

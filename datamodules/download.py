@@ -19,10 +19,9 @@ from pathlib import Path
 
 from torchvision.datasets.utils import check_integrity, download_url, extract_archive
 
+from datamodules.errors import DatasetError
 from utils.atomic import atomic_write, remove_stale_temps
 from utils.errors import option
-
-from .errors import DatasetError
 
 PARTIAL = ".download-partial"
 

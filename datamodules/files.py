@@ -8,10 +8,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import ExifTags, Image
 
+from datamodules.errors import DatasetError
 from utils.errors import option
 from utils.images import opened_image, read_mask, read_rgb
-
-from .errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

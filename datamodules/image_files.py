@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import DatasetError
-from .files import image_size, load_image, upright_colour
-from .loaders import available_cpus
+from datamodules.errors import DatasetError
+from datamodules.files import image_size, load_image, upright_colour
+from datamodules.loaders import available_cpus
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 DECODERS = ("cpu", "gpu")

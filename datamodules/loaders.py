@@ -20,9 +20,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from datamodules.errors import DatasetError
 from utils.errors import option
-
-from .errors import DatasetError
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

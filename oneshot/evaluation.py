@@ -1,7 +1,7 @@
 """One-shot segmentation as a Lightning test loop: every episode's query segmented from its K supports, mIoU and FB-IoU.
 
 `python train.py head=oneshot data=fss1000` (or `data=coco20i data.fold=0`, `data=perseg`, `data.shots=5`). Nothing is
-trained. Batches are episodes (`datamodules.oneshot`): `support_images` / `support_masks` (K each), `query_image`,
+trained. Batches are episodes (`datamodules.oneshot.base`): `support_images` / `support_masks` (K each), `query_image`,
 `query_mask`, `class_id`, `episode`, `query_path`. The metrics are accumulated over the episodes as HSNet and Matcher
 do (`metrics.oneshot.OneShotIoU`): mIoU is the mean over ALL the evaluated classes of each class's IoU (a class with
 no episode counts as 0, with a warning naming it), FB-IoU the mean of the foreground and the background IoU.

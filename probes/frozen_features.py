@@ -2,7 +2,7 @@
 
 The test (and predict) loop embeds every image once, keeping its features in memory; the evaluation runs on them at
 the epoch's end, so every episode and method reuses the same features. Batches come from
-`datamodules.imagefolder.ImageFolderDataModule`: {"image": (B, 3, H, W), "label": (B,), "index": (B,), "part": (B,)}.
+`datamodules.classification.imagefolder.ImageFolderDataModule`: {"image": (B, 3, H, W), "label": (B,), "index": (B,), "part": (B,)}.
 """
 
 from __future__ import annotations

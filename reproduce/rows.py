@@ -109,7 +109,7 @@ ADE20K = Data(
 NYU = Data(
     "nyu",
     ("nyu",),
-    "NYU-Depth v2 in the layout of datamodules/nyu.py's docstring (the BTS / Monodepth split: sync/ for training, "
+    "NYU-Depth v2 in the layout of datamodules/depth/nyu.py's docstring (the BTS / Monodepth split: sync/ for training, "
     "official_splits/test/ for the 654 test images), under data/nyu",
 )
 

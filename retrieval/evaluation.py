@@ -1,7 +1,7 @@
 """The revisited Oxford / Paris evaluation as a Lightning test loop: `python train.py head=retrieval data=roxford5k`.
 
 Nothing is trained. The test loop embeds every database image and every query (cropped to its box by the datamodule,
-`datamodules.revisited`) with `retrieval.embedding.embed`, ranks the whole database for each query by cosine
+`datamodules.retrieval.revisited`) with `retrieval.embedding.embed`, ranks the whole database for each query by cosine
 similarity (an exact FAISS inner-product index over the L2-normalised descriptors), and scores the rankings with the
 revisited protocol (`metrics.retrieval.revisited_map`): mAP and mP@k in the Easy, Medium and Hard settings.
 """

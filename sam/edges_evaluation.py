@@ -1,7 +1,7 @@
 """Zero-shot edge detection with SAM as a Lightning test loop: BSDS500's boundary benchmark (ODS, OIS, AP, R50).
 
 `python train.py head=sam_edges data=bsds500 sam.model_type=vit_h sam.checkpoint=PATH`. Nothing is trained.
-Batches are `datamodules.bsds500` items (one image with its annotators' boundary maps); each image's edge map is
+Batches are `datamodules.sam.bsds500` items (one image with its annotators' boundary maps); each image's edge map is
 `sam.edges.edge_map`, quantised to 8 bits as the benchmark reads the PNG it is given, then scored by
 `metrics.edges.EdgeBenchmark`.
 """

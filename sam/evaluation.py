@@ -55,7 +55,7 @@ def encode_results(image_id: int, masks: np.ndarray, labels: np.ndarray, scores:
 class SamBoxEvaluation(L.LightningModule):
     """SAM prompted with each image's boxes (ground truth or a detector's); nothing is trained.
 
-    Test batches are `datamodules.coco.CocoInstances` items: one item (`data.batch_size=1`), or a list of them,
+    Test batches are `datamodules.sam.coco.CocoInstances` items: one item (`data.batch_size=1`), or a list of them,
     whose images go through SAM's image encoder in one call (`sam.batched.encode_images`) before each image's
     prompts. Boxes are clipped to the image (counted) and boxes with no area after clipping are skipped
     (counted); every other box gets a mask. A mask's score is the detector's score, or SAM's predicted IoU for
@@ -195,7 +195,7 @@ class SamBoxEvaluation(L.LightningModule):
                 stacklevel=1,
             )
         if self.hparams.results_file is not None and self.trainer.is_global_zero:
-            # strict JSON: detector scores are checked when read (datamodules.coco) and SAM's are finite
+            # strict JSON: detector scores are checked when read (datamodules.sam.coco) and SAM's are finite
             write_json(Path(self.hparams.results_file), results, indent=None)
 
     def gathered(self, by_image: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -141,7 +141,7 @@ class InteractiveSegmenter:
 class SamPointsEvaluation(L.LightningModule):
     """SAM's interactive point evaluation over a dataset; nothing is trained.
 
-    Test batches are one image each (`datamodules.coco.CocoInstances`, `datamodules.interactive`): `image`,
+    Test batches are one image each (`datamodules.sam.coco.CocoInstances`, `datamodules.sam.interactive`): `image`,
     `gt_masks` `(M, H, W)`, `gt_iscrowd` `(M,)` (crowd instances are left out), optionally `gt_ignore` `(H, W)`.
     Empty masks have no centre: they are skipped and counted (test/skipped_objects).
 

@@ -15,13 +15,13 @@ from PIL import Image
 import train
 from tests.helpers import tiny_run
 
-# Step 1 of the guide: datamodules/<name>.py (here written to a temporary package, as a user's own would be).
+# Step 1 of the guide: datamodules/<task>/<name>.py (here written to a temporary package, as a user's own would be).
 MODULE = '''
 """Shapes: discs on a plain background, 3 classes; label files hold 0 (background), 1, 2 and 9 (unlabelled)."""
 
 import numpy as np
 
-from datamodules.base import SegmentationDataModule
+from datamodules.segmentation.base import SegmentationDataModule
 from datamodules.files import make_label_map
 
 

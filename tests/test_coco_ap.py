@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy.ndimage import binary_dilation, binary_erosion
 
-from datamodules.synthetic_coco import write_coco_like
+from datamodules.synthetic.coco import write_coco_like
 from metrics.coco import STAT_NAMES, mask_ap
 
 NO_GT_IMAGES = (101, 102, 103)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from datamodules.coco import CocoDataModule
-from datamodules.coco_checks import check_instances, decode_rle_counts
 from datamodules.errors import DatasetError
-from datamodules.synthetic_coco import write_coco_like
+from datamodules.sam.coco import CocoDataModule
+from datamodules.sam.coco_checks import check_instances, decode_rle_counts
+from datamodules.synthetic.coco import write_coco_like
 from tests.conftest import TINY_SAM
 
 REPO = Path(__file__).resolve().parents[1]

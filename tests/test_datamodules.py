@@ -10,15 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import ADE20kDataModule, CityscapesDataModule, DatasetError, VOC2012DataModule, loaders
-from datamodules.ade20k import label_map as ade_label_map
-from datamodules.coco import CocoDataModule
-from datamodules.depth_files import load_depth
+from datamodules import DatasetError, loaders
+from datamodules.classification.imagefolder import ImageFolderDataModule
+from datamodules.depth.files import load_depth
+from datamodules.depth.nyu import NYUDataModule
 from datamodules.files import image_size, load_image, load_label
-from datamodules.imagefolder import ImageFolderDataModule
 from datamodules.loaders import available_cpus, usable_workers
-from datamodules.nyu import NYUDataModule
-from datamodules.synthetic import write_ade20k_like
+from datamodules.sam.coco import CocoDataModule
+from datamodules.segmentation import ADE20kDataModule, CityscapesDataModule, VOC2012DataModule
+from datamodules.segmentation.ade20k import label_map as ade_label_map
+from datamodules.synthetic.ade20k import write_ade20k_like
 from datamodules.transforms import IGNORE_INDEX, cat_max_ratio_crop_box, eval_transform
 from utils.errors import hydra_style, option_style
 

@@ -12,9 +12,9 @@ from PIL import Image
 import train
 from backbones import CheckpointError, load_backbone
 from backbones.dinov2 import build_dinov2
-from datamodules.depth_files import load_depth, read_split
-from datamodules.depth_synthetic import write_nyu_like
+from datamodules.depth.files import load_depth, read_split
 from datamodules.errors import DatasetError
+from datamodules.synthetic.nyu import write_nyu_like
 from heads.depth import DepthModel
 from metrics.depth import depth_metrics, eval_mask
 from tests.conftest import TINY

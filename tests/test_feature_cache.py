@@ -23,11 +23,11 @@ from omegaconf import DictConfig
 import train
 from backbones import FrozenBackbone, load_backbone
 from backbones.extraction import token_numerics
-from datamodules import ADE20kDataModule
+from datamodules.depth.nyu import NYUDataModule
 from datamodules.feature_cache import CachedFeatures, CacheError, FeatureCache, ShardLayout
 from datamodules.feature_cache.extraction import ExtractionData, ImageViews, _OpenShard, fixed_view_transform
-from datamodules.nyu import NYUDataModule
-from datamodules.synthetic import write_ade20k_like
+from datamodules.segmentation import ADE20kDataModule
+from datamodules.synthetic.ade20k import write_ade20k_like
 from tests.conftest import TINY
 from tests.helpers import CacheFor, extraction_trainer, tiny_run
 

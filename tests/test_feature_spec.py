@@ -17,9 +17,9 @@ from omegaconf import open_dict
 import train
 from backbones import FrozenBackbone, load_backbone
 from backbones.features import FeatureSpec, parse_blocks, read_features
+from datamodules.depth.nyu import NYUDataModule
 from datamodules.feature_cache import CachedFeatures
 from datamodules.feature_cache.extraction import ImageViews, fixed_view_transform
-from datamodules.nyu import NYUDataModule
 from heads.depth import default_out_index
 from probes.depth import DepthProbe
 from tests.conftest import TINY

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from datamodules.episodes import load_episodes, sample_episodes, save_episodes
+from datamodules.classification.episodes import load_episodes, sample_episodes, save_episodes
 from datamodules.errors import DatasetError
 from ops.classifiers import (
     centre_and_project,

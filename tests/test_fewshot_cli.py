@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 from PIL import Image
 
 import train
+from datamodules.classification.imagefolder import ClassFolderError, ImageFolderDataModule
 from datamodules.errors import DatasetError
-from datamodules.imagefolder import ClassFolderError, ImageFolderDataModule
 from tests.conftest import TINY
 from tests.helpers import compose_train
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import ADE20kDataModule, CityscapesDataModule, DatasetError, VOC2012DataModule
-from datamodules.base import SegmentationDataModule
-from datamodules.synthetic import write_ade20k_like
+from datamodules import DatasetError
+from datamodules.segmentation import ADE20kDataModule, CityscapesDataModule, VOC2012DataModule
+from datamodules.segmentation.base import SegmentationDataModule
+from datamodules.synthetic.ade20k import write_ade20k_like
 from datamodules.transforms import IGNORE_INDEX, cat_max_ratio_crop_box
 from utils.errors import hydra_style, option_style
 

@@ -118,12 +118,12 @@ def entry_points(tmp: Path) -> dict[str, Callable[[Path], np.ndarray]]:
 
     The data modules that pair an image with a mask or boundaries get one of the image's size (read by
     `read_rgb`), written beside it in ``tmp``."""
-    from datamodules.bsds500 import BSDS500Images, write_boundaries
     from datamodules.files import load_image
     from datamodules.image_files import decode_file
-    from datamodules.interactive import LAYOUTS, InteractiveInstances
-    from datamodules.oneshot_readers import FolderReader
-    from datamodules.revisited import RevisitedImages
+    from datamodules.oneshot.readers import FolderReader
+    from datamodules.retrieval.revisited import RevisitedImages
+    from datamodules.sam.bsds500 import BSDS500Images, write_boundaries
+    from datamodules.sam.interactive import LAYOUTS, InteractiveInstances
     from visualize.images import load_rgb
 
     def size_of(path: Path) -> tuple[int, int]:
@@ -162,15 +162,15 @@ def entry_points(tmp: Path) -> dict[str, Callable[[Path], np.ndarray]]:
         "datamodules.files.load_image (datasets, imagefolder, coco, depth, predict folders)": load_image,
         "datamodules.image_files.decode_file (fast extraction)": lambda p: decode_file(p).permute(1, 2, 0).numpy(),
         "visualize.images.load_rgb (visualize CLIs, SAM masks, oneshot)": lambda p: np.asarray(load_rgb(p, 14)),
-        "datamodules.bsds500.BSDS500Images": bsds,
-        "datamodules.interactive.InteractiveInstances": interactive,
-        "datamodules.oneshot_readers.FolderReader": oneshot,
-        "datamodules.revisited.RevisitedImages": revisited,
+        "datamodules.sam.bsds500.BSDS500Images": bsds,
+        "datamodules.sam.interactive.InteractiveInstances": interactive,
+        "datamodules.oneshot.readers.FolderReader": oneshot,
+        "datamodules.retrieval.revisited.RevisitedImages": revisited,
     }
 
 
 # Readers of annotated sets whose official protocol reads the stored pixels (EXIF orientation not applied).
-STORED_PIXELS = {"datamodules.revisited.RevisitedImages"}
+STORED_PIXELS = {"datamodules.retrieval.revisited.RevisitedImages"}
 
 
 def test_every_entry_point_reads_the_same_pixels(odd, tmp_path) -> None:

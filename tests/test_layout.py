@@ -137,3 +137,26 @@ def test_the_import_paths_users_rely_on_keep_working() -> None:
 
     assert callable(load_backbone) and DepthModel.from_official
     assert (upsample_cross_entropy, SamBoxPredictor, load_sam) == (fused_loss, Predictor, load)
+
+
+DATAMODULE_TASKS = {
+    "segmentation",
+    "depth",
+    "classification",
+    "sam",
+    "oneshot",
+    "retrieval",
+    "synthetic",
+    "feature_cache",
+}
+
+
+def test_datamodules_are_grouped_by_task() -> None:
+    """`datamodules/` holds one sub-package per task and, at its top, only what several tasks share (12 at most)."""
+    top = ROOT / "datamodules"
+    modules = sorted(p.name for p in top.glob("*.py"))
+    packages = {p.name for p in top.iterdir() if (p / "__init__.py").is_file()}
+    assert len(modules) <= 12, modules
+    assert packages == DATAMODULE_TASKS, packages
+    for package in packages - {"feature_cache"}:  # each task's modules say what they read in their first line
+        assert (top / package / "__init__.py").read_text().startswith('"""'), package

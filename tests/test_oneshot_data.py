@@ -20,11 +20,11 @@ from hydra.utils import instantiate
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from datamodules import synthetic_oneshot
 from datamodules.errors import DatasetError
-from datamodules.oneshot import sample_episodes
-from datamodules.oneshot_readers import Coco20iDataModule, FSS1000DataModule, PerSegDataModule, coco20i_class_ids
-from datamodules.synthetic_oneshot import write_oneshot_like
+from datamodules.oneshot.base import sample_episodes
+from datamodules.oneshot.readers import Coco20iDataModule, FSS1000DataModule, PerSegDataModule, coco20i_class_ids
+from datamodules.synthetic import fss1000
+from datamodules.synthetic.fss1000 import write_oneshot_like
 from metrics.oneshot import OneShotIoU
 from tests.helpers import compose_train
 from utils.errors import hydra_style, option_style
@@ -323,18 +323,18 @@ def test_generator_is_deterministic_and_serves_the_fss_reader(tmp_path: Path) ->
 
 
 def test_generator_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = synthetic_oneshot._write_classes
+    real = fss1000._write_classes
 
     def killed(out: Path, *args) -> None:
         real(out, *args)
         raise RuntimeError("killed after writing")
 
-    monkeypatch.setattr(synthetic_oneshot, "_write_classes", killed)
+    monkeypatch.setattr(fss1000, "_write_classes", killed)
     with pytest.raises(RuntimeError, match="killed"):
         write_oneshot_like(tmp_path, n_classes=2, n_images=2, size=16)
     assert not (tmp_path / "fewshot_data").exists()
     assert [p.name for p in tmp_path.iterdir() if "fewshot_data" in p.name and not p.name.endswith(".lock")] == []
-    monkeypatch.setattr(synthetic_oneshot, "_write_classes", real)
+    monkeypatch.setattr(fss1000, "_write_classes", real)
     dm = FSS1000DataModule(str(tmp_path), generate=True, num_workers=0)
     dm.prepare_data()
     dm.setup("test")

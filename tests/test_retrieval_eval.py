@@ -14,7 +14,7 @@ from PIL import Image
 
 import train
 from datamodules.errors import DatasetError
-from datamodules.revisited import RevisitedDataModule, RevisitedImages, load_ground_truth
+from datamodules.retrieval.revisited import RevisitedDataModule, RevisitedImages, load_ground_truth
 from metrics.retrieval import revisited_map
 from tests.conftest import TINY
 from tests.helpers import compose_train

@@ -13,9 +13,9 @@ from pycocotools import mask as mask_utils
 from segment_anything import SamPredictor
 
 import train
-from datamodules.coco import CocoDataModule
 from datamodules.errors import DatasetError
-from datamodules.synthetic_coco import write_coco_like
+from datamodules.sam.coco import CocoDataModule
+from datamodules.synthetic.coco import write_coco_like
 from sam.batched import ImageEmbedding, encode_images
 from sam.evaluation import SamBoxEvaluation, mask_ious
 from sam.model import build_sam

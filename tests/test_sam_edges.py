@@ -16,14 +16,14 @@ from segment_anything import SamPredictor
 from segment_anything.utils.amg import build_point_grid
 
 import train
-from datamodules.bsds500 import (
+from datamodules.errors import DatasetError
+from datamodules.sam.bsds500 import (
     BSDS500DataModule,
     label_boundaries,
     read_boundaries,
     write_boundaries,
     write_bsds_like,
 )
-from datamodules.errors import DatasetError
 from metrics.edges import EdgeBenchmark, image_counts, match_edges, summarize, thin_edges, thresholds
 from sam.edges import edge_map, edge_nms, grid_mask_probabilities, sobel_magnitude
 from sam.model import build_sam

@@ -17,9 +17,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import train
-from datamodules.coco import CocoDataModule
 from datamodules.errors import DatasetError
-from datamodules.synthetic_coco import write_coco_like
+from datamodules.sam.coco import CocoDataModule
+from datamodules.synthetic.coco import write_coco_like
 from metrics.coco import STAT_NAMES
 from sam.evaluation import SamBoxEvaluation, mask_centres
 from sam.model import build_sam

@@ -17,7 +17,7 @@ from PIL import Image
 
 import train
 from datamodules.errors import DatasetError
-from datamodules.interactive import InteractiveDataModule
+from datamodules.sam.interactive import InteractiveDataModule
 from sam.clicks import NOC_MAX_CLICKS, Click, clicks_to_reach, first_click, mask_iou, miou_at, next_click
 from sam.interactive import InteractiveSegmenter, SamPointsEvaluation
 from sam.model import build_sam

@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from utils.atomic import temp_prefix
 from utils.errors import option
 
-from ..base import SegmentationDataModule
-from ..depth import DepthDataModule
+from ..depth.base import DepthDataModule
+from ..segmentation.base import SegmentationDataModule
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD, RescaleToBox
 from .store import CacheError, ShardLayout
 

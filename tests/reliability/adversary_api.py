@@ -84,7 +84,7 @@ def few_shot(method: str, labels: list[int], n_classes: int = 3, **kwargs: objec
 
 
 def episodes(n_way: int = 2, k_shot: int = 1, n_queries: int = 1, n_episodes: int = 2) -> object:
-    from datamodules.episodes import sample_episodes
+    from datamodules.classification.episodes import sample_episodes
 
     return sample_episodes(np.repeat(np.arange(4), 5), n_way, k_shot, n_queries, n_episodes, seed=0)
 
@@ -232,7 +232,7 @@ CASES = [
     Case("adv-api-loss-empty-batch", "traceback", call=lambda tmp: cross_entropy(batch=0), names=("(0, 3, 4, 4)",)),
     Case("adv-api-loss-numpy-labels", "traceback",
          call=lambda tmp: cross_entropy(labels=np.zeros((2, 8, 8), np.int64)), names=("labels", "ndarray")),
-    # ops.classifiers and datamodules.episodes
+    # ops.classifiers and datamodules.classification.episodes
     Case("adv-api-fewshot-label-over", "traceback",
          call=lambda tmp: few_shot("centre_and_project", [0, 0, 1, 1, 2, 5]), names=("0..5", "n_classes=3")),
     Case("adv-api-fewshot-logreg-negative-label", "silent",

@@ -24,14 +24,14 @@ N_TRAIN = 64
 
 
 def _generate(root: str, n_train: int) -> None:
-    from datamodules.synthetic import write_ade20k_like
+    from datamodules.synthetic.ade20k import write_ade20k_like
 
     write_ade20k_like(root, n_train=n_train, n_val=2, size_range=SMALL)
 
 
 def _training_images(root: Path) -> int:
     """What a quickstart run does with ``data.generate=true``: generate unless there, then read the training split."""
-    from datamodules import ADE20kDataModule
+    from datamodules.segmentation import ADE20kDataModule
 
     data = ADE20kDataModule(
         str(root), generate=True, generate_n_train=N_TRAIN, generate_n_val=2, num_workers=0, crop_size=42

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from datamodules.synthetic_coco import write_coco_like
+from datamodules.synthetic.coco import write_coco_like
 from metrics.coco import mask_ap
 from metrics.oneshot import OneShotIoU
 from tests.reliability import Case

@@ -17,7 +17,7 @@ TINY = {"embed_dim": 64, "depth": 4, "num_heads": 4}
 
 
 def _write_images(tmp: Path) -> None:
-    from datamodules.synthetic import write_ade20k_like
+    from datamodules.synthetic.ade20k import write_ade20k_like
 
     if not (tmp / "ade").is_dir():
         write_ade20k_like(tmp / "ade", n_train=8, n_val=2, size_range=((40, 60), (50, 70)))
@@ -28,9 +28,9 @@ def _extract(tmp: Path, die_after: int | None = None, precision: str = "32-true"
     import lightning as L
 
     from backbones import load_backbone
-    from datamodules import ADE20kDataModule
     from datamodules.feature_cache import FeatureCache
     from datamodules.feature_cache.extraction import _OpenShard
+    from datamodules.segmentation import ADE20kDataModule
     from tests.helpers import SpecProbe
 
     _write_images(tmp)

@@ -59,7 +59,7 @@ def coco_with_detections(bad: dict[str, object]) -> object:
     """A generated COCO-format set under tmp/coco and tmp/dets.json whose second detection has the ``bad`` fields."""
 
     def setup(tmp: Path) -> None:
-        from datamodules.synthetic_coco import write_coco_like
+        from datamodules.synthetic.coco import write_coco_like
 
         write_coco_like(tmp / "coco", n_images=2, size_range=((60, 80), (60, 80)))
         good = {"image_id": 1, "category_id": 1, "bbox": [2, 3, 20, 15], "score": 0.9}
@@ -74,18 +74,18 @@ def no_results_file(tmp: Path, result: Result) -> None:
 
 def datamodule(kind: str, **kwargs: object) -> object:
     if kind == "ade20k":
-        from datamodules import ADE20kDataModule
+        from datamodules.segmentation import ADE20kDataModule
 
         return ADE20kDataModule("ade", **kwargs)
     if kind == "nyu":
-        from datamodules.nyu import NYUDataModule
+        from datamodules.depth.nyu import NYUDataModule
 
         return NYUDataModule("nyu", **kwargs)
     if kind == "coco":
-        from datamodules.coco import CocoDataModule
+        from datamodules.sam.coco import CocoDataModule
 
         return CocoDataModule("coco", **kwargs)
-    from datamodules.imagefolder import ImageFolderDataModule
+    from datamodules.classification.imagefolder import ImageFolderDataModule
 
     return ImageFolderDataModule("images", **kwargs)
 

@@ -92,14 +92,14 @@ def strict_results_json(tmp: Path) -> None:
 
 
 def imagefolder(tmp: Path, **options: object) -> None:
-    from datamodules.imagefolder import ImageFolderDataModule
+    from datamodules.classification.imagefolder import ImageFolderDataModule
 
     ImageFolderDataModule(str(tmp / "images"), **options)
 
 
 def episodes_file(text: str):
     def load(tmp: Path) -> None:
-        from datamodules.episodes import load_episodes
+        from datamodules.classification.episodes import load_episodes
 
         (tmp / "episodes.json").write_text(text)
         load_episodes(tmp / "episodes.json", ["a/0.png", "a/1.png", "b/0.png", "b/1.png"], np.array([0, 0, 1, 1]))
@@ -110,7 +110,7 @@ def episodes_file(text: str):
 def collapsed_features(tmp: Path) -> None:
     import warnings
 
-    from datamodules.episodes import sample_episodes
+    from datamodules.classification.episodes import sample_episodes
     from ops.classifiers import DEGENERATE_SPREAD, collapsed_features_warning, feature_spread, logistic_regression
     from probes.fewshot import evaluate_episodes, format_fewshot_row
 

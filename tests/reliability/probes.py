@@ -18,7 +18,7 @@ def _cache_of_other_features(tmp: Path) -> None:
 
     from backbones import load_backbone
     from backbones.features import FeatureSpec
-    from datamodules.nyu import NYUDataModule
+    from datamodules.depth.nyu import NYUDataModule
     from probes.depth import DepthProbe
     from tests.conftest import TINY
     from tests.helpers import CacheFor, extraction_trainer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.synthetic import write_ade20k_like
+from datamodules.synthetic.ade20k import write_ade20k_like
 from tests.reliability import TINY_TRAIN, Case
 
 CASES = [

@@ -33,7 +33,7 @@ def coco_with(change: Change) -> Callable[[Path], None]:
     """Setup: the generated COCO set under tmp/coco with ``change(annotation #1, its image, height, width)``."""
 
     def setup(tmp: Path) -> None:
-        from datamodules.synthetic_coco import write_coco_like
+        from datamodules.synthetic.coco import write_coco_like
 
         path = write_coco_like(tmp / "coco", n_images=2, size_range=((60, 80), (60, 80)))
         data = json.loads(path.read_text())
@@ -46,7 +46,7 @@ def coco_with(change: Change) -> Callable[[Path], None]:
 
 
 def every_coco_item(tmp: Path) -> None:
-    from datamodules.coco import CocoDataModule
+    from datamodules.sam.coco import CocoDataModule
 
     datamodule = CocoDataModule(str(tmp / "coco"), num_workers=0)
     datamodule.setup("test")
@@ -61,7 +61,7 @@ def coco_case(case_id: str, before: str, change: Change, field: str) -> Case:
 
 def ground_truth_bytes(raw: bytes) -> Callable[[Path], object]:
     def load(tmp: Path) -> object:
-        from datamodules.revisited import load_ground_truth
+        from datamodules.retrieval.revisited import load_ground_truth
 
         (tmp / "gnd_roxford5k.pkl").write_bytes(raw)
         return load_ground_truth(tmp / "gnd_roxford5k.pkl")
@@ -75,7 +75,7 @@ def revisited_query_box(bbx: list[float]) -> Callable[[Path], None]:
     def load(tmp: Path) -> None:
         from PIL import Image
 
-        from datamodules.revisited import RevisitedDataModule
+        from datamodules.retrieval.revisited import RevisitedDataModule
 
         folder = tmp / "roxford5k" / "jpg"
         folder.mkdir(parents=True)
@@ -96,7 +96,7 @@ def bsds_boundaries(maps: np.ndarray) -> Callable[[Path], object]:
     def load(tmp: Path) -> object:
         import scipy.io
 
-        from datamodules.bsds500 import read_boundaries
+        from datamodules.sam.bsds500 import read_boundaries
 
         cells = np.empty((1, 2), object)
         for k, boundaries in enumerate((np.eye(4, 5, dtype=np.uint8), maps)):
@@ -111,7 +111,7 @@ def episodes(support: list[list[str]], query: list[list[str]]) -> Callable[[Path
     """Call: an episodes file whose episode 1 has these rows, over images a/0..a/3 (class 0) and b/0..b/3 (class 1)."""
 
     def load(tmp: Path) -> object:
-        from datamodules.episodes import load_episodes
+        from datamodules.classification.episodes import load_episodes
 
         good = {"support": [["a/0"], ["b/0"]], "query": [["a/1"], ["b/1"]]}
         (tmp / "episodes.json").write_text(json.dumps({"episodes": [good, {"support": support, "query": query}]}))

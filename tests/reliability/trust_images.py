@@ -112,7 +112,7 @@ def exif_rotated_dataset_image(tmp: Path) -> None:
 
 
 def sixteen_bit_bsds500(tmp: Path) -> None:
-    from datamodules.bsds500 import BSDS500Images, write_boundaries
+    from datamodules.sam.bsds500 import BSDS500Images, write_boundaries
 
     grey = sixteen_bit("astronaut")
     Image.fromarray(grey).save(tmp / "0.png")

@@ -165,7 +165,7 @@ def no_code_ran(tmp: Path, result: Result) -> None:
 
 
 def voc_offline(tmp: Path) -> object:
-    from datamodules import VOC2012DataModule
+    from datamodules.segmentation import VOC2012DataModule
 
     return VOC2012DataModule(str(tmp / "voc"), download=True).prepare_data()
 

@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.errors import DatasetError
 from utils.errors import option
 from utils.results import write_json
-
-from .errors import DatasetError
 
 
 @dataclass(frozen=True)

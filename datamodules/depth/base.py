@@ -10,18 +10,17 @@ import albumentations as A
 import torch
 from torch.utils.data import Dataset
 
-from utils.errors import option
-
-from .datasets import PredictImages
-from .depth_files import load_depth
-from .depth_transforms import (
+from datamodules.datasets import PredictImages
+from datamodules.depth.files import load_depth
+from datamodules.depth.transforms import (
     depth_eval_transform,
     depth_predict_transform,
     depth_train_transform,
 )
-from .errors import DatasetError
-from .files import list_images, load_image, predict_folder
-from .loaders import DenseDataModule, check_loader_options, usable_workers
+from datamodules.errors import DatasetError
+from datamodules.files import list_images, load_image, predict_folder
+from datamodules.loaders import DenseDataModule, check_loader_options, usable_workers
+from utils.errors import option
 
 
 class DepthDataset(Dataset):

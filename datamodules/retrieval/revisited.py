@@ -21,16 +21,15 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.data_pickle import load_data_pickle
+from datamodules.errors import DatasetError
+from datamodules.files import image_size
+from datamodules.loaders import check_loader_options, usable_workers
+from datamodules.sam.coco_checks import MARGIN
+from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.atomic import atomic_folder
 from utils.errors import option
 from utils.images import rgb_image
-
-from .coco_checks import MARGIN
-from .data_pickle import load_data_pickle
-from .errors import DatasetError
-from .files import image_size
-from .loaders import check_loader_options, usable_workers
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCES = {
     "roxford5k": "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images.tgz",

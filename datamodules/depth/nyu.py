@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .depth import DepthDataModule
-from .depth_files import read_split
-from .depth_synthetic import write_nyu_like
+from datamodules.depth.base import DepthDataModule
+from datamodules.depth.files import read_split
+from datamodules.synthetic.nyu import write_nyu_like
 
 DIRNAME = "nyu"
 

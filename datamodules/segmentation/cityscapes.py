@@ -3,10 +3,10 @@
 import numpy as np
 from torchvision.datasets import Cityscapes
 
-from .base import SegmentationDataModule
-from .datasets import Sample
-from .errors import DatasetError
-from .files import LabelMap, make_label_map, pair_files
+from datamodules.datasets import Sample
+from datamodules.errors import DatasetError
+from datamodules.files import LabelMap, make_label_map, pair_files
+from datamodules.segmentation.base import SegmentationDataModule
 
 # torchvision's table marks the classes left out of evaluation with trainId 255 (or -1)
 EVAL_CLASSES = sorted((c for c in Cityscapes.classes if 0 <= c.train_id < 255), key=lambda c: c.train_id)

@@ -5,14 +5,13 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.datasets import Sample
+from datamodules.download import fetch_archive
+from datamodules.errors import DatasetError
+from datamodules.files import LabelMap, make_label_map, pair_files
+from datamodules.segmentation.base import SegmentationDataModule
+from datamodules.synthetic.ade20k import write_ade20k_like
 from utils.errors import option
-
-from .base import SegmentationDataModule
-from .datasets import Sample
-from .download import fetch_archive
-from .errors import DatasetError
-from .files import LabelMap, make_label_map, pair_files
-from .synthetic import write_ade20k_like
 
 URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 DIRNAME = "ADEChallengeData2016"

@@ -5,7 +5,7 @@ Layouts (RITM's isegm/data/datasets): images in one folder, masks in another, ma
 - berkeley: root/images/*, root/masks/*; the same values as GrabCut.
 - davis: root/img/*, root/gt/*; any non-zero value (any channel) is the object.
 Masks are read from the channel OpenCV reads first (blue), as RITM does. Items have the keys of
-`datamodules.coco.CocoInstances` that the point evaluation reads: image, image_id, path, gt_masks `(1, H, W)` bool,
+`datamodules.sam.coco.CocoInstances` that the point evaluation reads: image, image_id, path, gt_masks `(1, H, W)` bool,
 gt_iscrowd `(1,)`, and gt_ignore `(H, W)` bool.
 """
 
@@ -18,11 +18,10 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.errors import DatasetError
+from datamodules.files import load_image
+from datamodules.loaders import check_loader_options, image_items, usable_workers
 from utils.images import read_rgb
-
-from .errors import DatasetError
-from .files import load_image
-from .loaders import check_loader_options, image_items, usable_workers
 
 HOW_TO_GET = (
     "RITM's evaluation sets are linked from https://github.com/SamsungLabs/ritm_interactive_segmentation#datasets "

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
-from .files import open_image
+from datamodules.errors import DatasetError
+from datamodules.files import open_image
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
 

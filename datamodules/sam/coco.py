@@ -15,11 +15,11 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
-from .coco_checks import check_detection, check_instances
-from .errors import DatasetError
-from .files import load_image
-from .loaders import check_loader_options, image_items, usable_workers
-from .synthetic_coco import write_coco_like
+from datamodules.errors import DatasetError
+from datamodules.files import load_image
+from datamodules.loaders import check_loader_options, image_items, usable_workers
+from datamodules.sam.coco_checks import check_detection, check_instances
+from datamodules.synthetic.coco import write_coco_like
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The one-shot segmentation datasets in their published layouts: FSS-1000, COCO-20i and PerSeg.
 
 Each reader lists every evaluated class's images (sorted) and reads an image with its binary mask; the episodes
-come from `datamodules.oneshot`.
+come from `datamodules.oneshot.base`.
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
+from datamodules.errors import DatasetError
+from datamodules.files import load_image
+from datamodules.oneshot.base import OneShotDataModule, OneShotReader
+from datamodules.oneshot.hsnet_lists import read_hsnet_lists
+from datamodules.sam.coco import load_coco
+from datamodules.synthetic.fss1000 import write_oneshot_like
 from utils.errors import option
 from utils.images import read_mask
-
-from .coco import load_coco
-from .errors import DatasetError
-from .files import load_image
-from .hsnet_lists import read_hsnet_lists
-from .oneshot import OneShotDataModule, OneShotReader
-from .synthetic_oneshot import write_oneshot_like
 
 COCO_FOLDS = 4
 FSS_SPLITS = ("trn", "val", "test")
@@ -80,7 +79,7 @@ class FSS1000DataModule(OneShotDataModule):
     Protocol (HSNet, Matcher): every image of the split's classes is the query once (2,400 episodes on the test
     split), with `shots` random other images of its class as supports. Class ids index the split's sorted classes.
     ``split="all"`` takes every class folder and needs no split file; ``generate`` writes the synthetic set
-    (`datamodules.synthetic_oneshot`) in this layout when root has none.
+    (`datamodules.synthetic.fss1000`) in this layout when root has none.
     """
 
     protocol = "every_query"

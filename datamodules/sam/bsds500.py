@@ -20,12 +20,11 @@ from PIL import Image, ImageDraw
 from scipy.io.matlab import MatReadError
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.errors import DatasetError
+from datamodules.loaders import check_loader_options, image_items, usable_workers
 from utils.atomic import atomic_folder
 from utils.errors import option
 from utils.images import read_rgb
-
-from .errors import DatasetError
-from .loaders import check_loader_options, image_items, usable_workers
 
 SPLITS = ("train", "val", "test")
 LAYOUT = "images/{train,val,test}/<id>.jpg and groundTruth/{train,val,test}/<id>.mat"

@@ -1,7 +1,7 @@
 """One-shot (K-shot) segmentation episodes: the seeded sampler, the episode dataset and the datamodule base.
 
 An episode is one query image of a class and K support images of the same class, each with its binary mask. The
-readers (`datamodules.oneshot_readers`: FSS-1000, COCO-20i, PerSeg) list each class's images; this module draws the
+readers (`datamodules.oneshot.readers`: FSS-1000, COCO-20i, PerSeg) list each class's images; this module draws the
 episodes from that list with `numpy.random.default_rng(seed)` once, in `setup`, so that a rerun, any number of loader
 workers and any number of processes see the same episodes.
 """
@@ -18,10 +18,9 @@ import numpy as np
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.errors import DatasetError
+from datamodules.loaders import check_loader_options, usable_workers
 from utils.errors import option
-
-from .errors import DatasetError
-from .loaders import check_loader_options, usable_workers
 
 PROTOCOLS = ("random", "every_query", "reference")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from datamodules.errors import DatasetError
 
 DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 MAX_SIDE = 1 << 15

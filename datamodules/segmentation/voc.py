@@ -3,11 +3,11 @@
 import numpy as np
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
-from .base import SegmentationDataModule
-from .datasets import Sample
-from .download import fetch_archive
-from .errors import DatasetError
-from .files import LabelMap, make_label_map
+from datamodules.datasets import Sample
+from datamodules.download import fetch_archive
+from datamodules.errors import DatasetError
+from datamodules.files import LabelMap, make_label_map
+from datamodules.segmentation.base import SegmentationDataModule
 
 DIRNAME = "VOCdevkit/VOC2012"
 CLASS_NAMES = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from .data_pickle import load_data_pickle
-from .errors import DatasetError
+from datamodules.data_pickle import load_data_pickle
+from datamodules.errors import DatasetError
 
 
 def read_hsnet_lists(path: Path, class_ids: list[int], image_ids: dict[str, int]) -> dict[int, list[int]]:

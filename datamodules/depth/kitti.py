@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .depth import DepthDataModule
-from .depth_files import read_split
+from datamodules.depth.base import DepthDataModule
+from datamodules.depth.files import read_split
 
 DIRNAME = "kitti"
 

@@ -14,13 +14,12 @@ from albumentations.pytorch import ToTensorV2
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision.datasets.folder import find_classes, make_dataset
 
+from datamodules.classification.episodes import Episode, check_protocol, load_episodes, sample_episodes, save_episodes
+from datamodules.errors import DatasetError
+from datamodules.files import IMAGE_SUFFIXES, list_images, load_image, predict_folder
+from datamodules.loaders import check_loader_options, usable_workers
+from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.errors import option
-
-from .episodes import Episode, check_protocol, load_episodes, sample_episodes, save_episodes
-from .errors import DatasetError
-from .files import IMAGE_SUFFIXES, list_images, load_image, predict_folder
-from .loaders import check_loader_options, usable_workers
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 class ClassFolderError(DatasetError):

@@ -6,7 +6,7 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def color_augmentation() -> A.Sequential:

@@ -7,13 +7,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from datamodules.datasets import PredictImages, Sample, SegmentationDataset
+from datamodules.errors import DatasetError
+from datamodules.files import list_images, predict_folder
+from datamodules.loaders import DenseDataModule, check_loader_options, usable_workers
+from datamodules.transforms import IGNORE_INDEX, eval_transform, train_transform
 from utils.errors import option
-
-from .datasets import PredictImages, Sample, SegmentationDataset
-from .errors import DatasetError
-from .files import list_images, predict_folder
-from .loaders import DenseDataModule, check_loader_options, usable_workers
-from .transforms import IGNORE_INDEX, eval_transform, train_transform
 
 
 class SegmentationDataModule(DenseDataModule):

@@ -1,0 +1,1 @@
+"""SAM's test sets: COCO-format instances (COCO, LVIS), the interactive sets (GrabCut, Berkeley, DAVIS), BSDS500."""
