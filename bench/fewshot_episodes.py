@@ -1,7 +1,7 @@
 """How long 600 few-shot episodes take per method on the CPU, on cached features: `python bench/fewshot_episodes.py`.
 
 Prints one row per (method, K): seconds for all episodes and per episode. Features are random (D = ViT-S/14's 384),
-since only the episode loop is timed; feature extraction runs once per image before it (see the README).
+since only the episode loop is timed; feature extraction runs once per image before it (see docs/classification.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reproduce the papers' numbers with one command: `python -m reproduce ROW... | --all` (README, "Reproduce the
+"""Reproduce the papers' numbers with one command: `python -m reproduce ROW... | --all` (docs/reproduce.md, "Reproduce the
 papers").
 
 Design: rows are data (`rows.py`: overrides, published value, source, tolerance, estimate), and the runner

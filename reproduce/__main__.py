@@ -1,10 +1,10 @@
-"""`python -m reproduce ROW... | --all`: run the published protocols and compare with the papers (README, "Reproduce
+"""`python -m reproduce ROW... | --all`: run the published protocols and compare with the papers (docs/reproduce.md, "Reproduce
 the papers").
 
     python -m reproduce --all --dry-run          # the plan, estimates, and what is missing (nothing is run)
     python -m reproduce --all --pipeline         # every row end to end on generated data, tiny models (CI)
     python -m reproduce sam-bsds500-edges --set sam.download=true   # a real run
-    python -m reproduce --table logs/reproduce/reproduce.json       # the README table with a run's results
+    python -m reproduce --table logs/reproduce/reproduce.json       # docs/reproduce.md's table with a run's results
 """
 
 from __future__ import annotations

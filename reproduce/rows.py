@@ -1,4 +1,4 @@
-"""The rows: one published protocol each, as data. Each value is cited with its source: README.md's anchors, the
+"""The rows: one published protocol each, as data. Each value is cited with its source: the docs pages' anchors, the
 DINOv2 paper's tables, and the official model card (facebookresearch/dinov2 MODEL_CARD.md at b8931f7).
 
 A row's `protocol` overrides are `python train.py` overrides (Hydra); `runs` lists the extra overrides of each run

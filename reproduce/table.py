@@ -1,6 +1,6 @@
 """The Markdown table of rows: published value, tolerance, estimated GPU time, and a run's results when given.
 
-`markdown({})` is the README's table (empty "ours" columns); `markdown(records)` fills them from reproduce.json.
+`markdown({})` is docs/reproduce.md's table (empty "ours" columns); `markdown(records)` fills them from reproduce.json.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The contract every retrieval command uses: `build_index`, `search`, `write_index`, `read_index`.
 
-Approximate kinds and their defaults (chosen with `python -m bench.retrieval_scale`, see the README's "Scale"):
+Approximate kinds and their defaults (chosen with `python -m bench.retrieval_scale`, see docs/retrieval.md, "Scale"):
 - `hnsw`: `IndexHNSWFlat`, `HNSW_M` links per node, `EF_CONSTRUCTION` candidates while building, `EF_SEARCH`
   candidates while searching (set on the index, so it is saved with it).
 - `ivf`: `IndexIVFFlat` with `nlist = sqrt(N)` lists (at least 39 training vectors per list, FAISS's minimum) and
@@ -24,7 +24,7 @@ KINDS = ("auto", "flat", "hnsw", "ivf")
 APPROXIMATE_ABOVE = 100_000
 """`kind="auto"` is exact (`flat`) up to this many vectors, HNSW above (see bench/retrieval_scale.py): exact search
 costs ~12 ms a query at 100 k x 384 on one core, linear in N, so above it the 20 ms target needs an approximate index;
-HNSW over IVF because its recall held on the harder synthetic mixture where IVF's fell (README, "Scale")."""
+HNSW over IVF because its recall held on the harder synthetic mixture where IVF's fell (docs/retrieval.md, "Scale")."""
 
 HNSW_M = 32
 EF_CONSTRUCTION = 40

@@ -1,7 +1,7 @@
 """Fingerprints of an index folder's files, recorded when it is built and compared when it is opened.
 
 A fingerprint is the file's size and the SHA-256 of its first and last MiB (of the whole file up to 2 MiB). Not
-the whole file's SHA-256: opening must stay cheap, and at a million images index.faiss is 1.5-1.7 GB (README,
+the whole file's SHA-256: opening must stay cheap, and at a million images index.faiss is 1.5-1.7 GB (docs/retrieval.md,
 "Scale"), which SHA-256 reads at about 0.4 GB/s on this project's CPUs, seconds before every query. The mix-ups
 this guards against change the size or the edges: a file copied from another index (a FAISS file starts with its
 dimension, count and first vectors, a shard with its .npy header and first rows), a truncated or extended file, an

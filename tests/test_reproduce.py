@@ -105,8 +105,8 @@ def test_dry_run_lists_every_row_with_weights_data_value_and_estimate(
     assert "github.com/HKUSTCV/FSS-1000" in missing and "--set sam.download=true" in missing
 
 
-def test_the_readme_table_is_the_generated_one() -> None:
-    assert markdown({}) in (ROOT / "README.md").read_text()
+def test_the_docs_table_is_the_generated_one() -> None:
+    assert markdown({}) in (ROOT / "docs" / "reproduce.md").read_text()
 
 
 def test_an_unknown_row_is_one_paragraph_and_exit_2(capsys: pytest.CaptureFixture) -> None:

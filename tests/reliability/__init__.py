@@ -2,7 +2,7 @@
 
 Each module here holds one area's `CASES`. A case is one thing a user (or an adversary) does: a command line run
 in a fresh folder (`argv`), or a call of the Python API (`call`). What main did with it before issue 11 is kept in
-`before`, so the README's "Reliability" table is counted from this table, not written by hand.
+`before`, so the "Reliability" table of docs/reliability.md is counted from this table, not written by hand.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ BEFORE_ROWS = {
 
 
 def reliability_table(cases: list[Case]) -> str:
-    """The README's table: what main did with each case before issue 11, and what it does now (all tests pass)."""
+    """The table of docs/reliability.md: what main did with each case before issue 11, and what it does now (all tests pass)."""
     errors = sum(case.exit_code == 2 for case in cases)
     rows = [
         "| outcome | before | now |",

@@ -1,4 +1,4 @@
-"""`python -m tests.reliability` prints the README's "Reliability" table."""
+"""`python -m tests.reliability` prints the "Reliability" table of docs/reliability.md."""
 
 from tests.reliability import all_cases, reliability_table
 
