@@ -34,10 +34,14 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
+from sam.predictor import rows_per_call
 from utils.errors import UserError, option
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-UPSAMPLE_CHUNK = 192  # masks upsampled at once: SamAutomaticMaskGenerator's 64 points x 3, so its peak memory
+# Masks upsampled at once: SamAutomaticMaskGenerator's 64 points x 3, so its peak memory, on images up to about its
+# 1024-pixel input size; fewer on larger ones (`sam.predictor.rows_per_call`): 192 masks of a 6000x4000 photograph
+# would be 18 GB of float32 logits.
+UPSAMPLE_CHUNK = 192
 
 
 class SamMaskGenerator:
@@ -194,7 +198,7 @@ class SamMaskGenerator:
         if self.pred_iou_thresh > 0.0:  # before upsampling: only the survivors are upsampled to the image
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
         stability, boxes = [data["iou_preds"][:0]], [torch.zeros((0, 4), dtype=torch.long, device=coords.device)]
-        for chunk in data["low_res"].split(UPSAMPLE_CHUNK):
+        for chunk in data["low_res"].split(rows_per_call(UPSAMPLE_CHUNK, 1, crop["size"])):
             logits = self._upsample(chunk, crop)
             stability.append(calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset))
             stable = stability[-1] >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else ...
@@ -221,7 +225,7 @@ class SamMaskGenerator:
         probs = np.zeros((n, *size), dtype=np.float32) if probabilities else None
         for index, crop in enumerate(crops):
             rows = torch.nonzero(data["crop_index"] == index)[:, 0]
-            for part in rows.split(UPSAMPLE_CHUNK):
+            for part in rows.split(rows_per_call(UPSAMPLE_CHUNK, 1, crop["size"])):
                 logits = self._upsample(data["low_res"][part.to(data["low_res"].device)], crop)
                 rows_np = part.numpy()
                 masks[rows_np] = uncrop_masks(logits > self.model.mask_threshold, crop["box"], *size).cpu().numpy()
