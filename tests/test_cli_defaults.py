@@ -6,7 +6,8 @@ Only the model is not the default: the tiny fixture backbone (or a tiny random S
 cache. The very large photograph's runs share one subprocess, whose peak memory must stay under `LARGE_PEAK_GB` (and whose
 address space is limited to `LARGE_LIMIT_GB`, so that a default that would allocate tens of gigabytes fails here
 instead of exhausting the machine); the others run in this process.
-`python -m tests.test_cli_defaults IMAGES_DIR OUT_DIR NAME...` runs the named photographs' cases and prints their rows.
+`python -m tests.test_cli_defaults IMAGE OUT_DIR [CLI...]` runs the command lines on one photograph (its mask beside it,
+as `write_photos` writes them) and prints the results as JSON.
 """
 
 from __future__ import annotations
@@ -134,36 +135,64 @@ def retrieval(image: Path, out: Path) -> tuple[int, list[Path]]:
     return 0, [*files, out / "dedup" / "keep_one.txt", out / "clusters" / "clusters.json"]
 
 
-def classify(image: Path, out: Path) -> tuple[int, list[Path]]:
-    """`train.py head=fewshot data=imagefolder data.root=SUPPORT data.predict_dir=QUERIES test=false`: the
-    classification predict CLI (loader workers 0: the default 4 only start processes)."""
+def train_predict(image: Path, out: Path, overrides: list[str], support: Path | None = None) -> tuple[int, Path]:
+    """`python train.py OVERRIDES data.predict_dir=<a folder of the photograph> train=false test=false` with the tiny
+    backbone, in this process (loader workers 0: the default 4 only start processes); the exit code and where the
+    predictions went."""
     import train
     from tests.helpers import compose_train
     from utils.errors import cli_exit_code, hydra_style
 
-    support, queries = out / "support", out / "queries"
-    for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
-        (support / name).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (64, 48), tuple(c + 10 * i for c in colour)).save(support / name / f"{i}.png")
-    queries.mkdir()
+    queries = out / "queries"
+    queries.mkdir(parents=True)
     (queries / image.name).symlink_to(image)
     cfg = compose_train(
         [
+            *overrides,
             f"backbone.checkpoint={TINY_CHECKPOINT}",
             *(f"backbone.{key}={value}" for key, value in TINY.items()),
-            "head=fewshot",
-            "data=imagefolder",
-            f"data.root={support}",
+            f"data.root={support or out / 'data'}",
             f"data.predict_dir={queries}",
             "data.num_workers=0",
+            "train=false",
             "test=false",
             "trainer=cpu",
         ],
         out / "run",
     )
-    code = cli_exit_code(lambda: train.run(cfg), hydra_style)
-    return code, [Path(cfg.head.predict_dir_out) / "predictions.csv"]
+    return cli_exit_code(lambda: train.run(cfg), hydra_style), Path(cfg.head.predict_dir_out)
+
+
+def classify(image: Path, out: Path) -> tuple[int, list[Path]]:
+    """`train.py head=fewshot data=imagefolder data.root=SUPPORT data.predict_dir=QUERIES test=false`: the
+    classification predict CLI, with two classes of two images each."""
+    support = out / "support"
+    for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (support / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (64, 48), tuple(c + 10 * i for c in colour)).save(support / name / f"{i}.png")
+    code, predictions = train_predict(image, out, ["head=fewshot", "data=imagefolder"], support)
+    return code, [predictions / "predictions.csv"]
+
+
+def segment(image: Path, out: Path) -> tuple[int, list[Path]]:
+    """`train.py head=linear_seg data=ade20k train=false head.checkpoint=HEAD data.predict_dir=...`: 150 classes."""
+    from tests.test_train import write_released_head
+
+    head = out / "head.pth"
+    write_released_head(head, channels=TINY["embed_dim"], num_classes=150)
+    code, predictions = train_predict(image, out, ["head=linear_seg", "data=ade20k", f"head.checkpoint={head}"])
+    return code, [predictions / f"{image.stem}.png"]
+
+
+def depth(image: Path, out: Path) -> tuple[int, list[Path]]:
+    """`train.py head=depth_linear4 data=nyu train=false head.checkpoint=HEAD data.predict_dir=...` (the tiny
+    backbone's 4 blocks are its last 4)."""
+    from tests.fixture_paths import DINOV2
+
+    head = [f"head.checkpoint={DINOV2 / 'tiny_vit14_depth_linear4_head.pth'}", "head.out_index=[0,1,2,3]"]
+    code, predictions = train_predict(image, out, ["head=depth_linear4", "data=nyu", *head])
+    return code, [predictions / f"{image.stem}_depth.png", predictions / f"{image.stem}_depth_color.png"]
 
 
 CLIS: dict[str, Callable[[Path, Path], tuple[int, list[Path]]]] = {
@@ -175,6 +204,8 @@ CLIS: dict[str, Callable[[Path, Path], tuple[int, list[Path]]]] = {
     "visualize.sam_masks": sam_masks,
     "retrieval index/query/dedup/cluster": retrieval,
     "train.py head=fewshot predict": classify,
+    "train.py head=linear_seg predict": segment,
+    "train.py head=depth_linear4 predict": depth,
 }
 EXPECTED = {cli: dict.fromkeys(SIZES, 0) for cli in CLIS}
 """The exit code of each command line on each photograph: every default fits every one of them."""
@@ -238,21 +269,34 @@ def test_defaults_fit_the_photograph(cli: str, image: str, photos: dict[str, Pat
         assert "Token grid: {}x{}".format(*fitted_grid(*SIZES[image])) in result["stdout"]
 
 
-def test_defaults_fit_a_very_large_photograph_in_bounded_memory(photos: dict[str, Path], tmp_path: Path) -> None:
-    """Every command line on the 6000x4000 photograph, in one subprocess limited to `LARGE_LIMIT_GB` of address space."""
+SLOW_ON_LARGE = ("train.py head=linear_seg predict",)
+"""30 s on the large photograph, on a shared 2-core CPU: its 150 classes upsampled to 24 megapixels, two at a time."""
+
+
+@pytest.mark.parametrize(
+    "clis",
+    [
+        pytest.param([c for c in CLIS if c not in SLOW_ON_LARGE], id="most"),
+        pytest.param(list(SLOW_ON_LARGE), id="segmentation", marks=pytest.mark.slow),
+    ],
+)
+def test_defaults_fit_a_very_large_photograph_in_bounded_memory(
+    clis: list[str], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    """The command lines on the 6000x4000 photograph, in one subprocess limited to `LARGE_LIMIT_GB` of address space."""
 
     def limit() -> None:
         size = LARGE_LIMIT_GB * 2**30
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "hub"), "MALLOC_ARENA_MAX": "2"}  # fewer address-space arenas
-    command = [sys.executable, "-m", "tests.test_cli_defaults", str(photos["large"].parent), str(tmp_path), "large"]
+    command = [sys.executable, "-m", "tests.test_cli_defaults", str(photos["large"]), str(tmp_path), *clis]
     proc = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, preexec_fn=limit, timeout=600, check=False
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.splitlines()[-1])
-    assert [r["cli"] for r in report["results"]] == list(CLIS)
+    assert [r["cli"] for r in report["results"]] == clis
     for result in report["results"]:
         check(result)
     assert report["peak_rss_gb"] < LARGE_PEAK_GB
@@ -274,14 +318,10 @@ def test_display_copy_of_a_large_photograph_keeps_its_shape_and_masks() -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``IMAGES_DIR OUT_DIR NAME...``: every command line on each named photograph; prints one JSON line: the results
-    and the process's peak resident memory in GB."""
-    folder, out, names = Path(argv[0]), Path(argv[1]), argv[2:]
-    results = []
-    for name in names:
-        image = next(folder.glob(f"{name}.*"))
-        for number, cli in enumerate(CLIS):
-            results.append(run_case(cli, image, out / f"{name}_{number}"))
+    """``IMAGE OUT_DIR CLI...``: the named command lines (keys of `CLIS`; all without any) on the photograph; prints
+    one JSON line: the results and the process's peak resident memory in GB."""
+    image, out = Path(argv[0]), Path(argv[1])
+    results = [run_case(cli, image, out / f"{number}") for number, cli in enumerate(argv[2:] or CLIS)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # ru_maxrss: kB on Linux
     print(json.dumps({"results": results, "peak_rss_gb": round(peak, 2)}))
 
