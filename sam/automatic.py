@@ -5,6 +5,9 @@ IoU and stability score, duplicates removed by box NMS within and across crops.
 its order of operations and with its helpers (`utils.amg`), faster: `points_per_batch` prompts per decoder call (256,
 there 64), the predicted-IoU filter before upsampling (only its survivors reach image size), no run-length encoding of
 masks that NMS drops, bf16 autocast on CUDA (as `SamBoxPredictor`); also the kept masks' probabilities (edge maps).
+On large images fewer masks are upsampled at once (`sam.batched.rows_per_call`).
+
+Longer than 300 lines: one generator, as `SamAutomaticMaskGenerator` is one class, with its option and image checks.
 """
 
 from __future__ import annotations
@@ -34,14 +37,11 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
-from sam.predictor import rows_per_call
+from sam.batched import rows_per_call
 from utils.errors import UserError, option
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-# Masks upsampled at once: SamAutomaticMaskGenerator's 64 points x 3, so its peak memory, on images up to about its
-# 1024-pixel input size; fewer on larger ones (`sam.predictor.rows_per_call`): 192 masks of a 6000x4000 photograph
-# would be 18 GB of float32 logits.
-UPSAMPLE_CHUNK = 192
+UPSAMPLE_CHUNK = 192  # masks upsampled at once: SamAutomaticMaskGenerator's 64 points x 3 (fewer on large images)
 
 
 class SamMaskGenerator:

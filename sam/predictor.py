@@ -7,19 +7,7 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
-from sam.batched import ImageEmbedding, check_image, sam_autocast
-
-UPSAMPLE_ELEMENTS = 2**28
-"""The most mask logits upsampled to the image in one decoder call (1 GiB of float32): `SamBoxPredictor` sends fewer
-prompts at once on large images (64 boxes of a 640x480 image are 20 M; 3 candidates of one prompt on a 6000x4000
-photograph are 72 M), and `sam.automatic` upsamples fewer masks at once. The results are the same up to float
-rounding (about 1e-7: batched kernels round differently)."""
-
-
-def rows_per_call(most: int, masks_per_row: int, size: tuple[int, int]) -> int:
-    """How many prompts (rows) of ``masks_per_row`` masks each to upsample at once to an image of ``size`` ``(H, W)``:
-    ``most``, or fewer so that their logits stay within ``UPSAMPLE_ELEMENTS`` (at least 1)."""
-    return max(1, min(most, UPSAMPLE_ELEMENTS // (masks_per_row * size[0] * size[1])))
+from sam.batched import ImageEmbedding, check_image, rows_per_call, sam_autocast
 
 
 class SamBoxPredictor:
@@ -29,7 +17,7 @@ class SamBoxPredictor:
     Preprocessing and postprocessing are `segment_anything.SamPredictor`'s (ResizeLongestSide, padding,
     mask upsampling), so each mask matches `SamPredictor.predict(box=b, multimask_output=False)`. For many
     images, encode them in one call (`sam.batched.encode_images`) and `set_embedding` each in turn. On a large image
-    fewer prompts go at once (`rows_per_call`), so that the masks upsampled to it stay within `UPSAMPLE_ELEMENTS`.
+    fewer prompts go at once (`sam.batched.rows_per_call`: the masks upsampled to it stay within 1 GiB).
     """
 
     def __init__(self, sam_model: Sam, chunk_size: int = 64) -> None:
@@ -95,7 +83,7 @@ class SamBoxPredictor:
         boxes = check_boxes(boxes, *self._image_size())
         boxes = torch.as_tensor(boxes, device=self.device)
         boxes = self.predictor.transform.apply_boxes_torch(boxes, self.predictor.original_size)
-        rows = self._rows(1)
+        rows = rows_per_call(self.chunk_size, 1, self._image_size())
         chunks = [self._decode(boxes=chunk, multimask=False) for chunk in boxes.split(rows) if len(chunk)]
         return self._collect(chunks)
 
@@ -115,7 +103,7 @@ class SamBoxPredictor:
         boxes = torch.as_tensor(boxes, device=self.device)
         boxes = self.predictor.transform.apply_boxes_torch(boxes, self.predictor.original_size)
         first, second = [], []
-        for chunk in boxes.split(self._rows(1)):
+        for chunk in boxes.split(rows_per_call(self.chunk_size, 1, self._image_size())):
             if len(chunk):
                 masks, scores, logits = self._decode(boxes=chunk, multimask=False, logits=True)
                 first.append((masks, scores))
@@ -137,7 +125,7 @@ class SamBoxPredictor:
         points = torch.as_tensor(check_points(points, *self._image_size())[:, None], device=self.device)
         points = self.predictor.transform.apply_coords_torch(points, self.predictor.original_size)
         labels = torch.ones(points.shape[:2], dtype=torch.int, device=self.device)
-        rows = self._rows(3 if multimask else 1)
+        rows = rows_per_call(self.chunk_size, 3 if multimask else 1, self._image_size())
         chunks = [
             self._decode(points=(p, l), multimask=multimask)
             for p, l in zip(points.split(rows), labels.split(rows))
@@ -181,7 +169,7 @@ class SamBoxPredictor:
             torch.as_tensor(coords, device=self.device), self.predictor.original_size
         )
         labels = torch.as_tensor(labels, dtype=torch.int, device=self.device)
-        chunks, step = [], self._rows(3 if multimask else 1)
+        chunks, step = [], rows_per_call(self.chunk_size, 3 if multimask else 1, self._image_size())
         for start in range(0, n, step):
             rows = slice(start, start + step)
             prompt = (coords[rows], labels[rows]) if coords.shape[1] else None
@@ -189,10 +177,6 @@ class SamBoxPredictor:
                 self._decode(boxes=None if boxes is None else boxes[rows], points=prompt, multimask=multimask)
             )
         return self._collect(chunks)
-
-    def _rows(self, masks_per_prompt: int) -> int:
-        """Prompts per decoder call on the image set: `chunk_size`, fewer on a large image (`rows_per_call`)."""
-        return rows_per_call(self.chunk_size, masks_per_prompt, self._image_size())
 
     def _image_size(self) -> tuple[int, int]:
         """(H, W) of the image set; a ValueError when there is none."""

@@ -6,6 +6,8 @@ Only the model is not the default: the tiny fixture backbone (or a tiny random S
 cache. The very large photograph's runs share one subprocess, whose peak memory must stay under `LARGE_PEAK_GB` (and whose
 address space is limited to `LARGE_LIMIT_GB`, so that a default that would allocate tens of gigabytes fails here
 instead of exhausting the machine); the others run in this process.
+Longer than 300 lines: one short function per command line, all run by the same two tests.
+
 `python -m tests.test_cli_defaults IMAGE OUT_DIR [CLI...]` runs the command lines on one photograph (its mask beside it,
 as `write_photos` writes them) and prints the results as JSON.
 """

@@ -147,8 +147,8 @@ def test_prompt_sets_match_sam_predictor_set_by_set(
 def test_prompt_sets_on_a_large_image_go_fewer_at_once(
     tiny_sam: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`sam.predictor.UPSAMPLE_ELEMENTS` bounds the masks upsampled to the image at once: here 2 sets of 3 candidates."""
-    import sam.predictor
+    """`sam.batched.UPSAMPLE_ELEMENTS` bounds the masks upsampled to the image at once: here 2 sets of 3 candidates."""
+    import sam.batched
 
     rng = np.random.default_rng(3)
     image = noise(90, 120, 2)
@@ -159,7 +159,7 @@ def test_prompt_sets_on_a_large_image_go_fewer_at_once(
     calls = []
     decode = predictor._decode
     monkeypatch.setattr(predictor, "_decode", lambda **kw: calls.append(len(kw["points"][0])) or decode(**kw))
-    monkeypatch.setattr(sam.predictor, "UPSAMPLE_ELEMENTS", 2 * 3 * 90 * 120 + 1)
+    monkeypatch.setattr(sam.batched, "UPSAMPLE_ELEMENTS", 2 * 3 * 90 * 120 + 1)
     chunked = predictor.predict_prompts(None, points, labels)
     assert calls == [2, 2, 1]
     np.testing.assert_array_equal(chunked[0], whole[0])

@@ -144,9 +144,9 @@ def test_output_modes_and_probabilities() -> None:
 
 
 def test_a_large_image_upsamples_fewer_masks_at_once_with_the_same_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`sam.predictor.UPSAMPLE_ELEMENTS` bounds the logits upsampled at once; here to 5 masks of the image (not 192),
+    """`sam.batched.UPSAMPLE_ELEMENTS` bounds the logits upsampled at once; here to 5 masks of the image (not 192),
     more of a smaller crop."""
-    import sam.predictor
+    import sam.batched
 
     image = data.coffee()[::8, ::8].copy()  # 50 x 75
     options = {**LOW, "points_per_side": 16, "crop_n_layers": 1, "pred_iou_thresh": 0.85}
@@ -158,7 +158,7 @@ def test_a_large_image_upsamples_fewer_masks_at_once_with_the_same_results(monke
         "_upsample",
         lambda self, low, crop: sizes.append(len(low) * np.prod(crop["size"])) or upsample(self, low, crop),
     )
-    monkeypatch.setattr(sam.predictor, "UPSAMPLE_ELEMENTS", 5 * 50 * 75)
+    monkeypatch.setattr(sam.batched, "UPSAMPLE_ELEMENTS", 5 * 50 * 75)
     chunked, chunked_probs = mask_probabilities(localised_sam(3), image, **options)
     assert len(whole) > 5 and max(sizes) == 5 * 50 * 75
     assert [r["bbox"] for r in chunked] == [r["bbox"] for r in whole]
