@@ -11,6 +11,10 @@ from torch import Tensor
 PredictFn = Callable[[Tensor], Tensor]
 """Windows `(N, 3, h, w)` -> logits `(N, K, h, w)` at the window size."""
 
+LABEL_ELEMENTS = 2**26
+"""The most class scores at the output size `multiscale_flip_labels` holds in one tensor (256 MiB of float32); it
+holds about four such tensors at once."""
+
 
 def check_windows(crop_size: int, stride: int, owner: str = "slide_windows") -> None:
     """ValueError unless ``1 <= stride <= crop_size`` (whole numbers): a stride of 0 divides by zero, and one
@@ -96,3 +100,74 @@ def multiscale_flip_probs(
             view_probs = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False).softmax(1)
             probs += view_probs.flip(-1) if flipped else view_probs
     return probs / (len(scales) * len(flips))
+
+
+def multiscale_flip_labels(
+    predict_fn: PredictFn,
+    image: Tensor,
+    num_classes: int,
+    out_size: Sequence[int],
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    crop_size: int = 512,
+    stride: int = 341,
+    max_elements: int = LABEL_ELEMENTS,
+) -> Tensor:
+    """Images `(B, 3, H, W)` -> labels `(B, *out_size)` int64: the argmax over classes of `multiscale_flip_probs`,
+    holding at most about ``max_elements`` class scores at the output size in one tensor.
+
+    When `(B, K, *out_size)` is within ``max_elements``, it is `multiscale_flip_probs(...).argmax(1)` itself.
+    Otherwise (a large photograph: 150 classes of a 4032x3024 image are 7.3 GB, and `multiscale_flip_probs` holds
+    three such tensors) the views' logits are kept at their own sizes and upsampled a few classes at a time and
+    compared with the best class so far: one view's logits as they are (the softmax keeps their order), several
+    views' probabilities summed, each view's upsampled twice for that: first for its log-sum-exp over the classes at
+    the output size, then for the probabilities `exp(logit - logsumexp)`. Each pixel's label is that of
+    `multiscale_flip_probs` up to float rounding (a tie within about 1e-7 may go either way).
+    """
+    batch, pixels = image.shape[0], out_size[0] * out_size[1]
+    if batch * num_classes * pixels <= max_elements:
+        probs = multiscale_flip_probs(predict_fn, image, num_classes, out_size, scales, flip, crop_size, stride)
+        return probs.argmax(1)
+    height, width = image.shape[-2:]
+    views = []  # each view's logits at its own size, and whether it is flipped
+    for scale in scales:
+        size = (int(height * scale + 0.5), int(width * scale + 0.5))  # as multiscale_flip_probs
+        scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            view = scaled.flip(-1) if flipped else scaled
+            views.append((slide_logits(predict_fn, view, num_classes, crop_size, stride), flipped))
+    step = max(1, max_elements // (batch * pixels))
+    chunks = [slice(start, start + step) for start in range(0, num_classes, step)]
+
+    def upsampled(logits: Tensor, classes: slice) -> Tensor:
+        return F.interpolate(logits[:, classes], size=tuple(out_size), mode="bilinear", align_corners=False)
+
+    lse = []  # each view's log-sum-exp over all classes at the output size, (B, H', W'); one view needs none
+    for logits, _ in views if len(views) > 1 else ():
+        total = None
+        for classes in chunks:
+            part = torch.logsumexp(upsampled(logits, classes), dim=1)
+            total = part if total is None else torch.logaddexp(total, part)
+        lse.append(total)
+
+    def scores(classes: slice) -> Tensor:
+        """The classes' probabilities summed over the views, or one view's logits (the softmax keeps their order)."""
+        if not lse:
+            return upsampled(views[0][0], classes)
+        total = None
+        for (logits, flipped), view_lse in zip(views, lse):
+            probs = (upsampled(logits, classes) - view_lse[:, None]).exp()
+            probs = probs.flip(-1) if flipped else probs
+            total = probs if total is None else total.add_(probs)
+        return total
+
+    best = labels = None
+    for classes in chunks:
+        value, index = scores(classes).max(1)
+        index += classes.start
+        if best is None:
+            best, labels = value, index
+        else:  # strictly better: on a tie the lower class, as argmax
+            better = value > best
+            best, labels = torch.where(better, value, best), torch.where(better, index, labels)
+    return labels

@@ -16,7 +16,7 @@ from torchmetrics import MetricCollection
 from backbones.features import read_features
 from heads.linear_seg import LinearSegHead, load_official_head
 from metrics.segmentation import class_iou, segmentation_metrics
-from ops.inference import check_windows, multiscale_flip_probs
+from ops.inference import check_windows, multiscale_flip_labels, multiscale_flip_probs
 from ops.losses import upsample_cross_entropy
 from ops.schedules import warmup_poly
 from probes.base import HeadGridProbe
@@ -152,8 +152,19 @@ class SegmentationProbe(HeadGridProbe):
         predict = shared_windows(self.grid_window_logits, copies, images.shape[0])
         return list(self._slide(predict, images.repeat(copies, 1, 1, 1), size).chunk(copies))
 
-    def _slide(self, predict_fn: Callable[[Tensor], Tensor], images: Tensor, size: Sequence[int]) -> Tensor:
-        return multiscale_flip_probs(
+    def segment_labels(self, images: Tensor, size: Sequence[int]) -> Tensor:
+        """Images `(B, 3, h, w)` -> the chosen head's labels `(B, *size)`: `segment`'s argmax, in bounded memory at any
+        `size` (`ops.inference.multiscale_flip_labels`: a photograph of many megapixels, predicted at its own size)."""
+        return self._slide(self.window_logits, images, size, multiscale_flip_labels)
+
+    def _slide(
+        self,
+        predict_fn: Callable[[Tensor], Tensor],
+        images: Tensor,
+        size: Sequence[int],
+        inference: Callable[..., Tensor] = multiscale_flip_probs,
+    ) -> Tensor:
+        return inference(
             predict_fn,
             images,
             self.hparams.num_classes,
@@ -206,7 +217,7 @@ class SegmentationProbe(HeadGridProbe):
         """
         height, width = self.original_size(batch)
         dtype = torch.uint8 if self.hparams.num_classes <= 256 else torch.int64
-        labels = self.segment(batch["image"], (height, width))[0].argmax(0).to(dtype).cpu()
+        labels = self.segment_labels(batch["image"], (height, width))[0].to(dtype).cpu()
         if self.hparams.predict_dir_out is not None:
             out_dir = Path(self.hparams.predict_dir_out)
             out_dir.mkdir(parents=True, exist_ok=True)

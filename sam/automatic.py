@@ -5,6 +5,9 @@ IoU and stability score, duplicates removed by box NMS within and across crops.
 its order of operations and with its helpers (`utils.amg`), faster: `points_per_batch` prompts per decoder call (256,
 there 64), the predicted-IoU filter before upsampling (only its survivors reach image size), no run-length encoding of
 masks that NMS drops, bf16 autocast on CUDA (as `SamBoxPredictor`); also the kept masks' probabilities (edge maps).
+On large images fewer masks are upsampled at once (`sam.batched.rows_per_call`).
+
+Longer than 300 lines: one generator, as `SamAutomaticMaskGenerator` is one class, with its option and image checks.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
+from sam.batched import rows_per_call
 from utils.errors import UserError, option
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-UPSAMPLE_CHUNK = 192  # masks upsampled at once: SamAutomaticMaskGenerator's 64 points x 3, so its peak memory
+UPSAMPLE_CHUNK = 192  # masks upsampled at once: SamAutomaticMaskGenerator's 64 points x 3 (fewer on large images)
 
 
 class SamMaskGenerator:
@@ -194,7 +198,7 @@ class SamMaskGenerator:
         if self.pred_iou_thresh > 0.0:  # before upsampling: only the survivors are upsampled to the image
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
         stability, boxes = [data["iou_preds"][:0]], [torch.zeros((0, 4), dtype=torch.long, device=coords.device)]
-        for chunk in data["low_res"].split(UPSAMPLE_CHUNK):
+        for chunk in data["low_res"].split(rows_per_call(UPSAMPLE_CHUNK, 1, crop["size"])):
             logits = self._upsample(chunk, crop)
             stability.append(calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset))
             stable = stability[-1] >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else ...
@@ -221,7 +225,7 @@ class SamMaskGenerator:
         probs = np.zeros((n, *size), dtype=np.float32) if probabilities else None
         for index, crop in enumerate(crops):
             rows = torch.nonzero(data["crop_index"] == index)[:, 0]
-            for part in rows.split(UPSAMPLE_CHUNK):
+            for part in rows.split(rows_per_call(UPSAMPLE_CHUNK, 1, crop["size"])):
                 logits = self._upsample(data["low_res"][part.to(data["low_res"].device)], crop)
                 rows_np = part.numpy()
                 masks[rows_np] = uncrop_masks(logits > self.model.mask_threshold, crop["box"], *size).cpu().numpy()

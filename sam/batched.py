@@ -30,6 +30,19 @@ class ImageEmbedding:
     input_size: tuple[int, int]
 
 
+UPSAMPLE_ELEMENTS = 2**28
+"""The most mask logits upsampled to the image in one decoder call (1 GiB of float32): `SamBoxPredictor` sends fewer
+prompts at once on large images (64 boxes of a 640x480 image are 20 M; 3 candidates of one prompt on a 6000x4000
+photograph are 72 M), and `sam.automatic` upsamples fewer masks at once. The results are the same up to float
+rounding (about 1e-7: batched kernels round differently)."""
+
+
+def rows_per_call(most: int, masks_per_row: int, size: tuple[int, int]) -> int:
+    """How many prompts (rows) of ``masks_per_row`` masks each to upsample at once to an image of ``size`` ``(H, W)``:
+    ``most``, or fewer so that their logits stay within ``UPSAMPLE_ELEMENTS`` (at least 1)."""
+    return max(1, min(most, UPSAMPLE_ELEMENTS // (masks_per_row * size[0] * size[1])))
+
+
 def sam_autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA (SAM's encoder and decoder run in it there), nothing on other devices."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -7,7 +7,7 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
-from sam.batched import ImageEmbedding, check_image, sam_autocast
+from sam.batched import ImageEmbedding, check_image, rows_per_call, sam_autocast
 
 
 class SamBoxPredictor:
@@ -16,7 +16,8 @@ class SamBoxPredictor:
 
     Preprocessing and postprocessing are `segment_anything.SamPredictor`'s (ResizeLongestSide, padding,
     mask upsampling), so each mask matches `SamPredictor.predict(box=b, multimask_output=False)`. For many
-    images, encode them in one call (`sam.batched.encode_images`) and `set_embedding` each in turn.
+    images, encode them in one call (`sam.batched.encode_images`) and `set_embedding` each in turn. On a large image
+    fewer prompts go at once (`sam.batched.rows_per_call`: the masks upsampled to it stay within 1 GiB).
     """
 
     def __init__(self, sam_model: Sam, chunk_size: int = 64) -> None:
@@ -82,7 +83,8 @@ class SamBoxPredictor:
         boxes = check_boxes(boxes, *self._image_size())
         boxes = torch.as_tensor(boxes, device=self.device)
         boxes = self.predictor.transform.apply_boxes_torch(boxes, self.predictor.original_size)
-        chunks = [self._decode(boxes=chunk, multimask=False) for chunk in boxes.split(self.chunk_size) if len(chunk)]
+        rows = rows_per_call(self.chunk_size, 1, self._image_size())
+        chunks = [self._decode(boxes=chunk, multimask=False) for chunk in boxes.split(rows) if len(chunk)]
         return self._collect(chunks)
 
     def predict_refined(
@@ -101,7 +103,7 @@ class SamBoxPredictor:
         boxes = torch.as_tensor(boxes, device=self.device)
         boxes = self.predictor.transform.apply_boxes_torch(boxes, self.predictor.original_size)
         first, second = [], []
-        for chunk in boxes.split(self.chunk_size):
+        for chunk in boxes.split(rows_per_call(self.chunk_size, 1, self._image_size())):
             if len(chunk):
                 masks, scores, logits = self._decode(boxes=chunk, multimask=False, logits=True)
                 first.append((masks, scores))
@@ -123,9 +125,10 @@ class SamBoxPredictor:
         points = torch.as_tensor(check_points(points, *self._image_size())[:, None], device=self.device)
         points = self.predictor.transform.apply_coords_torch(points, self.predictor.original_size)
         labels = torch.ones(points.shape[:2], dtype=torch.int, device=self.device)
+        rows = rows_per_call(self.chunk_size, 3 if multimask else 1, self._image_size())
         chunks = [
             self._decode(points=(p, l), multimask=multimask)
-            for p, l in zip(points.split(self.chunk_size), labels.split(self.chunk_size))
+            for p, l in zip(points.split(rows), labels.split(rows))
             if len(p)
         ]
         return self._collect(chunks)
@@ -166,9 +169,9 @@ class SamBoxPredictor:
             torch.as_tensor(coords, device=self.device), self.predictor.original_size
         )
         labels = torch.as_tensor(labels, dtype=torch.int, device=self.device)
-        chunks = []
-        for start in range(0, n, self.chunk_size):
-            rows = slice(start, start + self.chunk_size)
+        chunks, step = [], rows_per_call(self.chunk_size, 3 if multimask else 1, self._image_size())
+        for start in range(0, n, step):
+            rows = slice(start, start + step)
             prompt = (coords[rows], labels[rows]) if coords.shape[1] else None
             chunks.append(
                 self._decode(boxes=None if boxes is None else boxes[rows], points=prompt, multimask=multimask)

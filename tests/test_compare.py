@@ -15,7 +15,7 @@ from skimage import data
 
 from tests.fixture_paths import DINOV2, TINY_DINOV3, require
 from visualize.args import compare_parser
-from visualize.compare import MAX_STRETCH, check_grid, main, make_compare_figure
+from visualize.compare import DEFAULT_TOKENS, MAX_STRETCH, check_grid, fitted_grid, main, make_compare_figure
 from visualize.images import InputError
 
 FILES = {
@@ -68,12 +68,33 @@ def test_three_backbones_share_the_asked_grid(files: dict[str, Path], chelsea: P
     assert not list(out.parent.glob("*.tmp"))
 
 
-def test_default_grid_is_80x60_at_1120x840_and_1280x960(files: dict[str, Path], chelsea: Path, tmp_path: Path) -> None:
+def test_default_grid_fits_the_image_and_is_said(files: dict[str, Path], chelsea: Path, tmp_path: Path, capsys) -> None:
     names = ["dinov2_vits14", "dinov3_vits16"]
-    args = compare_parser().parse_args(argv(chelsea, tmp_path / "c.png", names, files, "--dtype", "bfloat16"))
-    panels = make_compare_figure(args)
-    assert [p.input_size for p in panels] == [(840, 1120), (960, 1280)]
-    assert all(p.rgb.shape == (60, 80, 3) and p.rgb.isfinite().all() for p in panels)
+    square = tmp_path / "square.png"
+    Image.open(chelsea).crop((75, 0, 375, 300)).save(square)
+    for image, size in ((chelsea, (451, 300)), (square, (300, 300))):
+        out = tmp_path / f"{image.stem}_compare.png"
+        panels = make_compare_figure(compare_parser().parse_args(argv(image, out, names, files, "--dtype", "bfloat16")))
+        width, height = fitted_grid(*size)
+        assert f"Token grid: {width}x{height}" in capsys.readouterr().out
+        assert [p.input_size for p in panels] == [(height * 14, width * 14), (height * 16, width * 16)]
+        assert all(p.rgb.shape == (height, width, 3) and p.rgb.isfinite().all() for p in panels)
+        assert check_grid(str(image), *size, (width, height)) < 1.02 and out.is_file()
+
+
+def test_fitted_grid_keeps_the_aspect_ratio_at_about_80x60_tokens() -> None:
+    assert fitted_grid(640, 480) == (80, 60) and fitted_grid(480, 640) == (60, 80)  # 4:3 is the report's grid
+    side, other = fitted_grid(1000, 1000)
+    assert side == other and abs(side * side - DEFAULT_TOKENS) < 2 * side
+    for width, height in [(451, 300), (300, 451), (1920, 1080), (6000, 4000), (20, 20), (3000, 500), (500, 3000)]:
+        grid = fitted_grid(width, height)
+        assert min(grid) >= 2 and 0.8 * DEFAULT_TOKENS <= grid[0] * grid[1] <= 1.44 * DEFAULT_TOKENS
+        assert check_grid("x.png", width, height, grid, asked=False) < 1.05
+    # a panorama too long for the token budget: the grid is capped, and the image refused rather than stretched
+    grid = fitted_grid(100_000, 20)
+    assert grid[0] * grid[1] <= DEFAULT_TOKENS
+    with pytest.raises(InputError, match="too elongated for the default grid"):
+        check_grid("pano.png", 100_000, 20, grid, asked=False)
 
 
 def test_random_weights_are_said_and_background_removed(files: dict[str, Path], chelsea: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from heads import CheckpointError, LinearSegHead, load_official_head
-from ops.inference import multiscale_flip_probs, slide_logits, slide_windows
+from ops.inference import multiscale_flip_labels, multiscale_flip_probs, slide_logits, slide_windows
 from ops.schedules import warmup_poly
 from probes.segmentation import SegmentationProbe
 from tests.helpers import NUM_CLASSES, StubBackbone, loaders, make_trainer
@@ -145,6 +145,25 @@ def test_multiscale_flip_averages_probabilities() -> None:
         flipped, multiscale_flip_probs(lambda w: w, image, 3, (40, 60), scales, crop_size=16, stride=10)
     )
     torch.testing.assert_close(flipped.sum(1), torch.ones(1, 40, 60))
+
+
+@pytest.mark.parametrize(("scales", "flip"), [((1.0,), False), ((1.0, 1.5), True)])
+def test_labels_in_class_chunks_are_the_argmax_of_the_probabilities(scales: tuple, flip: bool) -> None:
+    """A small `max_elements` makes `multiscale_flip_labels` take 2 classes at a time, as on a large photograph."""
+    image = torch.randn(2, 3, 20, 30, generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(7, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+
+    def predict(windows: Tensor) -> Tensor:  # 7 classes, each a different mix of the channels
+        return F.conv2d(windows, weights)
+
+    options = {"scales": scales, "flip": flip, "crop_size": 16, "stride": 10}
+    probs = multiscale_flip_probs(predict, image, 7, (50, 70), **options)
+    whole = multiscale_flip_labels(predict, image, 7, (50, 70), **options)
+    chunked = multiscale_flip_labels(predict, image, 7, (50, 70), max_elements=2 * 2 * 50 * 70, **options)
+    assert torch.equal(whole, probs.argmax(1)) and whole.unique().numel() == 7
+    top2 = probs.topk(2, dim=1).values
+    clear = top2[:, 0] - top2[:, 1] > 1e-5  # no near-tie that float rounding could turn
+    assert clear.float().mean() > 0.99 and torch.equal(chunked[clear], whole[clear])
 
 
 def test_warmup_poly() -> None:

@@ -144,6 +144,28 @@ def test_prompt_sets_match_sam_predictor_set_by_set(
         assert iou(ref_masks[best], masks[i]) >= 0.999 and abs(ref_scores[best] - scores[i]) <= 1e-4
 
 
+def test_prompt_sets_on_a_large_image_go_fewer_at_once(
+    tiny_sam: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sam.batched.UPSAMPLE_ELEMENTS` bounds the masks upsampled to the image at once: here 2 sets of 3 candidates."""
+    import sam.batched
+
+    rng = np.random.default_rng(3)
+    image = noise(90, 120, 2)
+    points = rng.uniform(0, [120, 90], (5, 2, 2)).astype(np.float32)
+    labels = np.ones((5, 2), dtype=int)
+    predictor = SamBoxPredictor(tiny_sam)
+    whole = predictor.predict_prompts(image, points, labels)
+    calls = []
+    decode = predictor._decode
+    monkeypatch.setattr(predictor, "_decode", lambda **kw: calls.append(len(kw["points"][0])) or decode(**kw))
+    monkeypatch.setattr(sam.batched, "UPSAMPLE_ELEMENTS", 2 * 3 * 90 * 120 + 1)
+    chunked = predictor.predict_prompts(None, points, labels)
+    assert calls == [2, 2, 1]
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_allclose(chunked[1], whole[1], atol=1e-6)
+
+
 def test_prompt_sets_pad_to_one_length() -> None:
     positive, negative = torch.tensor([[1.0, 2], [3, 4]]), torch.tensor([[5.0, 6]])
     sets = prompt_sets(positive, negative, torch.zeros(2, 4), torch.ones(4))

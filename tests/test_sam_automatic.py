@@ -143,6 +143,29 @@ def test_output_modes_and_probabilities() -> None:
         assert rle["area"] == record["area"]
 
 
+def test_a_large_image_upsamples_fewer_masks_at_once_with_the_same_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sam.batched.UPSAMPLE_ELEMENTS` bounds the logits upsampled at once; here to 5 masks of the image (not 192),
+    more of a smaller crop."""
+    import sam.batched
+
+    image = data.coffee()[::8, ::8].copy()  # 50 x 75
+    options = {**LOW, "points_per_side": 16, "crop_n_layers": 1, "pred_iou_thresh": 0.85}
+    whole, whole_probs = mask_probabilities(localised_sam(3), image, **options)
+    sizes = []
+    upsample = SamMaskGenerator._upsample
+    monkeypatch.setattr(
+        SamMaskGenerator,
+        "_upsample",
+        lambda self, low, crop: sizes.append(len(low) * np.prod(crop["size"])) or upsample(self, low, crop),
+    )
+    monkeypatch.setattr(sam.batched, "UPSAMPLE_ELEMENTS", 5 * 50 * 75)
+    chunked, chunked_probs = mask_probabilities(localised_sam(3), image, **options)
+    assert len(whole) > 5 and max(sizes) == 5 * 50 * 75
+    assert [r["bbox"] for r in chunked] == [r["bbox"] for r in whole]
+    assert all(np.array_equal(a["segmentation"], b["segmentation"]) for a, b in zip(chunked, whole))
+    np.testing.assert_allclose(chunked_probs, whole_probs, atol=1e-6)  # batched kernels round differently
+
+
 def test_no_mask_at_all_is_an_empty_list_with_crops() -> None:
     """segment_anything fails here (its cross-crop NMS indexes an empty box tensor); an empty result is the answer."""
     image = data.coffee()[::8, ::8].copy()

@@ -276,7 +276,8 @@ def compare_parser() -> argparse.ArgumentParser:
         prog="python -m visualize.compare",
         description="Several backbones' PCA maps of one image side by side (first three components as RGB), every "
         "backbone on the same token grid: the image is resized to exactly WIDTH*patch x HEIGHT*patch pixels "
-        "(1120x840 for patch 14, 1280x960 for patch 16 at the default 80x60 tokens). A grid whose aspect ratio is "
+        "(1120x840 for patch 14, 1280x960 for patch 16 at 80x60 tokens). By default the grid has about 80x60 = 4800 "
+        "tokens at the image's own aspect ratio (a square photograph: 69x69). A --tokens grid whose aspect ratio is "
         "more than 25%% off the image's is refused (the image would be visibly squashed); crop the image or pick a "
         "grid of its shape. One backbone is in memory at a time, batch of one, no gradients.",
     )
@@ -293,9 +294,9 @@ def compare_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tokens",
         type=token_grid,
-        default=(80, 60),
         metavar="WxH",
-        help="token grid, width x height, the same for every backbone (default: 80x60)",
+        help="token grid, width x height, the same for every backbone (default: about 80x60 = 4800 tokens at the "
+        "image's aspect ratio, e.g. 80x60 for a 4:3 photograph, 69x69 for a square one)",
     )
     add_background_args(
         parser, "black out background patches by the first PCA component (as visualize.pca); default: all patches"

@@ -2,15 +2,17 @@
 dinov3_vits16 --out compare.png``.
 
 Every backbone sees the image resized to exactly ``tokens * patch`` pixels, so that all of them give the same token
-grid (80x60 tokens: 1120x840 pixels for patch 14, 1280x960 for patch 16), and each map is that backbone's own PCA
-(first three components as RGB, ``visualize.pca_maps.pca_rgb``): features of different backbones share no space.
-The image is stretched, not cropped, so that every panel shows all of it; a grid more than ``MAX_STRETCH`` off the
-image's aspect ratio is refused. One backbone is in memory at a time, fed a batch of one under inference mode.
+grid, and each map is that backbone's own PCA (first three components as RGB, ``visualize.pca_maps.pca_rgb``):
+features of different backbones share no space. Without ``--tokens`` the grid is about ``DEFAULT_TOKENS`` (80x60)
+tokens at the image's own aspect ratio (``fitted_grid``: a square photograph gets 69x69, a 4:3 one 80x60); with it,
+the image is stretched to the grid asked for, and a grid more than ``MAX_STRETCH`` off the image's aspect ratio is
+refused. One backbone is in memory at a time, fed a batch of one under inference mode.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +35,9 @@ build_parser = compare_parser
 MAX_STRETCH = 1.25
 """The most a grid may stretch the image along one side relative to the other (1.25: 25%)."""
 
+DEFAULT_TOKENS = 80 * 60
+"""How many tokens the grid has without ``--tokens``: the DINOv3 report's 80x60, at the image's own aspect ratio."""
+
 
 def patch_size_of(name: str) -> int:
     """The official patch size of a hub name, known before loading: 14 for DINOv2, 16 for DINOv3."""
@@ -44,8 +49,23 @@ def input_size(tokens: tuple[int, int], patch_size: int) -> tuple[int, int]:
     return tokens[1] * patch_size, tokens[0] * patch_size
 
 
-def check_grid(path: str, width: int, height: int, tokens: tuple[int, int]) -> float:
-    """How much the ``tokens = (W, H)`` grid stretches a ``width x height`` image (1: not at all).
+def fitted_grid(width: int, height: int, tokens: int = DEFAULT_TOKENS) -> tuple[int, int]:
+    """The grid ``(W, H)`` of about ``tokens`` tokens with the aspect ratio of a ``width x height`` image.
+
+    The shorter side is rounded first (at least 2 tokens), the longer one is then that times the aspect ratio,
+    rounded, so that the grid keeps the image's shape as closely as whole tokens can (rounding a short side of 2.5
+    up to 3 gives 1.44 times ``tokens``, the most it can). The longer side is at most ``tokens // 2``, however
+    elongated the image: such an image is then refused by `check_grid`, not fed to the backbone as a huge input.
+    """
+    ratio = max(width, height) / min(width, height)
+    short = max(2, round(math.sqrt(tokens / ratio)))
+    long = min(max(2, round(short * ratio)), tokens // 2)
+    return (long, short) if width >= height else (short, long)
+
+
+def check_grid(path: str, width: int, height: int, tokens: tuple[int, int], asked: bool = True) -> float:
+    """How much the ``tokens = (W, H)`` grid stretches a ``width x height`` image (1: not at all); ``asked``: the
+    grid was given as ``--tokens`` (else it is `fitted_grid`'s, and only a very elongated image can fail).
 
     Raises:
         InputError: the stretch is over ``MAX_STRETCH``; the message suggests a grid of the image's shape.
@@ -57,6 +77,13 @@ def check_grid(path: str, width: int, height: int, tokens: tuple[int, int]) -> f
     if stretch > MAX_STRETCH:
         rows = tokens[1] if round(tokens[1] * image_ratio) >= 2 else max(2, round(2 / image_ratio))
         fit = f"{max(2, round(rows * image_ratio))}x{rows}"
+        if not asked:
+            raise InputError(
+                f"{path} ({width}x{height} pixels, aspect {image_ratio:.2f}) is too elongated for the default grid of "
+                f"about {DEFAULT_TOKENS} tokens: the closest, {tokens[0]}x{tokens[1]} (aspect {grid_ratio:.2f}), would "
+                f"stretch it by {stretch - 1:.0%}, over the {MAX_STRETCH - 1:.0%} allowed. Crop the image, or give a "
+                f"grid of its shape, e.g. --tokens {fit}."
+            )
         raise InputError(
             f"--tokens {tokens[0]}x{tokens[1]} (aspect {grid_ratio:.2f}) would stretch {path} ({width}x{height} "
             f"pixels, aspect {image_ratio:.2f}) by {stretch - 1:.0%}, over the {MAX_STRETCH - 1:.0%} allowed: the "
@@ -218,20 +245,28 @@ def make_compare_figure(args: argparse.Namespace) -> list[Panel]:
     outputs = Outputs([args.out], [args.image, *checkpoints.values()], overwrite=args.overwrite)
     require_files([args.image])
     image = load_rgb(args.image, max(map(patch_size_of, args.backbones)))
-    stretch = check_grid(args.image, image.width, image.height, args.tokens)
+    asked = args.tokens is not None
+    tokens = args.tokens if asked else fitted_grid(image.width, image.height)
+    stretch = check_grid(args.image, image.width, image.height, tokens, asked)
+    if not asked:
+        print(
+            f"Token grid: {tokens[0]}x{tokens[1]}, about {DEFAULT_TOKENS} tokens at the aspect ratio of {args.image} "
+            f"({image.width}x{image.height} pixels); --tokens WxH picks another."
+        )
     if stretch > 1.01:
         print(f"Note: {args.image} is stretched by {stretch - 1:.0%} to the grid's aspect ratio.", file=sys.stderr)
     for patch in {patch_size_of(n) for n in args.backbones}:
-        height, width = input_size(args.tokens, patch)
+        height, width = input_size(tokens, patch)
         if height * width > Image.MAX_IMAGE_PIXELS:  # the bound of visualize.cli.load_inputs
             raise InputError(
-                f"--tokens {args.tokens[0]}x{args.tokens[1]} makes a {width}x{height} input for patch {patch}, over "
-                f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels: give a smaller grid (default 80x60)."
+                f"--tokens {tokens[0]}x{tokens[1]} makes a {width}x{height} input for patch {patch}, over "
+                f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels: give a smaller grid, or leave --tokens "
+                f"out (about {DEFAULT_TOKENS} tokens at the image's aspect ratio)."
             )
     threshold = args.threshold if args.foreground else None
     try:
         panels = backbone_pca_maps(
-            image, args.backbones, args.tokens, loader(args, checkpoints), args.block, threshold, args.sign
+            image, args.backbones, tokens, loader(args, checkpoints), args.block, threshold, args.sign
         )
     except UserError:
         raise

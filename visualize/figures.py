@@ -13,13 +13,19 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch
 
+from writers.overlays import display_copy, pixel_extent
+
 PANEL_INCHES = 3.0
 
 
 def _show(ax, image: np.ndarray, title: str, extent: tuple[int, int] | None = None) -> None:
-    """Draw ``image`` in ``ax`` with a title and no axes; ``extent = (W, H)`` stretches it over that many pixels."""
-    kwargs = {} if extent is None else {"extent": (0, extent[0], extent[1], 0), "interpolation": "nearest"}
-    ax.imshow(image, **kwargs)
+    """Draw ``image`` in ``ax`` with a title and no axes; ``extent = (W, H)`` stretches it over that many pixels.
+
+    Without ``extent``, a photograph ``(H, W, 3)`` uint8 is drawn from its `display_copy`, in its own pixels."""
+    if extent is None:
+        ax.imshow(display_copy(image)[0], extent=pixel_extent(image))
+    else:
+        ax.imshow(image, extent=(0, extent[0], extent[1], 0), interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
 

@@ -15,6 +15,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from utils.atomic import atomic_write
+from writers.overlays import display_copy, pixel_extent
 
 MASK_COLOUR = np.array([0.1, 0.6, 1.0])
 
@@ -25,10 +26,12 @@ def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _tinted(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    tinted = image.astype(np.float32) / 255
-    tinted[mask] = 0.45 * tinted[mask] + 0.55 * MASK_COLOUR
-    return tinted
+def _show_tinted(ax: plt.Axes, image: np.ndarray, mask: np.ndarray) -> None:
+    """Draw ``image`` ``(H, W, 3)`` uint8 with ``mask`` ``(H, W)`` tinted, from its `display_copy`, in its own pixels."""
+    small, small_mask = display_copy(image, mask)
+    tinted = small.astype(np.float32) / 255
+    tinted[small_mask] = 0.45 * tinted[small_mask] + 0.55 * MASK_COLOUR
+    ax.imshow(tinted, extent=pixel_extent(image))
 
 
 def oneshot_figure(
@@ -44,9 +47,9 @@ def oneshot_figure(
     fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6), squeeze=False)
     axes = axes[0]
     for ax, (image, mask) in zip(axes, references):
-        ax.imshow(_tinted(image, mask))
+        _show_tinted(ax, image, mask)
     for ax, (image, mask, points, labels, boxes) in zip(axes[len(references) :], targets):
-        ax.imshow(_tinted(image, mask))
+        _show_tinted(ax, image, mask)
         for x0, y0, x1, y1 in boxes:
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1.2))
         positive, negative = points[labels == 1], points[labels == 0]
