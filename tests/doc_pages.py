@@ -31,7 +31,8 @@ CONTROL = {"&&", "||", "|", ";", "&"}
 
 @dataclass(frozen=True)
 class Command:
-    """One command of a page: `python train.py ARGS` (`module` None) or `python -m MODULE ARGS`."""
+    """One command of a page: `python train.py ARGS` (`module` None) or `python -m MODULE ARGS`; `error` says why
+    the shell could not split a command line (`module` then "" unless it names train.py)."""
 
     page: str
     line: int
@@ -39,6 +40,7 @@ class Command:
     module: str | None
     args: tuple[str, ...]
     inline: bool
+    error: str = ""
 
     def where(self) -> str:
         return f"{self.page}:{self.line}: {self.text}"
@@ -104,7 +106,14 @@ def commands_in(name: str, text: str) -> list[Command]:
     """Every `python train.py` and `python -m` command of page `name` (Markdown `text`), in order."""
     found = []
     for line, shell, inline in snippets(text):
-        for words in segments(shell):
+        try:
+            simple_commands = list(segments(shell))
+        except ValueError as err:  # an unclosed quote
+            if re.search(r"python|train\.py", shell):
+                module = None if "train.py" in shell else ""
+                found.append(Command(name, line, shell, module, (), inline, f"the shell cannot split it: {err}"))
+            continue
+        for words in simple_commands:
             names = [Path(word).name for word in words]
             launched = [i for i, word in enumerate(names) if PYTHON.fullmatch(word) or word in LAUNCHERS]
             if "train.py" in names and launched and launched[0] < names.index("train.py"):

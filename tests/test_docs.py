@@ -59,6 +59,8 @@ def sweep_values(override: str) -> list[str]:
 
 def compose_failure(command: Command, tmp_path: Path) -> str | None:
     """Why `command`'s overrides do not compose and resolve as train.py would, or None when they do."""
+    if command.error:
+        return command.error
     stderr = io.StringIO()
     try:
         with redirect_stderr(stderr):
@@ -112,6 +114,8 @@ def parse_only() -> Iterator[None]:
 
 def parse_failure(command: Command) -> str | None:
     """Why `python -m MODULE ARGS` is not a command of this project, or None when MODULE parses ARGS."""
+    if command.error:
+        return command.error
     module = command.module
     try:
         spec = importlib.util.find_spec(module)
@@ -154,7 +158,7 @@ def test_module_commands_parse(page: str) -> None:
     failures = [
         f"{command.where()}\n    {reason}"
         for command in ALL[page]
-        if command.module and command.module not in NOT_OURS and (reason := parse_failure(command))
+        if command.module is not None and command.module not in NOT_OURS and (reason := parse_failure(command))
     ]
     assert not failures, "python -m commands that do not parse:\n" + "\n".join(failures)
 
@@ -222,8 +226,9 @@ def test_readme_links_every_docs_page() -> None:
 
 def test_collector_reads_what_a_reader_runs() -> None:
     """The command collector on a page with each form it meets: a continuation, a comment, quotes, a chain, a
-    console prompt, a sweep, a launcher, `...`, `[--flag]`, `$VAR`, an inline span and a non-shell block."""
-    text = """Intro `python -m reproduce` and `python train.py ... +callbacks=pca_maps`.
+    console prompt, a sweep, a launcher, `...`, `[--flag]`, `$VAR`, an unclosed quote, inline spans and a
+    non-shell block."""
+    text = """Intro `python -m reproduce` and `python train.py ... +callbacks=pca_maps`, not `it's`.
 
 ```bash
 python train.py head=knn \\
@@ -231,6 +236,7 @@ python train.py head=knn \\
 cd x && python -m retrieval index $PHOTOS/ --out ${OUT}.index | tee log
 torchrun --nproc_per_node 2 train.py -m data.k_shot=1,5
 python -m bench.probe_step [--tiles]
+python train.py 'head.lr=[1e-3
 ```
 
 ```console
@@ -242,13 +248,14 @@ output python train.py not=a_command
 python train.py not=a_command
 ```
 """
-    got = [(c.line, c.module, c.args, c.inline) for c in commands_in("page.md", text)]
+    got = [(c.line, c.module, c.args, c.inline, bool(c.error)) for c in commands_in("page.md", text)]
     assert got == [
-        (4, None, ("head=knn", "data.k_shot=[1,5]"), False),
-        (6, "retrieval", ("index", "PHOTOS/", "--out", "OUT.index"), False),
-        (7, None, ("-m", "data.k_shot=1,5"), False),
-        (8, "bench.probe_step", ("--tiles",), False),
-        (12, "pip", ("install", "-e", "."), False),
-        (1, "reproduce", (), True),
-        (1, None, ("+callbacks=pca_maps",), True),
+        (4, None, ("head=knn", "data.k_shot=[1,5]"), False, False),
+        (6, "retrieval", ("index", "PHOTOS/", "--out", "OUT.index"), False, False),
+        (7, None, ("-m", "data.k_shot=1,5"), False, False),
+        (8, "bench.probe_step", ("--tiles",), False, False),
+        (9, None, (), False, True),
+        (13, "pip", ("install", "-e", "."), False, False),
+        (1, "reproduce", (), True, False),
+        (1, None, ("+callbacks=pca_maps",), True, False),
     ]
