@@ -69,11 +69,6 @@ def index_part(
             stored = check_index_folder(out, record)
             done, _ = parts(out)
             check_part_files(out, stored, done)
-            if rank_zero:
-                out.mkdir(parents=True, exist_ok=True)
-                remove_stale_temps(out)
-                if not stored:
-                    write_text(out / SPEC_FILE, json.dumps(record, indent=2))
             others = [d for d in done if not _of_split(d, split)]
             seen = {path for d in others for path in open_part(d)[1]}
             new = [path for path in paths if path not in seen]
@@ -81,6 +76,11 @@ def index_part(
                 print(f"Every image of {args.source} is in {out} already: nothing to embed.")
                 return
             rows = split_rows(len(new), args.samples_per_shard, part, parts_n)
+            if rank_zero:
+                out.mkdir(parents=True, exist_ok=True)
+                remove_stale_temps(out)
+                if not stored:
+                    write_text(out / SPEC_FILE, json.dumps(record, indent=2))
             mine = new[rows.start : rows.stop]
             key = part_key(record, mine, args.samples_per_shard) | {"split": split}
             directory = part_directory(out, key, len(others))
