@@ -38,8 +38,9 @@ from datamodules.feature_cache.store import (
 )
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from retrieval.embedding import EmbeddingSpec
-from retrieval.faiss_index import ondisk_lists, read_index
+from retrieval.faiss_index import read_index
 from retrieval.fingerprints import difference, fingerprints
+from retrieval.ondisk import ondisk_lists
 from utils.atomic import write_text
 from utils.errors import UserError
 from utils.images import rgb_image

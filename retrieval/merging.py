@@ -17,14 +17,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.feature_cache.store import KEY_FILE, ShardLayout
-from retrieval.faiss_index import (
-    IVF_TRAIN_PER_LIST,
-    build_index,
-    ivf_lists,
-    ondisk_lists,
-    write_index,
-    write_ondisk_index,
-)
+from retrieval.faiss_index import build_index, write_index
 from retrieval.index_store import (
     INDEX_FILE,
     PATHS_FILE,
@@ -37,6 +30,7 @@ from retrieval.index_store import (
     read_shard,
     rebuild_command,
 )
+from retrieval.ondisk import ondisk_lists, ondisk_training_rows, write_ondisk_index
 from utils.atomic import write_text
 from utils.errors import UserError
 from utils.images import rgb_image
@@ -137,9 +131,8 @@ def write_index_files(index_dir: Path, part_dirs: list[Path], kind: str) -> tupl
         raise RetrievalError(f"None of the {len(skipped)} image files could be read: {skipped[0]['reason']}.")
     target = index_dir / INDEX_FILE
     if kind == "ondisk":
-        n = len(paths)
-        sample = np.random.default_rng(0).choice(n, size=min(n, ivf_lists(n) * IVF_TRAIN_PER_LIST), replace=False)
-        write_ondisk_index(_rows(readable_rows(part_dirs), np.sort(sample)), readable_rows(part_dirs), n, target)
+        train = _rows(readable_rows(part_dirs), ondisk_training_rows(len(paths)))
+        write_ondisk_index(train, readable_rows(part_dirs), len(paths), target)
     else:
         write_index(build_index(np.concatenate(list(readable_rows(part_dirs))), kind), target)
         ondisk_lists(target).unlink(missing_ok=True)  # an earlier ondisk build's lists

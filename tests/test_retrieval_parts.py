@@ -20,7 +20,8 @@ from PIL import Image
 
 from bench.retrieval_scale import clustered_embeddings, recall_at_k
 from retrieval.cli import main
-from retrieval.faiss_index import build_index, read_index, search, write_ondisk_index
+from retrieval.faiss_index import build_index, read_index, search
+from retrieval.ondisk import write_ondisk_index
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 20  # 3 shards of 8: a 2-way split gives 8 and 12 images
