@@ -147,9 +147,8 @@ def build(args: argparse.Namespace) -> None:
         if not done:
             raise RetrievalError(f"{out} holds no embedded part yet: run its `python -m retrieval index` job(s) first.")
         check_part_files(out, record, done)
-        record = {k: v for k, v in record.items() if k != FILES} | {
-            "index_kind": args.index_kind or record["index_kind"]
-        }
+        kind = args.index_kind or record.get("index_kind") or "auto"
+        record = {k: v for k, v in record.items() if k != FILES} | {"index_kind": kind}
         remove_stale_temps(out)
         n, skipped = write_index_files(out, done, record["index_kind"])
         record_files(out, record)

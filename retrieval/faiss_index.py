@@ -43,7 +43,7 @@ IVF_TRAIN_PER_LIST = 64
 """k-means trains on at most this many vectors per list (a sample): FAISS's default of 256 quadruples build time."""
 PQ_DIMS_PER_BYTE = 4
 """`ivfpq` codes: one 8-bit sub-quantizer per 4 dimensions. At D = 384 and 100 k vectors, 8 dimensions per byte
-(48 bytes) gave recall@10 0.55, 4 (96 bytes) 0.74 (docs/retrieval_scale.md)."""
+(48 bytes) gave recall@10 0.55, 4 (96 bytes) 0.75 (docs/retrieval_scale.md)."""
 
 
 def check_matrix(array: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:

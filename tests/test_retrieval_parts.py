@@ -151,11 +151,14 @@ def test_query_dedup_and_cluster_read_the_new_kinds(
     clusters = json.loads((tmp_path / "c" / "clusters.json").read_text())["clusters"]
     assert sum(c["size"] for c in clusters) == N_IMAGES
     if kind == "ondisk":
+        assert "index.ivfdata" in json.loads((moved / "spec.json").read_text())["files"]
         lists = moved / "index.ivfdata"
         lists.write_bytes(lists.read_bytes()[:-8])
         capsys.readouterr()
         assert main(["query", str(moved), image, "--out", str(tmp_path / "q2"), "--device", "cpu"]) == 2
         assert "index.ivfdata" in capsys.readouterr().err
+        assert main(["build", str(moved), "--index-kind", "flat"]) == 0  # another kind: the lists file goes
+        assert not lists.exists() and "index.ivfdata" not in json.loads((moved / "spec.json").read_text())["files"]
 
 
 def fails(argv: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> str:
