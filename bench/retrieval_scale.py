@@ -1,9 +1,18 @@
 """Build time, memory, query latency and recall@10 of the FAISS indexes at N vectors: `python -m bench.retrieval_scale`.
 
-`python -m bench.retrieval_scale --n 10000,100000,1000000 --dim 384 --kinds flat,hnsw,ivf` prints one row per (N, kind):
-build seconds (on `--build-threads`), the index's size (`faiss.serialize_index`), the process's peak RSS so far,
-single-query latency p50 / p99 (one query per `search` call on `--threads`, default 1) and recall@10 of the index
-against exact search (`IndexFlatIP`, so `flat` is 1.000 by construction). `--quick` is a tiny run (seconds).
+`python -m bench.retrieval_scale --n 1000000 --dim 384` prints one row per (N, kind) for the kinds flat, hnsw, ivf,
+ivfpq and ondisk: build seconds (on `--build-threads`), bytes per vector in RAM and on disk, the same extrapolated to
+`--extrapolate` vectors (100 M: bytes per vector times that N; the IVF centres grow as its square root, 15 MB at
+100 M x 384, which this leaves out), the process's peak RSS so far, single-query latency p50 / p99 (one query per
+`search` call on `--threads`, default 1) and recall@10 against exact search (`IndexFlatIP`, so `flat` is 1.000 by
+construction). `--quick` is a tiny run (seconds).
+
+In RAM is the index as FAISS holds it (`faiss.serialize_index`'s size; for `ondisk` its index file, which holds the
+centres and where each list lies); on disk, its files. The `ondisk` index is built by the `index` command's own
+function into a temporary folder (`--ondisk-dir`) and searched as the commands open it, its lists memory-mapped. Its
+row's latencies are with the lists in the page cache (just written); the `ondisk-cold` row times `--cold-queries`
+queries each on a freshly opened index after the lists file was dropped from the page cache (`posix_fadvise`
+DONTNEED: the index larger than RAM, read from the disk).
 
 The embeddings are synthetic but clustered like real features (uniform random vectors would make every neighbour
 equally far and recall meaningless): a mixture of `N / --per-cluster` Gaussians whose centres are uniform on the
@@ -20,6 +29,8 @@ import os
 
 from utils.argtypes import positive_int
 
+KINDS = ("flat", "hnsw", "ivf", "ivfpq", "ondisk")
+
 
 def _sizes(text: str) -> list[int]:
     try:
@@ -33,9 +44,9 @@ def _sizes(text: str) -> list[int]:
 
 def _kinds(text: str) -> list[str]:
     kinds = text.split(",")
-    unknown = [kind for kind in kinds if kind not in ("flat", "hnsw", "ivf")]
+    unknown = [kind for kind in kinds if kind not in KINDS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: the kinds are flat, hnsw, ivf")
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: the kinds are {', '.join(KINDS)}")
     return kinds
 
 
@@ -43,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=_sizes, default=[10_000, 100_000], help="index sizes, comma-separated")
     parser.add_argument("--dim", type=positive_int, default=384)
-    parser.add_argument("--kinds", type=_kinds, default=["flat", "hnsw", "ivf"])
+    parser.add_argument("--kinds", type=_kinds, default=list(KINDS), help="comma-separated (default: all)")
     parser.add_argument("--queries", type=positive_int, default=200, help="queries timed one at a time")
     parser.add_argument("--per-cluster", type=positive_int, default=1000, help="vectors per Gaussian of the mixture")
     parser.add_argument("--threads", type=positive_int, default=1, help="FAISS threads while timing queries")
@@ -54,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nlist", type=positive_int, default=None, help="default: sqrt(N)")
     parser.add_argument("--nprobe", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extrapolate", type=positive_int, default=100_000_000, help="N for the memory columns")
+    parser.add_argument("--ondisk-dir", default=None, help="folder for the ondisk index (default: the system's temp)")
+    parser.add_argument("--cold-queries", type=positive_int, default=50, help="ondisk queries from a cold page cache")
     parser.add_argument("--quick", action="store_true", help="N=5000, 50 queries: a smoke run")
     return parser
 
@@ -62,16 +76,38 @@ if __name__ == "__main__":
     build_parser().parse_args()  # --help and option errors answer here, before faiss is imported
 
 import resource
+import tempfile
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
 
-from retrieval.faiss_index import build_index, search
+from retrieval.faiss_index import build_index, read_index, search
+from retrieval.ondisk import ondisk_lists, ondisk_training_rows, write_ondisk_index
 
 K = 10
-HEADER = ("N", "kind", "build s", "index MB", "peak MB", "p50 ms", "p99 ms", "recall@10")
-COLUMNS = ((9, ""), (5, ""), (8, ".1f"), (9, ".1f"), (8, ".0f"), (7, ".2f"), (7, ".2f"), (9, ".3f"))
+
+
+class Row(NamedTuple):
+    n: int
+    kind: str
+    build_s: float
+    ram_bytes: float  # per vector
+    disk_bytes: float  # per vector
+    ram_gib: float  # at --extrapolate vectors
+    disk_gib: float
+    peak_mb: float
+    p50_ms: float
+    p99_ms: float
+    recall: float
+
+
+HEADER = ("N", "kind", "build s", "RAM B/vec", "disk B/vec", "RAM GiB@", "disk GiB@", "peak MB", "p50 ms", "p99 ms")
+HEADER += ("recall@10",)
+COLUMNS = ((9, ""), (11, ""), (8, ".1f"), (9, ".1f"), (10, ".1f"), (9, ".1f"), (9, ".1f"), (8, ".0f"), (7, ".2f"))
+COLUMNS += ((7, ".2f"), (9, ".3f"))
 
 
 def clustered_embeddings(n: int, dim: int, per_cluster: int, seed: int, chunk: int = 100_000) -> np.ndarray:
@@ -109,36 +145,73 @@ def latencies_ms(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
     return 1000 * times
 
 
+def cold_latencies_ms(path: Path, queries: np.ndarray) -> np.ndarray:
+    """Milliseconds of one `search` per query on the ondisk index `path`, opened afresh after its lists file left the
+    page cache (the kernel drops only pages no process maps, hence the fresh index each time)."""
+    times = np.empty(len(queries))
+    descriptor = os.open(ondisk_lists(path), os.O_RDONLY)
+    try:
+        os.fsync(descriptor)  # dirty pages cannot be dropped
+        for i in range(len(queries)):
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            index = read_index(path)
+            start = time.perf_counter()
+            search(index, queries[i : i + 1], K)
+            times[i] = time.perf_counter() - start
+            del index
+    finally:
+        os.close(descriptor)
+    return 1000 * times
+
+
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of the exact top k that the index found, `(Q, k)` ids each."""
     return float(np.mean([len(np.intersect1d(f, e)) / exact.shape[1] for f, e in zip(found, exact)]))
 
 
-def bench_size(n: int, args: argparse.Namespace, options: dict) -> list[tuple]:
-    """Rows (N, kind, build s, index MB, peak RSS MB, p50 ms, p99 ms, recall@10) for the kinds at `n` vectors."""
+def build(vectors: np.ndarray, kind: str, folder: Path, options: dict) -> tuple[faiss.Index, int, int]:
+    """The index of `kind` over `vectors`, and its bytes in RAM and on disk (`ondisk`: built into `folder`)."""
+    if kind != "ondisk":
+        index = build_index(vectors, kind, **options)
+        size = len(faiss.serialize_index(index))
+        return index, size, size
+    path = folder / "index.faiss"
+    chunks = (vectors[i : i + 100_000] for i in range(0, len(vectors), 100_000))
+    ivf = {k: v for k, v in options.items() if k in ("nlist", "nprobe", "seed")}
+    write_ondisk_index(vectors[ondisk_training_rows(len(vectors))], chunks, len(vectors), path, **ivf)
+    ram = path.stat().st_size
+    return read_index(path), ram, ram + ondisk_lists(path).stat().st_size
+
+
+def bench_size(n: int, args: argparse.Namespace, options: dict) -> list[Row]:
+    """The rows of the kinds at `n` vectors (see `Row` and the module docstring)."""
     data = clustered_embeddings(n + args.queries, args.dim, args.per_cluster, args.seed)
     vectors, queries = data[:n], data[n:]
     faiss.omp_set_num_threads(args.build_threads)
     _, exact = search(build_index(vectors, "flat"), queries, K)
     rows = []
     for kind in args.kinds:
-        faiss.omp_set_num_threads(args.build_threads)
-        start = time.perf_counter()
-        index = build_index(vectors, kind, **options)
-        build_s = time.perf_counter() - start
-        size_mb = len(faiss.serialize_index(index)) / 2**20
-        faiss.omp_set_num_threads(args.threads)
-        times = latencies_ms(index, queries)
-        _, found = search(index, queries, K)
-        recall = recall_at_k(found, exact)
-        p50, p99 = np.percentile(times, [50, 99])
-        rows.append((n, kind, build_s, size_mb, peak_rss_mb(), float(p50), float(p99), recall))
-        print("  ".join(f"{value:>{width}{spec}}" for value, (width, spec) in zip(rows[-1], COLUMNS)), flush=True)
-        del index
+        with tempfile.TemporaryDirectory(dir=args.ondisk_dir, prefix="retrieval_scale-") as folder:
+            faiss.omp_set_num_threads(args.build_threads)
+            start = time.perf_counter()
+            index, ram, disk = build(vectors, kind, Path(folder), options)
+            build_s = time.perf_counter() - start
+            faiss.omp_set_num_threads(args.threads)
+            times = {kind: latencies_ms(index, queries)}
+            _, found = search(index, queries, K)
+            del index  # before its lists file goes
+            if kind == "ondisk":
+                times["ondisk-cold"] = cold_latencies_ms(Path(folder) / "index.faiss", queries[: args.cold_queries])
+        per_vector, scale = (ram / n, disk / n), args.extrapolate / 2**30
+        memory = (*per_vector, per_vector[0] * scale, per_vector[1] * scale)
+        for name, latencies in times.items():
+            p50, p99 = (float(t) for t in np.percentile(latencies, [50, 99]))
+            rows.append(Row(n, name, build_s, *memory, peak_rss_mb(), p50, p99, recall_at_k(found, exact)))
+            print("  ".join(f"{value:>{width}{spec}}" for value, (width, spec) in zip(rows[-1], COLUMNS)), flush=True)
     return rows
 
 
-def main(argv: list[str] | None = None) -> list[tuple]:
+def main(argv: list[str] | None = None) -> list[Row]:
     """Print the table and return its rows (see `bench_size`)."""
     args = build_parser().parse_args(argv)
     if args.quick:
@@ -147,7 +220,8 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     print(
         f"dim {args.dim}, {args.queries} queries one at a time on {args.threads} thread(s), build on "
-        f"{args.build_threads}, {args.per_cluster} vectors per cluster, options {options or 'default'}"
+        f"{args.build_threads}, {args.per_cluster} vectors per cluster, options {options or 'default'}; "
+        f"GiB@ = at {args.extrapolate:,} vectors"
     )
     print("  ".join(f"{name:>{width}}" for name, (width, _) in zip(HEADER, COLUMNS)))
     threads = faiss.omp_get_max_threads()

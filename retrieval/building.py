@@ -127,6 +127,14 @@ def part_key(record: dict[str, Any], paths: list[str], samples_per_shard: int) -
     }
 
 
+def part_directory(index_dir: Path, key: dict[str, Any], number: int) -> Path:
+    """The folder of the part with key.json `key`: `NNNNN-<digest>` (in the order built), or for part i of a split
+    run `NNNNN-partIIIIIofNNNNN-<digest>` (the key's `split`), so that the parts sort in the order of their rows."""
+    split = key.get("split")
+    label = f"part{split['part']:05d}of{split['parts']:05d}-" if split else ""
+    return index_dir / PARTS / f"{number:05d}-{label}{json_digest(key)}"
+
+
 def embed_new(
     index_dir: Path,
     record: dict[str, Any],
@@ -146,14 +154,28 @@ def embed_new(
     """
     done, incomplete = found
     key = part_key(record, paths, samples_per_shard)
-    digest = json_digest(key)
-    directory = index_dir / PARTS / f"{len(done):05d}-{digest}"
-    layout = ShardLayout(directory, len(paths), samples_per_shard, digest)
+    directory = part_directory(index_dir, key, len(done))
     if rank_zero_only.rank == 0:
         for stale in incomplete:
             if stale != directory:
                 print(f"Note: removing {stale}, an unfinished part of other images.", file=sys.stderr)
                 shutil.rmtree(stale)
+    return fill_part(directory, key, paths, trainer, embedder, batch_size, num_workers)
+
+
+def fill_part(
+    directory: Path,
+    key: dict[str, Any],
+    paths: list[str],
+    trainer: L.Trainer,
+    embedder: Embedder,
+    batch_size: int,
+    num_workers: int,
+) -> int:
+    """Create the part `directory` of `paths` (rank 0: the folder, key.json, paths.json) or resume it, embed its
+    pending shards and seal it with its manifest; return how many images were embedded now."""
+    layout = ShardLayout(directory, len(paths), key["samples_per_shard"], json_digest(key))
+    if rank_zero_only.rank == 0:
         directory.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(directory)
         if not (directory / KEY_FILE).is_file():
@@ -161,7 +183,7 @@ def embed_new(
             write_text(directory / KEY_FILE, json.dumps(key, indent=2))
     pending = layout.pending()
     next(c for c in trainer.callbacks if isinstance(c, EmbeddingWriter)).layout = layout
-    data = ExtractionData(ImageFiles(paths, record["embedding"]["size"]), layout, batch_size, num_workers)
+    data = ExtractionData(ImageFiles(paths, key["spec"]["embedding"]["size"]), layout, batch_size, num_workers)
     trainer.predict(embedder, datamodule=data, return_predictions=False)
     trainer.strategy.barrier("retrieval_shards")
     if trainer.is_global_zero:

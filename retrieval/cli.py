@@ -1,9 +1,10 @@
-"""`python -m retrieval index|query|dedup|cluster`: the command lines (argparse; the heavy imports wait until the
+"""`python -m retrieval index|build|query|dedup|cluster`: the command lines (argparse; the heavy imports wait until the
 arguments are parsed) and the commands themselves (`retrieval.commands`)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,23 @@ BACKBONES = tuple(f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg")) +
 )
 POOLINGS = ("cls", "gem", "cls+gem")
 FLAGS = {"random_fallback": "--random-weights"}
+KIND_HELP = (
+    "flat (exact), hnsw, ivf, ivfpq (PQ codes of D/4 bytes a vector: lower recall), ondisk (ivf with its lists in "
+    "a memory-mapped file: for collections larger than RAM), or auto: exact up to 100000 images, HNSW above"
+)
+
+
+def part_of(text: str) -> tuple[int, int]:
+    """`--part i/N` -> (i, N), parts numbered from 1."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not i/N (part i of N, numbered from 1: 1/4, 2/4, 3/4, 4/4)")
+    part, parts = int(match.group(1)), int(match.group(2))
+    if parts < 1 or not 1 <= part <= parts:
+        raise argparse.ArgumentTypeError(
+            f"{text}: part {part} of {parts} does not exist; the parts of N are numbered 1/N to N/N (N >= 1)"
+        )
+    return part, parts
 
 
 def add_backbone_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -72,11 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "file with one image path per line (relative to the file's folder)",
     )
     index.add_argument("--out", type=Path, required=True, metavar="INDEX", help="the index folder (created or grown)")
+    index.add_argument("--index-kind", default="auto", metavar="KIND", help=KIND_HELP + " (default: %(default)s)")
     index.add_argument(
-        "--index-kind",
-        default="auto",
-        metavar="KIND",
-        help="flat (exact), hnsw, ivf, or auto: exact up to 200000 images, HNSW above (default: %(default)s)",
+        "--part",
+        type=part_of,
+        metavar="i/N",
+        help="embed only part i of N of the images (one of N jobs into the same --out; then `build` merges them)",
     )
     index.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: %(default)s)")
     index.add_argument("--num-workers", type=non_negative_int, default=2, help="loader processes (default: 2)")
@@ -88,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--devices", type=positive_int, default=1, help="GPUs to embed with (default: 1)")
     add_backbone_args(index, defaults=True)
+
+    build = commands.add_parser(
+        "build", help="merge an index folder's parts (of `index --part i/N` jobs) into its index"
+    )
+    build.add_argument("index", type=Path, metavar="INDEX")
+    build.add_argument("--index-kind", metavar="KIND", help=KIND_HELP + " (default: the index's own)")
 
     query = commands.add_parser("query", help="the k nearest indexed images of each query image")
     query.add_argument("index", type=Path, metavar="INDEX")

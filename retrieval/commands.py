@@ -1,4 +1,4 @@
-"""The four commands of `python -m retrieval` on parsed arguments (`retrieval.cli`); user mistakes are UserErrors."""
+"""The commands of `python -m retrieval` on parsed arguments (`retrieval.cli`); user mistakes are UserErrors."""
 
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ from retrieval.index_store import (
     INDEX_FILE,
     SPEC_FILE,
     RetrievalError,
+    check_index_folder,
     check_part_files,
+    check_same,
     load_input,
     open_index,
+    open_index_record,
+    open_part,
     parts,
-    read_part,
     rebuild_command,
     record_files,
-    write_index_files,
 )
+from retrieval.merging import checked_parts, write_index_files
 from retrieval.sheets import contact_sheet, short
 from utils.argtypes import device_problem
 from utils.atomic import remove_stale_temps, write_text
@@ -53,39 +56,6 @@ def load_model(args: argparse.Namespace, loading: dict[str, Any]) -> tuple[torch
         **{k: loading[k] for k in ("embed_dim", "depth", "num_heads")},
     )
     return backbone, {"weights_sha256": weights_sha256(backbone), "loading": loading}
-
-
-def describe(record: dict[str, Any]) -> str:
-    spec, sha = record["embedding"], record.get("weights_sha256", "?")
-    return (
-        f"--backbone {spec['backbone']} --size {spec['size']} --pooling {spec['pooling']} --block {spec['block']}"
-        f" (weights sha256 {sha[:12]})"
-    )
-
-
-def check_same(index_dir: Path, stored: dict[str, Any], asked: dict[str, Any]) -> None:
-    """RetrievalError unless `asked` embeds as the index's own spec and weights do."""
-    keys = ("embedding", "weights_sha256")
-    if any(stored.get(k) != asked.get(k) for k in keys):
-        loading = stored.get("loading") or {}
-        # the same settings, other weights: random weights drawn before they were seeded (or real ones found since)
-        lost = (
-            loading.get("random_weights")
-            and loading == asked.get("loading")
-            and stored.get("embedding") == asked.get("embedding")
-        )
-        unseeded = (
-            " The index was built with random weights that cannot be made again (drawn before random weights were "
-            "seeded, or weights were put into the torch.hub cache since): build it again (delete it, then "
-            "`python -m retrieval index ... --random-weights`)."
-            if lost
-            else ""
-        )
-        raise RetrievalError(
-            f"The index {index_dir} was built with {describe(stored)}; this command asks for {describe(asked)}. "
-            "Descriptors of other settings cannot be compared: give the index's own settings (query: leave them "
-            f"out), or build another index with --out.{unseeded}"
-        )
 
 
 def index(args: argparse.Namespace) -> None:
@@ -123,16 +93,17 @@ def index(args: argparse.Namespace) -> None:
     # the source and kind of the last build: what `rebuild_command` needs to build the index again
     source = {"source": str(args.source.absolute()), "index_kind": args.index_kind}
     record = {"embedding": spec.to_json(), **record, **source}
+    if args.part is not None:
+        from retrieval.splits import index_part
+
+        index_part(args, record, paths, Embedder(backbone, spec), lambda: extraction_trainer(device, args.devices))
+        return
     out, rank_zero = args.out, rank_zero_only.rank == 0
     # one build of a folder at a time (INDEX.lock beside it); the other ranks of a multi-GPU run are under rank 0's
     resume = "The images embedded so far are kept: run the same command again to resume."
     with writing(out, "--out", resume), extraction_lock(out, exclusive=rank_zero):
-        stored = {}
-        if (out / SPEC_FILE).is_file():
-            stored = open_index_record(out)
-            check_same(out, stored, record)
-        elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise RetrievalError(f"--out {out} exists and is not an index folder (no {SPEC_FILE}): give a new folder.")
+        stored = check_index_folder(out, record)
+        checked_parts(out, stored)  # no unfinished split run (`--part i/N` jobs) to embed its images again
         done, incomplete = parts(out)
         check_part_files(out, stored, done)  # the parts are reused as they are; the files derived from them rebuilt
         if rank_zero:
@@ -141,7 +112,7 @@ def index(args: argparse.Namespace) -> None:
             # the fingerprints stay until the build ends: they still describe the last finished build's files
             kept = {FILES: stored[FILES]} if FILES in stored else {}
             write_text(out / SPEC_FILE, json.dumps(record | kept, indent=2))
-        seen = {p for part in done for p in read_part(part).paths}
+        seen = {p for part in done for p in open_part(part)[1]}
         new = [p for p in paths if p not in seen]
         embedded = 0
         if new:
@@ -151,9 +122,40 @@ def index(args: argparse.Namespace) -> None:
             embedded = embed_new(out, record, new, (done, incomplete), trainer, embedder, **loader)
         if not rank_zero:
             return
-        n, skipped = write_index_files(out, [read_part(p) for p in parts(out)[0]], args.index_kind)
+        n, skipped = write_index_files(out, checked_parts(out, record), args.index_kind)
         record_files(out, record)
     print(f"Indexed {n} images in {out} ({embedded} embedded now, {len(skipped)} unreadable: {out / 'skipped.json'}).")
+
+
+def build(args: argparse.Namespace) -> None:
+    """Merge the index folder's parts (those of `index --part i/N` jobs, or any) into index.faiss."""
+    from datamodules.feature_cache.store import extraction_lock
+    from retrieval.faiss_index import KINDS
+
+    out = args.index
+    if args.index_kind is not None and args.index_kind not in KINDS:
+        raise RetrievalError(f"--index-kind {args.index_kind} is not one of {', '.join(KINDS)}.")
+    if not (out / SPEC_FILE).is_file():
+        raise RetrievalError(
+            f"{out} is not an index folder (no {SPEC_FILE}): embed its images first, with `python -m retrieval index "
+            f"SOURCE --out {out}` or with N jobs `python -m retrieval index SOURCE --out {out} --part i/N`."
+        )
+    kept = f"The parts are kept: run `python -m retrieval build {out}` again once there is room."
+    with writing(out, "INDEX", kept), extraction_lock(out):
+        record = open_index_record(out)
+        done = checked_parts(out, record)
+        if not done:
+            raise RetrievalError(f"{out} holds no embedded part yet: run its `python -m retrieval index` job(s) first.")
+        check_part_files(out, record, done)
+        kind = args.index_kind or record.get("index_kind") or "auto"
+        record = {k: v for k, v in record.items() if k != FILES} | {"index_kind": kind}
+        remove_stale_temps(out)
+        n, skipped = write_index_files(out, done, record["index_kind"])
+        record_files(out, record)
+    print(
+        f"Built {out / INDEX_FILE} ({record['index_kind']}) over {n} images from {len(done)} part(s) "
+        f"({len(skipped)} unreadable: {out / 'skipped.json'})."
+    )
 
 
 def extraction_trainer(device: torch.device, devices: int) -> Any:
@@ -172,15 +174,6 @@ def extraction_trainer(device: torch.device, devices: int) -> Any:
         use_distributed_sampler=False,
         callbacks=[EmbeddingWriter()],
     )
-
-
-def open_index_record(directory: Path) -> dict[str, Any]:
-    try:
-        return json.loads((directory / SPEC_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise RetrievalError(
-            f"{directory / SPEC_FILE} is damaged ({err}): delete {directory} and index again."
-        ) from None
 
 
 def query(args: argparse.Namespace) -> None:

@@ -6,8 +6,10 @@
     INDEX/parts/NNNNN-<digest>/   one part per `index` run that found new images: a feature-cache shard folder
                           (key.json, paths.json, embedding_*.npy (n, D) float16, ok_*.npy (n,) uint8,
                           shard_*.json markers, manifest.json once complete)
+    INDEX/parts/NNNNN-partIIIIIofNNNNN-<digest>/   part i of N of a split run (`index --part i/N`, `retrieval.splits`)
     INDEX/paths.json      the path of every row of index.faiss, in order
     INDEX/index.faiss     the FAISS index over the readable images' descriptors
+    INDEX/index.ivfdata   the `ondisk` kind's inverted lists (memory-mapped when read)
     INDEX/skipped.json    the unreadable files, each with the reason
 
 A killed run leaves its part without a manifest; the next run on the same images resumes it (finished shards are
@@ -31,12 +33,14 @@ from datamodules.feature_cache.store import (
     MANIFEST_FILE,
     PATHS_FILE,
     CacheError,
+    ShardLayout,
     read_manifest,
 )
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from retrieval.embedding import EmbeddingSpec
-from retrieval.faiss_index import build_index, read_index, write_index
+from retrieval.faiss_index import read_index
 from retrieval.fingerprints import difference, fingerprints
+from retrieval.ondisk import ondisk_lists
 from utils.atomic import write_text
 from utils.errors import UserError
 from utils.images import rgb_image
@@ -70,29 +74,45 @@ class Part:
     ok: np.ndarray
 
 
-def read_part(directory: Path) -> Part:
-    """A complete part, every shard checked (a damaged one is a RetrievalError naming the fix)."""
+def damaged(directory: Path, err: Exception) -> RetrievalError:
+    message = err if isinstance(err, CacheError) else f"{type(err).__name__}: {err}"
+    return RetrievalError(
+        f"The index part {directory} is damaged ({str(message).split(' Delete ')[0]}). Delete that folder and run "
+        "`python -m retrieval index` again: only its images are embedded again."
+    )
+
+
+def open_part(directory: Path) -> tuple[ShardLayout, list[str]]:
+    """A complete part's layout (every shard checked against its manifest) and its paths."""
     try:
         manifest, layout = read_manifest(directory)
         paths = json.loads((directory / PATHS_FILE).read_text())
-        arrays = {
-            name: np.concatenate([np.load(layout.file(name, k)) for k in range(layout.n_shards)])
-            for name in ("embedding", "ok")
-        }
     except (CacheError, OSError, ValueError, KeyError) as err:
-        message = err if isinstance(err, CacheError) else f"{type(err).__name__}: {err}"
-        raise RetrievalError(
-            f"The index part {directory} is damaged ({str(message).split(' Delete ')[0]}). Delete that folder and run "
-            "`python -m retrieval index` again: only its images are embedded again."
-        ) from None
+        raise damaged(directory, err) from None
     if not isinstance(paths, list) or len(paths) != manifest["n_samples"]:
         raise RetrievalError(f"{directory / PATHS_FILE} does not list its part's images: delete {directory} and rerun.")
-    vectors = arrays["embedding"].astype(np.float32)
+    return layout, [str(p) for p in paths]
+
+
+def read_shard(layout: ShardLayout, shard: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shard `shard`'s descriptors `(n, D)` float32, L2-normalised, and readable flags `(n,)` bool."""
+    try:
+        vectors, ok = (np.load(layout.file(name, shard)) for name in ("embedding", "ok"))
+    except (OSError, ValueError) as err:
+        raise damaged(layout.directory, err) from None
+    vectors = vectors.astype(np.float32)
     if not np.isfinite(vectors).all():
-        raise RetrievalError(f"{directory} holds non-finite descriptors: delete it and run `index` again.")
+        raise RetrievalError(f"{layout.directory} holds non-finite descriptors: delete it and run `index` again.")
     # float16 storage rounds the norm: normalise again so that scores stay cosines
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return Part(directory, [str(p) for p in paths], vectors, arrays["ok"].astype(bool))
+    return vectors, ok.astype(bool)
+
+
+def read_part(directory: Path) -> Part:
+    """A complete part, every shard checked (a damaged one is a RetrievalError naming the fix)."""
+    layout, paths = open_part(directory)
+    shards = [read_shard(layout, k) for k in range(layout.n_shards)]
+    return Part(directory, paths, np.concatenate([v for v, _ in shards]), np.concatenate([ok for _, ok in shards]))
 
 
 def parts(index_dir: Path) -> tuple[list[Path], list[Path]]:
@@ -101,33 +121,11 @@ def parts(index_dir: Path) -> tuple[list[Path], list[Path]]:
     return [p for p in found if (p / MANIFEST_FILE).is_file()], [p for p in found if not (p / MANIFEST_FILE).is_file()]
 
 
-def skip_reason(path: str) -> str:
-    try:
-        rgb_image(path)
-    except UserError as err:
-        return str(err).split(". The file")[0]
-    return "unreadable when indexed"
-
-
-def write_index_files(index_dir: Path, all_parts: list[Part], kind: str) -> tuple[int, list[dict[str, str]]]:
-    """Build index.faiss over the readable rows of every part; write paths.json and skipped.json beside it."""
-    vectors = np.concatenate([p.vectors[p.ok] for p in all_parts])
-    paths = [path for p in all_parts for path, ok in zip(p.paths, p.ok) if ok]
-    skipped = [
-        {"path": path, "reason": skip_reason(path)} for p in all_parts for path, ok in zip(p.paths, p.ok) if not ok
-    ]
-    if not len(vectors):
-        raise RetrievalError(f"None of the {len(skipped)} image files could be read: {skipped[0]['reason']}.")
-    write_index(build_index(vectors, kind), index_dir / INDEX_FILE)
-    write_text(index_dir / PATHS_FILE, json.dumps(paths, indent=1))
-    write_text(index_dir / SKIPPED_FILE, json.dumps(skipped, indent=1))
-    return len(paths), skipped
-
-
 def record_files(index_dir: Path, record: dict[str, Any]) -> None:
     """Rewrite spec.json as ``record`` plus the fingerprints of index.faiss, paths.json and every complete part's
     files: written last, so that they describe a finished build."""
     files = [index_dir / INDEX_FILE, index_dir / PATHS_FILE]
+    files += [ondisk_lists(index_dir / INDEX_FILE)] if ondisk_lists(index_dir / INDEX_FILE).is_file() else []
     files += [f for part in parts(index_dir)[0] for f in sorted(part.iterdir()) if f.is_file()]
     write_text(index_dir / SPEC_FILE, json.dumps(record | {FILES: fingerprints(index_dir, files)}, indent=2))
 
@@ -144,6 +142,59 @@ def rebuild_command(directory: Path, record: dict[str, Any]) -> str:
     flags += ["--random-weights"] if loading.get("random_weights") else []
     flags += [f"--index-kind {record['index_kind']}"] if record.get("index_kind") else []
     return f"python -m retrieval index {record.get('source') or 'SOURCE'} --out {directory} {' '.join(flags)}"
+
+
+def open_index_record(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((directory / SPEC_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise RetrievalError(
+            f"{directory / SPEC_FILE} is damaged ({err}): delete {directory} and index again."
+        ) from None
+
+
+def check_index_folder(out: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The record (spec.json) of the index folder `out` that an `index` run of `record` grows: RetrievalError if it
+    holds other settings or is a folder of something else; {} for a new folder."""
+    if (out / SPEC_FILE).is_file():
+        stored = open_index_record(out)
+        check_same(out, stored, record)
+        return stored
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RetrievalError(f"--out {out} exists and is not an index folder (no {SPEC_FILE}): give a new folder.")
+    return {}
+
+
+def describe(record: dict[str, Any]) -> str:
+    spec, sha = record.get("embedding") or {}, str(record.get("weights_sha256", "?"))
+    return " ".join(f"--{key} {spec.get(key, '?')}" for key in ("backbone", "size", "pooling", "block")) + (
+        f" (weights sha256 {sha[:12]})"
+    )
+
+
+def check_same(index_dir: Path, stored: dict[str, Any], asked: dict[str, Any]) -> None:
+    """RetrievalError unless `asked` embeds as the index's own spec and weights do."""
+    keys = ("embedding", "weights_sha256")
+    if any(stored.get(k) != asked.get(k) for k in keys):
+        loading = stored.get("loading") or {}
+        # the same settings, other weights: random weights drawn before they were seeded (or real ones found since)
+        lost = (
+            loading.get("random_weights")
+            and loading == asked.get("loading")
+            and stored.get("embedding") == asked.get("embedding")
+        )
+        unseeded = (
+            " The index was built with random weights that cannot be made again (drawn before random weights were "
+            "seeded, or weights were put into the torch.hub cache since): build it again (delete it, then "
+            "`python -m retrieval index ... --random-weights`)."
+            if lost
+            else ""
+        )
+        raise RetrievalError(
+            f"The index {index_dir} was built with {describe(stored)}; this command asks for {describe(asked)}. "
+            "Descriptors of other settings cannot be compared: give the index's own settings (query: leave them "
+            f"out), or build another index with --out.{unseeded}"
+        )
 
 
 def check_files(directory: Path, record: dict[str, Any], names: list[str]) -> None:
@@ -210,7 +261,8 @@ def open_index(directory: Path) -> LoadedIndex:
         record = json.loads((directory / SPEC_FILE).read_text())
         EmbeddingSpec(**record["embedding"])
         if FILES in record:
-            check_files(directory, record, [INDEX_FILE, PATHS_FILE])
+            lists = ondisk_lists(directory / INDEX_FILE).name
+            check_files(directory, record, [INDEX_FILE, PATHS_FILE] + [lists] * (lists in record[FILES]))
         paths = json.loads((directory / PATHS_FILE).read_text())
     except (OSError, ValueError, KeyError, TypeError) as err:
         if isinstance(err, RetrievalError):

@@ -99,5 +99,11 @@ def test_bad_inputs_are_refused() -> None:
 def test_scale_benchmark_quick(capsys: pytest.CaptureFixture[str]) -> None:
     rows = retrieval_scale.main(["--quick", "--dim", "32"])
     assert "recall@10" in capsys.readouterr().out
-    assert [row[1] for row in rows] == ["flat", "hnsw", "ivf"]
-    assert rows[0][-1] == 1.0 and all(0 <= row[-1] <= 1 and row[2] >= 0 and row[5] > 0 for row in rows)
+    assert [row.kind for row in rows] == ["flat", "hnsw", "ivf", "ivfpq", "ondisk", "ondisk-cold"]
+    assert rows[0].recall == 1.0 and all(0 <= row.recall <= 1 and row.build_s >= 0 and row.p50_ms > 0 for row in rows)
+    by_kind = {row.kind: row for row in rows}
+    # exact vectors cost 4 bytes a dimension plus the id; ivfpq's codes fewer; ondisk keeps its lists out of RAM
+    assert by_kind["flat"].ram_bytes == pytest.approx(4 * 32, rel=0.05)
+    assert by_kind["ivfpq"].ram_bytes < by_kind["ivf"].ram_bytes / 2
+    assert by_kind["ondisk"].ram_bytes < by_kind["ivf"].ram_bytes / 4 < by_kind["ondisk"].disk_bytes
+    assert by_kind["flat"].ram_gib == pytest.approx(by_kind["flat"].ram_bytes * 1e8 / 2**30)
