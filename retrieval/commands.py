@@ -131,7 +131,7 @@ def index(args: argparse.Namespace) -> None:
         if (out / SPEC_FILE).is_file():
             stored = open_index_record(out)
             check_same(out, stored, record)
-        elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        elif rank_zero and out.exists() and (not out.is_dir() or any(out.iterdir())):  # others see rank 0's writes
             raise RetrievalError(f"--out {out} exists and is not an index folder (no {SPEC_FILE}): give a new folder.")
         done, incomplete = parts(out)
         check_part_files(out, stored, done)  # the parts are reused as they are; the files derived from them rebuilt
@@ -145,7 +145,7 @@ def index(args: argparse.Namespace) -> None:
         new = [p for p in paths if p not in seen]
         embedded = 0
         if new:
-            trainer = extraction_trainer(device, args.devices)
+            trainer = extraction_trainer(device, args.devices, args.num_nodes, out)
             embedder = Embedder(backbone, spec)
             loader = {k: getattr(args, k) for k in ("batch_size", "num_workers", "samples_per_shard")}
             embedded = embed_new(out, record, new, (done, incomplete), trainer, embedder, **loader)
@@ -156,21 +156,27 @@ def index(args: argparse.Namespace) -> None:
     print(f"Indexed {n} images in {out} ({embedded} embedded now, {len(skipped)} unreadable: {out / 'skipped.json'}).")
 
 
-def extraction_trainer(device: torch.device, devices: int) -> Any:
-    """The predict trainer: the CPU, one given GPU, or `devices` GPUs (DDP; the ranks split the shards)."""
+def extraction_trainer(device: torch.device, devices: int, num_nodes: int, out: Path) -> Any:
+    """The predict trainer: the CPU, one given GPU, or `devices` GPUs (DDP; the ranks split the shards), on each of
+    `num_nodes` nodes (a torchrun or srun launch). Under SLURM, the requeue signal requeues without a checkpoint
+    (`utils.slurm`); the parts resume."""
     import lightning as L
 
     from retrieval.building import EmbeddingWriter
+    from utils.slurm import RequeueOnSignal, predict_plugins
 
     cuda = device.type == "cuda"
     return L.Trainer(
         accelerator="gpu" if cuda else "cpu",
         devices=([device.index] if device.index is not None else devices) if cuda else 1,
+        num_nodes=num_nodes,
+        default_root_dir=out,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
-        callbacks=[EmbeddingWriter()],
+        callbacks=[EmbeddingWriter(), RequeueOnSignal()],
+        plugins=predict_plugins(),
     )
 
 
