@@ -22,6 +22,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from tests.fixture_paths import TINY_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -65,7 +67,12 @@ def torchrun_nodes(command: list[str], logs: Path, rdzv_id: str | None = None, *
         out = open(f"{logs}-{rank}.log", "w")  # noqa: SIM115 - closed with the process (wait_all)
         processes.append(
             subprocess.Popen(
-                [*launcher, *command], cwd=ROOT, env=quiet_env(**env), stdout=out, stderr=subprocess.STDOUT
+                [*launcher, *command],
+                cwd=ROOT,
+                env=quiet_env(**env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # wait_all ends the launcher and its workers together
             )
         )
     return processes
@@ -90,21 +97,27 @@ def srun_tasks(command: list[str], logs: Path, job_id: str, **env: str) -> list[
         out = open(f"{logs}-{rank}.log", "w")  # noqa: SIM115 - closed with the process (wait_all)
         processes.append(
             subprocess.Popen(
-                [sys.executable, *command], cwd=ROOT, env=quiet_env(**task, **env), stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, *command],
+                cwd=ROOT,
+                env=quiet_env(**task, **env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         )
     return processes
 
 
 def wait_all(processes: list[subprocess.Popen], timeout: float = 300) -> list[int]:
-    """The exit codes, once every process has ended; all are killed if one is still running after ``timeout``."""
+    """The exit codes, once every process has ended; if one is still running after ``timeout``, every process (and
+    the processes it started: a torchrun's workers) is killed."""
     deadline = time.monotonic() + timeout
     try:
         return [p.wait(max(deadline - time.monotonic(), 1)) for p in processes]
     finally:
         for process in processes:
             if process.poll() is None:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             if process.stdout is not None:
                 process.stdout.close()
@@ -123,14 +136,22 @@ def slurm_job_port_free() -> str:
     raise RuntimeError("no free port in 15000..24999")
 
 
-def extract_main(root: str, ade: str, checkpoint: str, record: str, go: str = "") -> None:
-    """One feature-cache extraction job on the tiny backbone; every shard it writes is appended to ``record``. With
-    ``go``, each shard then waits until that file exists: a second job started meanwhile finds this one at work."""
+def tiny_extraction(root: Path, ade: Path) -> Path:
+    """The folder of the feature cache of the ADE20k-like set ``ade`` under ``root``, through the tiny backbone."""
     from backbones import load_backbone
     from datamodules import ADE20kDataModule
-    from datamodules.feature_cache.extraction import _OpenShard
     from tests.conftest import TINY
     from tests.helpers import CacheFor, extraction_trainer
+
+    backbone = load_backbone("dinov2_vits14", TINY_CHECKPOINT, **TINY)
+    data = ADE20kDataModule(str(ade), batch_size=2, num_workers=0, crop_size=42, short_side=42)
+    return CacheFor(root).prepare(data, backbone, extraction_trainer).directory
+
+
+def extract_main(root: str, ade: str, record: str, go: str = "") -> None:
+    """One `tiny_extraction` job; every shard it writes is appended to ``record``. With ``go``, each shard then
+    waits until that file exists: a second job started meanwhile finds this one at work."""
+    from datamodules.feature_cache.extraction import _OpenShard
 
     commit = _OpenShard.commit
 
@@ -143,10 +164,7 @@ def extract_main(root: str, ade: str, checkpoint: str, record: str, go: str = ""
             time.sleep(0.1)
 
     _OpenShard.commit = recorded_commit  # type: ignore[method-assign]
-    backbone = load_backbone("dinov2_vits14", checkpoint, **TINY)
-    data = ADE20kDataModule(ade, batch_size=2, num_workers=0, crop_size=42, short_side=42)
-    cached = CacheFor(Path(root)).prepare(data, backbone, extraction_trainer)
-    print(f"CACHE {cached.directory}")
+    print(f"CACHE {tiny_extraction(Path(root), Path(ade))}")
 
 
 if __name__ == "__main__":
