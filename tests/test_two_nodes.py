@@ -265,3 +265,27 @@ def test_slurms_signal_during_an_extraction_requeues_without_a_checkpoint(
     assert (tmp_path / "calls").read_text() == "requeue 4242\n"
     assert not list(tmp_path.rglob("hpc_ckpt_*")) and (cached / "manifest.json").is_file()
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_the_processes_of_a_launch_name_one_run_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils.errors import UserError
+    from utils.run_dirs import hydra_subdir, log_name, unique_name
+
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))] + ["WORLD_SIZE", "RANK"]:
+        monkeypatch.delenv(name, raising=False)
+    assert not unique_name().startswith(("torchrun", "slurm")) and hydra_subdir() == ".hydra"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "ade-run1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert unique_name() == "torchrun-ade-run1"
+    assert (hydra_subdir(), log_name("train")) == (None, "train_rank1")  # .hydra/ and train.log are rank 0's
+    monkeypatch.setenv("RANK", "0")
+    assert (hydra_subdir(), log_name("train")) == (".hydra", "train")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # a --master-addr launch without --rdzv-id
+    with pytest.raises(UserError, match="--rdzv-id NAME"):
+        unique_name()
+    for name in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name)
+    for name, value in {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_JOB_ID": "4242"}.items():
+        monkeypatch.setenv(name, value)
+    assert unique_name() == "slurm-4242" and log_name("train") == "train_rank1"  # the same after a requeue

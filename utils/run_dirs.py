@@ -129,7 +129,8 @@ class ResolveSweepDir(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
         HydraConfig.instance().set_config(config)
-        _check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+        run = exit_on_user_error(lambda: Path(config.hydra.run.dir), hydra_style)  # `launch_name` can refuse
+        _check_writable(run, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         HydraConfig.instance().set_config(config)
