@@ -5,7 +5,7 @@ Each launch is real: its processes meet over gloo on 127.0.0.1 and share nothing
 cached quickstart on the tiny fixture backbone: 12 training images, 2 per batch on each of the 2 ranks, so an epoch
 is 3 steps and step 4 is in the middle of the second one.
 
-About 70 s on a 2-core CPU; the index and srun tests (`pytest -m slow`) about 50 s more.
+About 75 s on a busy 2-core machine; the index and srun tests (`pytest -m slow`) about 80 s more.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from utils.slurm import RequeueOnSignal, predict_plugins
 from ..loaders import usable_workers
 from .extraction import ExtractionData, ImageViews, ShardWriter, fixed_view_transform
 from .hashing import files_sha256, weights_sha256
-from .locking import ExtractionLock
+from .locking import ExtractionLock, decided_by_rank_zero
 from .reading import CachedFeatureDataModule
 from .store import (
     MANIFEST_FILE,
@@ -127,9 +127,10 @@ class FeatureCache:
         backbone it holds.
 
         ``make_trainer(callbacks=[...], default_root_dir=..., plugins=[...])`` builds the extraction trainer: any
-        devices and strategy, with ``use_distributed_sampler=False`` (the ranks split the shards themselves). Its device type and precision
-        are part of the key. One extraction of a key runs at a time, whichever job runs it (a file lock held by
-        global rank 0, `locking.ExtractionLock`); a second one waits for it and then reuses its cache.
+        devices and strategy, with ``use_distributed_sampler=False`` (the ranks split the shards themselves). Its
+        device type and precision are part of the key. One extraction of a key runs at a time, whichever job runs it
+        (a file lock held by global rank 0, `locking.ExtractionLock`); a second one waits for it and then reuses its
+        cache.
         """
         backbone, spec = find_backbone(probe), probe_spec(probe)
         datamodule.prepare_data()
@@ -185,15 +186,18 @@ class FeatureCache:
             warnings.filterwarnings("ignore", message="Total length of .* across ranks is zero")  # a complete cache
             trainer.predict(extractor, datamodule=data, return_predictions=False)
         trainer.strategy.barrier("feature_cache_shards")
-        if complete:
-            rank_zero_info(f"Feature cache: reusing {directory} ({_size(directory)}).")
-        elif trainer.is_global_zero:
+
+        def seal() -> None:  # global rank 0 alone, still holding the lock
+            if complete:
+                rank_zero_info(f"Feature cache: reusing {directory} ({_size(directory)}).")
+                return
             write_manifest(layout, self.views)
             rank_zero_info(
                 f"Feature cache: {len(views)} samples ({len(views.source)} images x {views.views} view(s)) in "
                 f"{directory}: {_size(directory)}, extracted in {time.perf_counter() - start:.1f} s."
             )
-        trainer.strategy.barrier("feature_cache_manifest")
+
+        decided_by_rank_zero(trainer.strategy, seal)  # every rank waits for the manifest, or gets rank 0's error
 
 
 def find_backbone(model: nn.Module) -> FrozenBackbone:
