@@ -233,6 +233,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     extracted first if no cache has the run's key.
     """
     import lightning as L
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from utils.checkpoints import resume_checkpoint
 
@@ -240,7 +241,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume = resume_checkpoint(cfg.ckpt_path) if cfg.train else None  # a bad file stops the run before it starts
-    write_text(output_dir / "config.yaml", config_yaml)
+    if rank_zero_only.rank == 0:  # the processes of a torchrun or srun launch share rank 0's run folder
+        write_text(output_dir / "config.yaml", config_yaml)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
     model = build(cfg.head)
@@ -258,19 +260,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if cfg.train:
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        best = checkpoint.best_model_path if cfg.train and cfg.test and checkpoint.best_model_path else None
         if cfg.test:
-            best = checkpoint.best_model_path if cfg.train and checkpoint.best_model_path else None
             (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
             metrics.update({k: float(v) for k, v in results.items()})
     if metrics:  # written before predicting: an unreadable image in predict_dir must not lose them
         random_weights = any(getattr(module, "random_weights", False) for module in model.modules())
         # strict JSON: a metric that could not be computed is null, with the module's reason logged
         record = {**({"random_weights": True, "note": RANDOM_WEIGHTS_NOTE} if random_weights else {}), **metrics}
-        write_json(output_dir / "metrics.json", record, getattr(model, "metric_notes", None))
+        if rank_zero_only.rank == 0:
+            write_json(output_dir / "metrics.json", record, getattr(model, "metric_notes", None))
         print(format_metrics(metrics, random_weights))
     if cfg.data.get("predict_dir"):
         with reported_stop(trainer, Path(checkpoint.dirpath)):
-            trainer.predict(model, datamodule=datamodule, return_predictions=False)
+            # the tested weights, named: with no ckpt_path, Lightning under SLURM loads its newest requeue checkpoint
+            trainer.predict(model, datamodule=datamodule, return_predictions=False, ckpt_path=best)
         print(f"Predictions written to {cfg.head.predict_dir_out}")
     print(f"Run directory: {output_dir}")
     return metrics

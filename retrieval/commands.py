@@ -96,13 +96,19 @@ def index(args: argparse.Namespace) -> None:
     if args.part is not None:
         from retrieval.splits import index_part
 
-        index_part(args, record, paths, Embedder(backbone, spec), lambda: extraction_trainer(device, args.devices))
+        index_part(
+            args,
+            record,
+            paths,
+            Embedder(backbone, spec),
+            lambda: extraction_trainer(device, args.devices, args.num_nodes, args.out),
+        )
         return
     out, rank_zero = args.out, rank_zero_only.rank == 0
     # one build of a folder at a time (INDEX.lock beside it); the other ranks of a multi-GPU run are under rank 0's
     resume = "The images embedded so far are kept: run the same command again to resume."
     with writing(out, "--out", resume), extraction_lock(out, exclusive=rank_zero):
-        stored = check_index_folder(out, record)
+        stored = check_index_folder(out, record, rank_zero)
         checked_parts(out, stored)  # no unfinished split run (`--part i/N` jobs) to embed its images again
         done, incomplete = parts(out)
         check_part_files(out, stored, done)  # the parts are reused as they are; the files derived from them rebuilt
@@ -116,7 +122,7 @@ def index(args: argparse.Namespace) -> None:
         new = [p for p in paths if p not in seen]
         embedded = 0
         if new:
-            trainer = extraction_trainer(device, args.devices)
+            trainer = extraction_trainer(device, args.devices, args.num_nodes, out)
             embedder = Embedder(backbone, spec)
             loader = {k: getattr(args, k) for k in ("batch_size", "num_workers", "samples_per_shard")}
             embedded = embed_new(out, record, new, (done, incomplete), trainer, embedder, **loader)
@@ -158,21 +164,27 @@ def build(args: argparse.Namespace) -> None:
     )
 
 
-def extraction_trainer(device: torch.device, devices: int) -> Any:
-    """The predict trainer: the CPU, one given GPU, or `devices` GPUs (DDP; the ranks split the shards)."""
+def extraction_trainer(device: torch.device, devices: int, num_nodes: int, out: Path) -> Any:
+    """The predict trainer: the CPU, one given GPU, or `devices` GPUs (DDP; the ranks split the shards), on each of
+    `num_nodes` nodes (a torchrun or srun launch). Under SLURM, the requeue signal requeues without a checkpoint
+    (`utils.slurm`); the parts resume."""
     import lightning as L
 
     from retrieval.building import EmbeddingWriter
+    from utils.slurm import RequeueOnSignal, predict_plugins
 
     cuda = device.type == "cuda"
     return L.Trainer(
         accelerator="gpu" if cuda else "cpu",
         devices=([device.index] if device.index is not None else devices) if cuda else 1,
+        num_nodes=num_nodes,
+        default_root_dir=out,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
-        callbacks=[EmbeddingWriter()],
+        callbacks=[EmbeddingWriter(), RequeueOnSignal()],
+        plugins=predict_plugins(),
     )
 
 

@@ -153,14 +153,15 @@ def open_index_record(directory: Path) -> dict[str, Any]:
         ) from None
 
 
-def check_index_folder(out: Path, record: dict[str, Any]) -> dict[str, Any]:
+def check_index_folder(out: Path, record: dict[str, Any], rank_zero: bool = True) -> dict[str, Any]:
     """The record (spec.json) of the index folder `out` that an `index` run of `record` grows: RetrievalError if it
-    holds other settings or is a folder of something else; {} for a new folder."""
+    holds other settings or is a folder of something else; {} for a new folder. Only rank 0 judges a folder without
+    spec.json: the other ranks of a run may already see rank 0's first writes in it."""
     if (out / SPEC_FILE).is_file():
         stored = open_index_record(out)
         check_same(out, stored, record)
         return stored
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if rank_zero and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RetrievalError(f"--out {out} exists and is not an index folder (no {SPEC_FILE}): give a new folder.")
     return {}
 

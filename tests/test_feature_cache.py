@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -159,17 +158,13 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(
 
 
 def test_a_complete_cache_is_reused_without_extracting(
-    tmp_path: Path, ade_root: Path, backbone: FrozenBackbone
+    tmp_path: Path, ade_root: Path, backbone: FrozenBackbone, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = build(cache(tmp_path), ade_root, backbone)
     stamp = (first / "manifest.json").stat().st_mtime_ns
-
-    def no_extraction(**kwargs: object) -> L.Trainer:
-        trainer = extraction_trainer(**kwargs)
-        trainer.predict = lambda *args, **kwargs: pytest.fail("a complete cache was extracted again")
-        return trainer
-
-    again = cache(tmp_path).prepare(datamodule(ade_root), backbone, no_extraction).directory
+    # every rank still runs the predict loop (rank 0 decides there, under the lock), with no batch in it
+    monkeypatch.setattr(_OpenShard, "write", lambda *args: pytest.fail("a complete cache was extracted again"))
+    again = cache(tmp_path).prepare(datamodule(ade_root), backbone, extraction_trainer).directory
     assert again == first and (first / "manifest.json").stat().st_mtime_ns == stamp
 
 
@@ -245,7 +240,8 @@ def test_ranks_split_the_pending_shards_without_overlap(tmp_path: Path, ade_root
     layout.mark_done(1, arrays={})  # shard 1 is done
     seen = []
     for rank in range(world_size):
-        strategy = SimpleNamespace(broadcast=lambda obj, src: obj)
+        # every stand-in rank computes rank 0's list itself: a broadcast of it
+        strategy = SimpleNamespace(broadcast=lambda obj, src: obj, is_global_zero=True)
         extraction = ExtractionData(views, layout, batch_size=3, num_workers=0)
         extraction.trainer = SimpleNamespace(strategy=strategy, global_rank=rank, world_size=world_size)
         batches = list(extraction.predict_dataloader().batch_sampler)

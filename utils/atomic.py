@@ -1,8 +1,9 @@
 """Writing files atomically: a temporary file in the target folder, then a rename.
 
 A crash or a kill never leaves a half-written output, and readers only ever see whole files. A SIGKILL can
-leave the hidden temporary file itself; its name holds the writer's process id, so `remove_stale_temps` can
-tell a dead writer's leftovers from a live writer's work in progress.
+leave the hidden temporary file itself; its name holds the writer's process id and host, so `remove_stale_temps` can
+tell a dead writer's leftovers from a live writer's work in progress (on a file system that several nodes share, the
+same process id can be a live writer on another node).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +19,13 @@ from pathlib import Path
 from filelock import FileLock
 
 TEMP_MARK = ".tmp-"
-_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[^/]*$")
+HOST = re.sub(r"\W", "_", socket.gethostname())  # letters, digits and _ only: the name's separators stay unambiguous
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(?:@(\w+))?-[^/]*$")
 
 
 def temp_prefix(path: Path) -> str:
-    """The prefix of ``path``'s temporary files: hidden, and naming this process."""
-    return f".{path.name}{TEMP_MARK}{os.getpid()}-"
+    """The prefix of ``path``'s temporary files: hidden, and naming this process and its host."""
+    return f".{path.name}{TEMP_MARK}{os.getpid()}@{HOST}-"
 
 
 def _alive(pid: int) -> bool:
@@ -35,15 +38,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files (and `atomic_folder` folders) that killed writers left in ``folder``; return them."""
+def remove_stale_temps(folder: str | os.PathLike, any_writer: bool = False) -> list[Path]:
+    """Delete the temporary files (and `atomic_folder` folders) that killed writers left in ``folder``; return them.
+
+    A writer on another host cannot be checked from here: its files stay, unless ``any_writer`` (the caller holds a
+    lock that no live writer of ``folder`` can be without), which deletes every temporary file but this process's.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for entry in folder.iterdir():
         match = _TEMP_NAME.match(entry.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if not match or (int(match.group(1)) == os.getpid() and match.group(2) in (None, HOST)):
+            continue
+        if any_writer or (match.group(2) in (None, HOST) and not _alive(int(match.group(1)))):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -21,10 +21,12 @@ from backbones.extraction import FeatureExtractor, token_numerics
 from backbones.features import FeatureSpec
 from utils.atomic import remove_stale_temps, write_text
 from utils.errors import option
+from utils.slurm import RequeueOnSignal, predict_plugins
 
 from ..loaders import usable_workers
 from .extraction import ExtractionData, ImageViews, ShardWriter, fixed_view_transform
 from .hashing import files_sha256, weights_sha256
+from .locking import ExtractionLock, decided_by_rank_zero
 from .reading import CachedFeatureDataModule
 from .store import (
     MANIFEST_FILE,
@@ -33,7 +35,6 @@ from .store import (
     CacheKey,
     ShardLayout,
     cache_directory,
-    extraction_lock,
     open_cache_dir,
     read_manifest,
     write_manifest,
@@ -125,10 +126,11 @@ class FeatureCache:
         What is extracted is the probe's ``feature_spec`` (`backbones.features.FeatureSpec`), through the one frozen
         backbone it holds.
 
-        ``make_trainer(callbacks=[...])`` builds the extraction trainer: any devices and strategy, with
-        ``use_distributed_sampler=False`` (the ranks split the shards themselves). Its device type and precision
-        are part of the key. One extraction of a key runs at a time (a file lock); a second one waits for it and
-        then reuses its cache.
+        ``make_trainer(callbacks=[...], default_root_dir=..., plugins=[...])`` builds the extraction trainer: any
+        devices and strategy, with ``use_distributed_sampler=False`` (the ranks split the shards themselves). Its
+        device type and precision are part of the key. One extraction of a key runs at a time, whichever job runs it
+        (a file lock held by global rank 0, `locking.ExtractionLock`); a second one waits for it and then reuses its
+        cache.
         """
         backbone, spec = find_backbone(probe), probe_spec(probe)
         datamodule.prepare_data()
@@ -138,42 +140,64 @@ class FeatureCache:
             source = copy.copy(source)
             source.transform = fixed_view_transform(datamodule)
         writer = ShardWriter()
-        trainer = make_trainer(callbacks=[writer])
+        # away from the run folder, where Lightning under SLURM would load the run's requeue checkpoint into it
+        trainer = make_trainer(
+            callbacks=[writer, RequeueOnSignal()], default_root_dir=self.root, plugins=predict_plugins()
+        )
         numerics = token_numerics(backbone, trainer.strategy.root_device.type, str(trainer.precision))
         key = self.key(backbone, spec, source, datamodule.crop_size, numerics)
         directory = cache_directory(self.root, key)
         views = ImageViews(source, self.views, self.seed)
-        # rank_zero_only.rank comes from the launcher's environment: the other ranks of a DDP job run under their
-        # rank 0's lock (they start inside its trainer.predict)
-        with extraction_lock(directory, exclusive=rank_zero_only.rank == 0):
-            open_cache_dir(directory, key)
-            writer.layout = ShardLayout(directory, len(views), self.samples_per_shard, key.digest())
-            if (directory / MANIFEST_FILE).is_file():
-                read_manifest(directory)
-                rank_zero_info(f"Feature cache: reusing {directory} ({_size(directory)}).")
-            else:
-                self._extract(trainer, backbone, spec, views, writer.layout)
+        writer.layout = ShardLayout(directory, len(views), self.samples_per_shard, key.digest())
+        lock = ExtractionLock(directory)
+        try:
+            self._extract(trainer, FeatureExtractor(backbone, spec), views, writer.layout, key, lock)
+        finally:
+            lock.release()
         return CachedFeatureDataModule(datamodule, directory, spec, datamodule.batch_size, datamodule.num_workers)
 
     def _extract(
-        self, trainer: L.Trainer, backbone: FrozenBackbone, spec: FeatureSpec, views: ImageViews, layout: ShardLayout
+        self,
+        trainer: L.Trainer,
+        extractor: FeatureExtractor,
+        views: ImageViews,
+        layout: ShardLayout,
+        key: CacheKey,
+        lock: ExtractionLock,
     ) -> None:
-        start, directory = time.perf_counter(), layout.directory
-        if trainer.is_global_zero:
-            for stale in remove_stale_temps(directory):
+        """Every rank runs the extraction's predict loop, even over a complete cache (then with nothing to do):
+        whether there is anything to extract is global rank 0's decision, under the lock (`locking`)."""
+        start, directory, complete = time.perf_counter(), layout.directory, []
+
+        def plan() -> list[int]:  # global rank 0 alone, holding the lock
+            open_cache_dir(directory, key)
+            if (directory / MANIFEST_FILE).is_file():
+                read_manifest(directory)
+                complete.append(True)
+                return []
+            # no other job writes here while this one holds the lock: any temporary file is a dead writer's
+            for stale in remove_stale_temps(directory, any_writer=True):
                 rank_zero_info(f"Feature cache: removed {stale.name}, left by a killed extraction.")
             write_text(directory / PATHS_FILE, json.dumps([str(sample[0]) for sample in views.source.samples]))
-        extractor = FeatureExtractor(backbone, spec)
-        data = ExtractionData(views, layout, self.batch_size, self.num_workers)
-        trainer.predict(extractor, datamodule=data, return_predictions=False)
+            return layout.pending()
+
+        data = ExtractionData(views, layout, self.batch_size, self.num_workers, lock, plan)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Total length of .* across ranks is zero")  # a complete cache
+            trainer.predict(extractor, datamodule=data, return_predictions=False)
         trainer.strategy.barrier("feature_cache_shards")
-        if trainer.is_global_zero:
+
+        def seal() -> None:  # global rank 0 alone, still holding the lock
+            if complete:
+                rank_zero_info(f"Feature cache: reusing {directory} ({_size(directory)}).")
+                return
             write_manifest(layout, self.views)
-        trainer.strategy.barrier("feature_cache_manifest")
-        rank_zero_info(
-            f"Feature cache: {len(views)} samples ({len(views.source)} images x {views.views} view(s)) in "
-            f"{directory}: {_size(directory)}, extracted in {time.perf_counter() - start:.1f} s."
-        )
+            rank_zero_info(
+                f"Feature cache: {len(views)} samples ({len(views.source)} images x {views.views} view(s)) in "
+                f"{directory}: {_size(directory)}, extracted in {time.perf_counter() - start:.1f} s."
+            )
+
+        decided_by_rank_zero(trainer.strategy, seal)  # every rank waits for the manifest, or gets rank 0's error
 
 
 def find_backbone(model: nn.Module) -> FrozenBackbone:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from utils.errors import option
 from ..depth.base import DepthDataModule
 from ..segmentation.base import SegmentationDataModule
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD, RescaleToBox
+from .locking import ExtractionLock, decided_by_rank_zero
 from .store import CacheError, ShardLayout
 
 TARGET_DTYPES = {"label": np.uint8, "depth": np.float16}  # the per-pixel targets a cache stores, and how
@@ -216,17 +217,34 @@ def target_array(name: str, values: Tensor, paths: Sequence[str]) -> np.ndarray:
 class ExtractionData(L.LightningDataModule):
     """The predict loader of an extraction: the pending shards, split between the ranks shard by shard.
 
-    ``views``: any dataset whose items hold their ``index`` (`ImageViews` for the feature cache)."""
+    ``views``: any dataset whose items hold their ``index`` (`ImageViews` for the feature cache). ``lock``: taken
+    by global rank 0 for the whole job before anything is decided (`ExtractionLock`; released by the caller after
+    the manifest). ``plan``: run on global rank 0 alone, it prepares the folder and returns the shards to extract
+    (default: ``layout.pending()``); every rank extracts its share of that one list, ``pending`` once the loader is
+    made.
+    """
 
-    def __init__(self, views: Dataset, layout: ShardLayout, batch_size: int, num_workers: int):
+    def __init__(
+        self,
+        views: Dataset,
+        layout: ShardLayout,
+        batch_size: int,
+        num_workers: int,
+        lock: ExtractionLock | None = None,
+        plan: Callable[[], list[int]] | None = None,
+    ):
         super().__init__()
-        self.views, self.layout = views, layout
+        self.views, self.layout, self.lock, self.plan = views, layout, lock, plan or layout.pending
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.pending: list[int] = []
 
     def predict_dataloader(self) -> DataLoader:
+        strategy = self.trainer.strategy
+        if self.lock is not None:
+            self.lock.acquire(strategy)
         # rank 0's view of the disk decides, so that the ranks split one list even if one of them lags behind
-        pending = self.trainer.strategy.broadcast(self.layout.pending(), src=0)
-        mine = pending[self.trainer.global_rank :: self.trainer.world_size]
+        self.pending = decided_by_rank_zero(strategy, self.plan)
+        mine = self.pending[self.trainer.global_rank :: self.trainer.world_size]
         return DataLoader(
             self.views,
             batch_sampler=ShardBatches(mine, len(self.views), self.layout.samples_per_shard, self.batch_size),
