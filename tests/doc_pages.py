@@ -4,7 +4,7 @@ Commands come from fenced ```bash, ```sh, ```console (the `$ ` lines) and plain 
 spans; with `\\` continuations, `# comments`, shell quoting and `&&`, `||`, `|`, `;` chains. A command is
 `python train.py ARGS` (also after `torchrun`, `srun`, `mpirun`) or `python -m MODULE ARGS`. Placeholders (DIR,
 PATH, REF.jpg) are values like any other. Three substitutions, so that a page may write what a reader reads:
-`$VAR` and `${VAR}` become VAR (the shell puts a value there), a lone `...` ("more options") is dropped, and
+`$VAR` and `${VAR}` become 1 (the shell puts a value there: a count, a rank, a part number, a name), a lone `...` ("more options") is dropped, and
 `[--flag]` (an optional flag) becomes `--flag`.
 """
 
@@ -23,7 +23,7 @@ SHELL_BLOCKS = {"", "bash", "sh", "shell", "zsh", "console"}
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
 INLINE = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
-SHELL_VAR = re.compile(r"\$\{?([A-Z_][A-Z0-9_]*)\}?")
+SHELL_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 PYTHON = re.compile(r"python(\d+(\.\d+)?)?")
 LAUNCHERS = {"torchrun", "srun", "mpirun"}
 CONTROL = {"&&", "||", "|", ";", "&"}
@@ -90,7 +90,7 @@ def snippets(text: str) -> Iterator[tuple[int, str, bool]]:
 
 def segments(shell: str) -> Iterator[list[str]]:
     """The simple commands of a shell line, as argument lists (quotes and comments removed, substitutions made)."""
-    lexer = shlex.shlex(SHELL_VAR.sub(r"\1", shell), posix=True, punctuation_chars=";&|")
+    lexer = shlex.shlex(SHELL_VAR.sub("1", shell), posix=True, punctuation_chars=";&|")
     lexer.whitespace_split = True
     words: list[str] = []
     for token in [*lexer, ";"]:

@@ -251,7 +251,7 @@ python train.py not=a_command
     got = [(c.line, c.module, c.args, c.inline, bool(c.error)) for c in commands_in("page.md", text)]
     assert got == [
         (4, None, ("head=knn", "data.k_shot=[1,5]"), False, False),
-        (6, "retrieval", ("index", "PHOTOS/", "--out", "OUT.index"), False, False),
+        (6, "retrieval", ("index", "1/", "--out", "1.index"), False, False),
         (7, None, ("-m", "data.k_shot=1,5"), False, False),
         (8, "bench.probe_step", ("--tiles",), False, False),
         (9, None, (), False, True),
