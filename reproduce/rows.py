@@ -284,9 +284,10 @@ SEG_NOTES = {
 }
 SEG_PIPELINE = ("experiment=quickstart", "data.generate_n_train=4", "data.generate_n_val=2", "data.batch_size=2")
 SEG_PIPELINE += ("data.crop_size=56", "data.short_side=56", "head.stride=28")
-SEG_PIPELINE += ("trainer.max_steps=2", "trainer.val_check_interval=1")
-# a few steps on a stand-in (reproduce/stand_ins.py), for the datasets without a data.generate of their own
-FEW_STEPS = ("data.batch_size=2", "trainer.max_steps=2", "trainer.val_check_interval=1")
+SEG_PIPELINE += ("trainer.max_steps=2", "trainer.val_check_interval=2")
+# two steps and one validation (the end of the first epoch) on a stand-in (reproduce/stand_ins.py), for the datasets
+# without a data.generate of their own
+FEW_STEPS = ("data.batch_size=2", "trainer.max_steps=2", "trainer.val_check_interval=2")
 FEW_STEPS += ("trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0")
 
 
@@ -356,7 +357,7 @@ DEPTH_PIPELINE = (
     "data.generate_n_test=2",
     "data.batch_size=2",
 )
-DEPTH_PIPELINE += ("trainer.max_steps=2", "trainer.val_check_interval=1")
+DEPTH_PIPELINE += ("trainer.max_steps=2", "trainer.val_check_interval=2")
 
 
 def depth_pipeline(dataset: str, head: str) -> tuple[str, ...]:
