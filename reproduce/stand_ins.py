@@ -53,7 +53,7 @@ def write_voc(out: Path) -> None:
             border = np.zeros(label.shape, bool)
             border[:, 1:] |= label[:, 1:] != label[:, :-1]
             border[1:] |= label[1:] != label[:-1]
-            png = Image.fromarray(np.where(border, 255, label).astype(np.uint8), mode="L").convert("P")
+            png = Image.fromarray(np.where(border, 255, label).astype(np.uint8)).convert("P")
             png.putpalette(palette)
             png.save(base / "SegmentationClass" / f"{stem}.png")
             shutil.copy(image, base / "JPEGImages" / f"{stem}.jpg")
