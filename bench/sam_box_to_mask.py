@@ -2,6 +2,7 @@
 
     python -m bench.sam_box_to_mask                       # tiny random SAM, CPU (and GPU when there is one)
     python -m bench.sam_box_to_mask --model-type vit_b --full-size --boxes 100 --size 480 640
+    python -m bench.sam_box_to_mask --model-type vit_h --full-size --device cuda   # the GPU only (gpu_check)
 
 Both ways encode the image once; the times are for the whole image (encoder + all boxes), best of --repeats.
 On CUDA the batched path also runs in bf16 autocast (SamPredictor.predict cannot: it returns numpy).
@@ -13,7 +14,7 @@ import argparse
 import time
 from functools import partial
 
-from utils.argtypes import positive_int
+from utils.argtypes import device_problem, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=positive_int, nargs=2, default=[480, 640], metavar=("H", "W"))
     parser.add_argument("--chunk-size", type=positive_int, default=64)
     parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument(
+        "--device",
+        nargs="+",
+        dest="devices",
+        metavar="DEVICE",
+        help="cpu, cuda, cuda:N (default: cpu, and cuda when there is one)",
+    )
     return parser
 
 
@@ -60,14 +68,18 @@ def box_by_box(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray) ->
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    for device in args.devices or ():
+        if problem := device_problem(device):
+            parser.error(problem)
 
     torch.manual_seed(0)
     sam = build_sam(args.model_type, **({} if args.full_size else TINY))
     rng = np.random.default_rng(0)
     h, w = args.size
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    devices = args.devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
     arch = f"{args.model_type}{'' if args.full_size else ' (tiny)'}"
     print(f"SAM {arch}, image {h}x{w}, chunk {args.chunk_size}, best of {args.repeats}")
     print(f"{'device':<7}{'boxes':>7}{'batched s':>12}{'box-by-box s':>15}{'speed-up':>10}")

@@ -43,8 +43,9 @@ def describe(row: Row, data_dir: Path) -> tuple[list[str], list[str]]:
     runs = f" x {len(row.runs)} runs ({'; '.join(' '.join(run) for run in row.runs)}), averaged" * (len(row.runs) > 1)
     text = [
         f"{row.name}: {values} ({row.source}); tolerance ±{row.tolerance:g}: {row.why}",
-        f"  protocol: python train.py {' '.join(row.overrides())}{runs}",
+        f"  protocol: python train.py {' '.join(row.overrides()).replace('{data_dir}', str(data_dir))}{runs}",
         f"  estimate (one H100, not measured): {row.gpu_minutes:g} min, {row.gpu_gib:g} GiB",
+        *[f"  note: {row.note}"] * bool(row.note),
     ]
     missing = []
     for file in weights(row):

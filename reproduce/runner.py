@@ -94,11 +94,12 @@ def pipeline_overrides(row: Row, options: Options) -> list[str]:
         f"backbone.checkpoint={options.checkpoint}" if options.checkpoint else "backbone.random_fallback=true"
     )
     sam = ["sam.random_weights=true", *(f"sam.{key}={value}" for key, value in TINY_SAM.items())]
+    data_dir = str(options.out / "pipeline_data")
     return [
-        *row.pipeline,
+        *(o.replace("{data_dir}", data_dir) for o in row.pipeline),
         *backbone * bool(row.backbone),
         *sam * bool(row.sam),
-        f"paths.data_dir={options.out / 'pipeline_data'}",
+        f"paths.data_dir={data_dir}",
         "data.num_workers=0",
         *[f"trainer={options.trainer}"] * bool(options.trainer),
     ]
@@ -137,6 +138,10 @@ def run_row(row: Row, options: Options, execute: Callable, shared: dict | None =
         if options.pipeline and key in shared:
             found, output_dir = shared[key]
         else:
+            if options.pipeline and row.stand_in:
+                from reproduce.stand_ins import write_stand_in
+
+                write_stand_in(row.stand_in, options.out / "pipeline_data")
             found = execute(compose(overrides, output_dir))
             shared[key] = found, output_dir
         missing = sorted(set(row.values) - set(found))

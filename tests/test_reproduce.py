@@ -1,8 +1,10 @@
-"""`python -m reproduce` (the rows, --dry-run, --pipeline end to end, resume, failures) and `bench.gpu_check`'s
-CPU-checkable parts (its plan fits 8 minutes, its report, its refusal without CUDA)."""
+"""`python -m reproduce` (the rows, --dry-run, --pipeline end to end, the stand-ins, resume, failures) and
+`bench.gpu_check`'s CPU-checkable parts (its plan fits 8 minutes, each part's command parses, the CUDA-only tests it
+finds, its report, its refusal without CUDA)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -17,6 +19,7 @@ from bench import gpu_check
 from reproduce import rows
 from reproduce.__main__ import main
 from reproduce.runner import Options, run_rows
+from reproduce.stand_ins import write_stand_in
 from reproduce.table import markdown
 from tests.fixture_paths import TINY_CHECKPOINT
 
@@ -100,9 +103,53 @@ def test_dry_run_lists_every_row_with_weights_data_value_and_estimate(
         assert f"{row.gpu_minutes:g} min, {row.gpu_gib:g} GiB" in block and f"data={row.data.config} under" in block
         for model in filter(None, (row.backbone, row.sam and f"SAM {row.sam}")):
             assert f"weights {model}: " in block and "https://dl.fbaipublicfiles.com/" in block
+        assert f"  note: {row.note}" in block if row.note else "note:" not in block
     assert f"data=bsds500 under {tmp_path}: present" in "\n".join(blocks["sam-bsds500-edges"])
     assert "sam-bsds500-edges: data" not in missing and "matcher-fss1000-1shot: data" in missing
     assert "github.com/HKUSTCV/FSS-1000" in missing and "--set sam.download=true" in missing
+
+
+def test_every_size_of_the_dinov2_tables_is_a_row_with_its_value() -> None:
+    """Tables 4, 10 and 11: every dataset, setting and model size is a row, and its value is the table's."""
+    expected = {}
+    for dataset, sizes in rows.TABLE_10.items():
+        for size, (lin, ms) in sizes.items():
+            expected |= {f"dinov2-{dataset}-lin-{size}": lin, f"dinov2-{dataset}-ms-{size}": ms}
+    for dataset, sizes in rows.TABLE_11.items():
+        for size, values in sizes.items():
+            expected |= {f"dinov2-{dataset}-{kind}-{size}": v for kind, v in zip(("lin1", "lin4", "dpt"), values)}
+    for size, (knn, linear) in rows.TABLE_4.items():
+        expected |= {f"dinov2-imagenet-knn-{size}": knn, f"dinov2-imagenet-linear-{size}": linear}
+    for name, value in expected.items():
+        row = rows.BY_NAME[name]
+        assert list(row.values.values()) == [value] and row.backbone == f"dinov2_{name.rsplit('-', 1)[1]}"
+        assert "Table" in row.source and row.tolerance > 0 and row.gpu_minutes > 0
+    assert len(rows.BY_NAME) == len(rows.ROWS)  # names are unique
+
+
+def test_the_stand_ins_are_read_by_the_real_datamodules(tmp_path: Path) -> None:
+    from datamodules.classification.imagefolder import ImageFolderDataModule
+    from datamodules.depth.kitti import KITTIDataModule
+    from datamodules.segmentation.cityscapes import CityscapesDataModule
+    from datamodules.segmentation.voc import VOC2012DataModule
+
+    voc = VOC2012DataModule(root=str(write_stand_in("voc2012", tmp_path)), num_workers=0, short_side=56)
+    voc.setup("validate")
+    labels = [batch["label"] for batch in voc.val_dataloader()]
+    assert len(labels) == 2 and 255 in labels[0] and int(max(x[x < 255].max() for x in labels)) <= 8
+    city = CityscapesDataModule(root=str(write_stand_in("cityscapes", tmp_path)), num_workers=0, short_side=56)
+    city.setup("validate")
+    values = set(torch.cat([batch["label"].flatten() for batch in city.val_dataloader()]).tolist())
+    assert values <= {*range(8), 255} and len(values - {255}) > 1  # trainIds 0..7, labelId 0 ignored
+    write_stand_in("kitti", tmp_path)
+    kitti = KITTIDataModule(root=str(tmp_path), num_workers=0)
+    lines = (tmp_path / "kitti" / "kitti_eigen_test.txt").read_text().splitlines()
+    assert len(kitti._samples("test")) == len(lines) - 1 and lines[-1].split()[1] == "None"  # the None line skipped
+    write_stand_in("imagenet", tmp_path)
+    folders = ImageFolderDataModule(root=str(tmp_path / "imagenet"), splits=["train", "val"], num_workers=0)
+    folders.setup("test")
+    assert len(folders.class_names) == 4 and [len(part) for part in folders.sets] == [24, 8]
+    assert write_stand_in("voc2012", tmp_path) == tmp_path / "voc2012"  # an existing stand-in is kept
 
 
 def test_the_docs_table_is_the_generated_one() -> None:
@@ -121,6 +168,36 @@ def test_the_gpu_check_plan_fits_eight_minutes_and_its_docstring_states_it() -> 
     for part in plan:
         assert f"| {part.name} | {part.budget_s} |" in gpu_check.__doc__
     assert f"| **total** | **{sum(p.budget_s for p in plan)}** |" in gpu_check.__doc__
+
+
+def test_each_gpu_check_part_is_a_command_its_script_accepts() -> None:
+    for part in gpu_check.parts(Path("out")):
+        args = list(part.command[1:])
+        if args[:2] == ["-m", "pytest"]:
+            tests = [a for a in args if "::" in a]
+            assert tests and all((ROOT / t.split("::")[0]).is_file() for t in tests), part
+        elif args[0] == "-c":
+            compile(args[1], part.name, "exec")
+            assert callable(importlib.import_module("ops.losses").self_check_problem)
+        else:
+            module = importlib.import_module(args[1] if args[1] != "reproduce" else "reproduce.__main__")
+            module.build_parser().parse_args(args[2:])  # exits (SystemExit) on an option the script lacks
+
+
+def test_the_gpu_check_runs_every_test_that_skips_without_cuda() -> None:
+    found = gpu_check.cuda_tests()
+    assert "tests/test_fast_extraction.py::test_gpu_decoding_matches_cpu_decoding" in found  # "cuda" not in its name
+    assert "tests/test_losses.py::test_cuda_self_check_passes" in found
+    assert not any("refuses_without_cuda" in test for test in found)  # skipped WITH cuda: not a CUDA test
+    source = {path.name: path.read_text() for path in (ROOT / "tests").glob("test_*.py")}
+    assert all(f"def {test.split('::')[1]}(" in source[test.split("::")[0].split("/")[1]] for test in found)
+
+
+def test_the_gpu_check_plan_prints_on_any_machine(capsys: pytest.CaptureFixture) -> None:
+    assert gpu_check.main(["--plan"]) == 0
+    said = capsys.readouterr().out
+    assert all(f"{part.name} (budget {part.budget_s} s): " in said for part in gpu_check.parts(Path()))
+    assert f"limit {gpu_check.LIMIT_S} s" in said
 
 
 def test_the_gpu_check_report_is_strict_json_and_a_table(tmp_path: Path) -> None:
