@@ -205,10 +205,8 @@ def resume_hint(cfg: DictConfig) -> str:
         return "Run the same command again: an evaluation starts over."
     if last.is_file():
         return f"Resume with the same command and ckpt_path={last}."
-    cache = (
-        " The feature cache keeps the shards it finished, and goes on from them." if cfg.get("feature_cache") else ""
-    )
-    return f"No last.ckpt was written yet: run the same command again (a lower last_every_n_steps saves more often).{cache}"
+    cache = " The feature cache keeps the shards it finished and goes on from them." if cfg.get("feature_cache") else ""
+    return f"No last.ckpt yet: run the same command again (a lower last_every_n_steps saves more often).{cache}"
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

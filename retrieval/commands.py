@@ -28,6 +28,7 @@ from retrieval.index_store import (
 from retrieval.sheets import contact_sheet, short
 from utils.argtypes import device_problem
 from utils.atomic import remove_stale_temps, write_text
+from utils.faults import check_stop
 from utils.outputs import Outputs, check_folder, writing
 
 
@@ -149,6 +150,7 @@ def index(args: argparse.Namespace) -> None:
             embedder = Embedder(backbone, spec)
             loader = {k: getattr(args, k) for k in ("batch_size", "num_workers", "samples_per_shard")}
             embedded = embed_new(out, record, new, (done, incomplete), trainer, embedder, **loader)
+            check_stop()  # a signal caught after the last batch: stop before the index files are built
         if not rank_zero:
             return
         n, skipped = write_index_files(out, [read_part(p) for p in parts(out)[0]], args.index_kind)
@@ -161,6 +163,7 @@ def extraction_trainer(device: torch.device, devices: int) -> Any:
     import lightning as L
 
     from retrieval.building import EmbeddingWriter
+    from utils.graceful_stop import GracefulStop
 
     cuda = device.type == "cuda"
     return L.Trainer(
@@ -170,7 +173,7 @@ def extraction_trainer(device: torch.device, devices: int) -> Any:
         enable_checkpointing=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
-        callbacks=[EmbeddingWriter()],
+        callbacks=[EmbeddingWriter(), GracefulStop()],
     )
 
 

@@ -122,9 +122,22 @@ def take_signals() -> None:
             signal.signal(signum, _caught)
 
 
+def _unraisable(hook: Callable[[Any], object]) -> Callable[[Any], object]:
+    """``hook``, less the loader's complaints, after a stop, about the workers the same signal ended (it raises them
+    while it shuts the workers down in ``__del__``, where Python prints them as ignored exceptions)."""
+
+    def quieter(unraisable: Any) -> object:
+        if _state.signum is not None and unraisable.exc_value is not None and _worker_killed(unraisable.exc_value):
+            return None
+        return hook(unraisable)
+
+    return quieter
+
+
 @contextmanager
 def _catching(resume: Callable[[], str]) -> Iterator[None]:
     before = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     _state.catching, _state.resume, _state.signum, _state.ending = True, resume, None, False
     _state.trainer = _state.store = None
     _state.world, _state.store_lost = 1, False
@@ -134,6 +147,8 @@ def _catching(resume: Callable[[], str]) -> Iterator[None]:
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+        if _state.signum is None:  # else the workers' last complaints may come as the process ends
+            sys.unraisablehook = hook
         _state.catching = False
 
 
@@ -306,17 +321,33 @@ def _leave() -> None:
         time.sleep(0.05)
 
 
+def _worker_killed(err: BaseException) -> bool:
+    """Whether ``err`` is the loader's error for a worker process killed by a signal. A SIGTERM sent to the whole
+    process group (`timeout`, SLURM) ends the workers too: torch's worker handler obeys one from anyone but the
+    loader; then the main process stops where it is, without waiting for the batch end."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if "DataLoader worker" in str(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _reporting(body: Callable[[], T]) -> T:
     try:
         return body()
-    except BaseException as err:
+    except BaseException as caught:
+        err = caught
+        if _state.signum is not None and not isinstance(caught, SystemExit) and _worker_killed(caught):
+            err = Stopped(_state.signum)  # the loader's workers got the same SIGTERM
         plain_exit = isinstance(err, SystemExit) and not isinstance(err, (Stopped, Quiet))
-        if _state.world == 1 or plain_exit:
+        if _state.world > 1 and not plain_exit:
+            err = _end_distributed(err)
+        if err is caught:
             raise
-        result = _end_distributed(err)
-        if result is err:
-            raise
-        raise result from None
+        raise err from None
 
 
 def exit_on_fault(
