@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from utils.atomic import remove_stale_temps, write_text
-from utils.errors import EXIT_USER_ERROR, UserError, exit_on_user_error, find_user_error, hydra_style, option
+from utils.errors import EXIT_USER_ERROR, UserError, find_user_error, hydra_style, option
+from utils.faults import exit_on_fault
 from utils.quiet import silence_unactionable_noise
 from utils.results import write_json
 from utils.run_dirs import register_resolvers
@@ -50,6 +48,7 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from utils.checkpoints import PeriodicLastCheckpoint, RandomStates, SafeCheckpointIO
+    from utils.graceful_stop import GracefulStop
 
     dirpath = Path(cfg.paths.output_dir) / "checkpoints"
     remove_stale_temps(dirpath)  # the temporary file of a save that a kill interrupted
@@ -62,7 +61,7 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
         auto_insert_metric_name=False,
         enable_version_counter=False,  # last.ckpt is one file, which the periodic checkpoint also writes
     )
-    callbacks = [checkpoint, RandomStates(), *instantiate(cfg.get("callbacks") or {}).values()]
+    callbacks = [checkpoint, RandomStates(), *instantiate(cfg.get("callbacks") or {}).values(), GracefulStop()]
     if cfg.get("last_every_n_steps"):
         callbacks.append(PeriodicLastCheckpoint(dirpath, cfg.last_every_n_steps))
     loggers = list(instantiate(cfg.get("logger") or {}).values())
@@ -199,31 +198,15 @@ def build(node: DictConfig, **kwargs: object) -> object:
         raise UserError(f"A configured value was refused{where}: {cause}") from err
 
 
-@contextmanager
-def reported_stop(trainer: L.Trainer, checkpoints: Path) -> Iterator[None]:
-    """A run stopped by SIGTERM or Ctrl-C says so, says how to resume, and exits 143 or 130 (128 + the signal).
-
-    Lightning stops gracefully on either, then exits with 0 (SIGTERM) or 1 (Ctrl-C): a scheduler's time limit or
-    `timeout` looked like success, with no metrics written and nothing said.
-    """
-    from lightning.pytorch.trainer.states import TrainerStatus
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    try:
-        yield
-    except SystemExit as stop:
-        sigterm = isinstance(stop, SIGTERMException) or trainer.received_sigterm
-        if not sigterm and trainer.state.status != TrainerStatus.INTERRUPTED:
-            raise
-        last = checkpoints / "last.ckpt"
-        resume = (
-            f"Resume with the same command and ckpt_path={last} (written every last_every_n_steps steps)."
-            if last.is_file()
-            else "No last.ckpt was written yet: run again (a lower last_every_n_steps saves more often)."
-        )
-        name = "SIGTERM" if sigterm else "Ctrl-C (SIGINT)"
-        print(f"\nStopped by {name} at step {trainer.global_step}, before the run finished. {resume}", file=sys.stderr)
-        raise SystemExit(128 + (signal.SIGTERM if sigterm else signal.SIGINT)) from None
+def resume_hint(cfg: DictConfig) -> str:
+    """How to go on after a stop or a lost process, in train.py's terms (the paragraph of `utils.faults`)."""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if not cfg.train:
+        return "Run the same command again: an evaluation starts over."
+    if last.is_file():
+        return f"Resume with the same command and ckpt_path={last}."
+    cache = " The feature cache keeps the shards it finished and goes on from them." if cfg.get("feature_cache") else ""
+    return f"No last.ckpt yet: run the same command again (a lower last_every_n_steps saves more often).{cache}"
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -236,6 +219,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from utils.checkpoints import resume_checkpoint
+    from utils.graceful_stop import GracefulStop
 
     config_yaml = resolved_yaml(cfg)  # first: a value that cannot be resolved fails wherever it is read
     check_run_options(cfg)
@@ -248,22 +232,27 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = build(cfg.head)
     if cfg.train and cfg.get("feature_cache"):
         # the extraction runs on the training run's devices, without its loggers and checkpoints
-        extraction_trainer = partial(
-            instantiate, cfg.trainer, logger=False, enable_checkpointing=False, use_distributed_sampler=False
-        )
+        def extraction_trainer(callbacks: list) -> L.Trainer:
+            return instantiate(
+                cfg.trainer,
+                logger=False,
+                enable_checkpointing=False,
+                use_distributed_sampler=False,
+                callbacks=[*callbacks, GracefulStop()],
+            )
+
         datamodule = instantiate(cfg.feature_cache).prepare(datamodule, model, extraction_trainer)
     trainer = build_trainer(cfg, model.monitor, model.monitor_mode)
     checkpoint = trainer.checkpoint_callback
 
     metrics: dict[str, float] = {}
-    with reported_stop(trainer, Path(checkpoint.dirpath)):
-        if cfg.train:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-        best = checkpoint.best_model_path if cfg.train and cfg.test and checkpoint.best_model_path else None
-        if cfg.test:
-            (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
-            metrics.update({k: float(v) for k, v in results.items()})
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    best = checkpoint.best_model_path if cfg.train and cfg.test and checkpoint.best_model_path else None
+    if cfg.test:
+        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        metrics.update({k: float(v) for k, v in results.items()})
     if metrics:  # written before predicting: an unreadable image in predict_dir must not lose them
         random_weights = any(getattr(module, "random_weights", False) for module in model.modules())
         # strict JSON: a metric that could not be computed is null, with the module's reason logged
@@ -272,9 +261,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             write_json(output_dir / "metrics.json", record, getattr(model, "metric_notes", None))
         print(format_metrics(metrics, random_weights))
     if cfg.data.get("predict_dir"):
-        with reported_stop(trainer, Path(checkpoint.dirpath)):
-            # the tested weights, named: with no ckpt_path, Lightning under SLURM loads its newest requeue checkpoint
-            trainer.predict(model, datamodule=datamodule, return_predictions=False, ckpt_path=best)
+        # the tested weights, named: with no ckpt_path, Lightning under SLURM loads its newest requeue checkpoint
+        trainer.predict(model, datamodule=datamodule, return_predictions=False, ckpt_path=best)
         print(f"Predictions written to {cfg.head.predict_dir_out}")
     print(f"Run directory: {output_dir}")
     return metrics
@@ -288,7 +276,7 @@ def main(cfg: DictConfig) -> None:
     global _composed
     _composed = True
     silence_unactionable_noise()
-    exit_on_user_error(lambda: run(cfg), hydra_style)
+    exit_on_fault(lambda: run(cfg), hydra_style, partial(resume_hint, cfg))
 
 
 if __name__ == "__main__":

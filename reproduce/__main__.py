@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def out_dir(args: argparse.Namespace) -> Path:
+    return args.out or Path("logs/reproduce") / ("pipeline" if args.pipeline else "")
+
+
 def body(args: argparse.Namespace) -> int:
     from reproduce.rows import BY_NAME, ROWS
     from reproduce.runner import Options, load_records, run_rows
@@ -64,7 +68,7 @@ def body(args: argparse.Namespace) -> int:
 
         print(dry_run(rows, args.data_dir or Path(__file__).resolve().parents[1] / "data"))
         return 0
-    out = args.out or Path("logs/reproduce") / ("pipeline" if args.pipeline else "")
+    out = out_dir(args)
     arch = {"embed_dim": args.embed_dim, "depth": args.depth, "num_heads": args.num_heads}
     options = Options(out, args.pipeline, args.rerun, args.data_dir, args.set, args.trainer, args.checkpoint, arch)
     records = run_rows(rows, options)
@@ -77,7 +81,8 @@ def body(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from utils.errors import cli_exit_code, cli_style
+    from utils.errors import cli_style
+    from utils.faults import cli_exit_code
 
     code = 0
 
@@ -85,7 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         nonlocal code
         code = body(args)
 
-    return cli_exit_code(run, cli_style()) or code
+    def resume() -> str:
+        return (
+            f"The rows that finished are kept in {out_dir(args) / 'reproduce.json'}: the same command runs the "
+            "others (finished rows are skipped; the row that was stopped starts over)."
+        )
+
+    return cli_exit_code(run, cli_style(), resume) or code
 
 
 if __name__ == "__main__":

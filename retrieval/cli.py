@@ -152,15 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the parsed command; a user error prints one paragraph (options as flags) and gives 2."""
-    from utils.errors import cli_exit_code, cli_style
+    """Run the parsed command; a user error prints one paragraph (options as flags) and gives 2, SIGTERM or Ctrl-C
+    stops at a batch end with one paragraph and 143 or 130 (`utils.faults`)."""
+    from utils.errors import cli_style
+    from utils.faults import cli_exit_code
 
     def body() -> None:
         from retrieval import commands, dedup
 
         getattr(dedup if args.command in ("dedup", "cluster") else commands, args.command)(args)
 
-    return cli_exit_code(body, cli_style(FLAGS))
+    def resume() -> str:
+        if args.command == "index":
+            return f"The images embedded so far are kept in {args.out}: run the same command again to go on."
+        return "Run the same command again."
+
+    return cli_exit_code(body, cli_style(FLAGS), resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

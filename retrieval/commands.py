@@ -31,6 +31,7 @@ from retrieval.merging import checked_parts, write_index_files
 from retrieval.sheets import contact_sheet, short
 from utils.argtypes import device_problem
 from utils.atomic import remove_stale_temps, write_text
+from utils.faults import check_stop
 from utils.outputs import Outputs, check_folder, writing
 
 
@@ -126,6 +127,7 @@ def index(args: argparse.Namespace) -> None:
             embedder = Embedder(backbone, spec)
             loader = {k: getattr(args, k) for k in ("batch_size", "num_workers", "samples_per_shard")}
             embedded = embed_new(out, record, new, (done, incomplete), trainer, embedder, **loader)
+            check_stop()  # a signal caught after the last batch: stop before the index files are built
         if not rank_zero:
             return
         n, skipped = write_index_files(out, checked_parts(out, record), args.index_kind)
@@ -171,6 +173,7 @@ def extraction_trainer(device: torch.device, devices: int, num_nodes: int, out: 
     import lightning as L
 
     from retrieval.building import EmbeddingWriter
+    from utils.graceful_stop import GracefulStop
     from utils.slurm import RequeueOnSignal, predict_plugins
 
     cuda = device.type == "cuda"
@@ -183,7 +186,7 @@ def extraction_trainer(device: torch.device, devices: int, num_nodes: int, out: 
         enable_checkpointing=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
-        callbacks=[EmbeddingWriter(), RequeueOnSignal()],
+        callbacks=[EmbeddingWriter(), RequeueOnSignal(), GracefulStop()],
         plugins=predict_plugins(),
     )
 
