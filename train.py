@@ -48,11 +48,14 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     as data only (`utils.checkpoints`).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from utils.checkpoints import PeriodicLastCheckpoint, RandomStates, SafeCheckpointIO
+    from utils.distributed import SyncBatchNormEverywhere
 
     dirpath = Path(cfg.paths.output_dir) / "checkpoints"
-    remove_stale_temps(dirpath)  # the temporary file of a save that a kill interrupted
+    if rank_zero_only.rank == 0:  # the other ranks of a DDP run start while rank 0 may be writing one
+        remove_stale_temps(dirpath)  # the temporary file of a save that a kill interrupted
     checkpoint = ModelCheckpoint(
         dirpath=dirpath,
         filename="best-{step}",
@@ -66,7 +69,9 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     if cfg.get("last_every_n_steps"):
         callbacks.append(PeriodicLastCheckpoint(dirpath, cfg.last_every_n_steps))
     loggers = list(instantiate(cfg.get("logger") or {}).values())
-    return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[SafeCheckpointIO()])
+    # trainer.sync_batchnorm (trainer=ddp): torch's SyncBatchNorm on GPUs, and on the CPU, where torch has none, ours
+    plugins = [SafeCheckpointIO(), *([SyncBatchNormEverywhere()] if cfg.trainer.get("sync_batchnorm") else [])]
+    return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
 
 
 def format_metrics(metrics: dict[str, float], random_weights: bool = False) -> str:
@@ -233,6 +238,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     extracted first if no cache has the run's key.
     """
     import lightning as L
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from utils.checkpoints import resume_checkpoint
 
@@ -240,7 +246,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume = resume_checkpoint(cfg.ckpt_path) if cfg.train else None  # a bad file stops the run before it starts
-    write_text(output_dir / "config.yaml", config_yaml)
+    # Under DDP every process runs this function; the run's files and lines are rank 0's, written and printed once.
+    rank_zero = rank_zero_only.rank == 0
+    if rank_zero:
+        write_text(output_dir / "config.yaml", config_yaml)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
     model = build(cfg.head)
@@ -262,7 +271,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             best = checkpoint.best_model_path if cfg.train and checkpoint.best_model_path else None
             (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
             metrics.update({k: float(v) for k, v in results.items()})
-    if metrics:  # written before predicting: an unreadable image in predict_dir must not lose them
+    if metrics and rank_zero:  # written before predicting: an unreadable image in predict_dir must not lose them
         random_weights = any(getattr(module, "random_weights", False) for module in model.modules())
         # strict JSON: a metric that could not be computed is null, with the module's reason logged
         record = {**({"random_weights": True, "note": RANDOM_WEIGHTS_NOTE} if random_weights else {}), **metrics}
@@ -271,8 +280,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.data.get("predict_dir"):
         with reported_stop(trainer, Path(checkpoint.dirpath)):
             trainer.predict(model, datamodule=datamodule, return_predictions=False)
-        print(f"Predictions written to {cfg.head.predict_dir_out}")
-    print(f"Run directory: {output_dir}")
+        if rank_zero:
+            print(f"Predictions written to {cfg.head.predict_dir_out}")
+    if rank_zero:
+        print(f"Run directory: {output_dir}")
     return metrics
 
 

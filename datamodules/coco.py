@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from .coco_checks import check_detection, check_instances
 from .errors import DatasetError
 from .files import load_image
-from .loaders import check_loader_options, image_items, usable_workers
+from .loaders import check_loader_options, eval_sampler, image_items, usable_workers
 from .synthetic_coco import write_coco_like
 
 
@@ -78,7 +78,7 @@ class CocoInstances(Dataset):
     """One image per item with its instances and its box prompts.
 
     Items (numpy, M instances, K prompts):
-        image `(H, W, 3)` uint8 RGB, image_id int, path str,
+        image `(H, W, 3)` uint8 RGB, image_id int, path str, index int (the item's position in the split),
         gt_masks `(M, H, W)` bool, gt_boxes `(M, 4)` xyxy, gt_labels `(M,)`, gt_iscrowd `(M,)`, gt_areas `(M,)`,
         prompt_boxes `(K, 4)` xyxy, prompt_labels `(K,)`, prompt_scores `(K,)` detector scores, or None for
         ground-truth boxes (every non-crowd instance).
@@ -106,6 +106,7 @@ class CocoInstances(Dataset):
         item = {
             "image": image,
             "image_id": image_id,
+            "index": index,
             "path": str(path),
             "gt_masks": np.stack([self.coco.annToMask(a).astype(bool) for a in anns])
             if anns
@@ -209,4 +210,7 @@ class CocoDataModule(L.LightningDataModule):
 
     def _loader(self) -> DataLoader:
         collate = image_items(self.batch_size)
-        return DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers)
+        sampler = eval_sampler(self.trainer, self.dataset)  # every image once under DDP, no padding repeats
+        return DataLoader(
+            self.dataset, self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler
+        )

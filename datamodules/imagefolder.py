@@ -19,7 +19,7 @@ from utils.errors import option
 from .episodes import Episode, check_protocol, load_episodes, sample_episodes, save_episodes
 from .errors import DatasetError
 from .files import IMAGE_SUFFIXES, list_images, load_image, predict_folder
-from .loaders import check_loader_options, usable_workers
+from .loaders import check_loader_options, eval_sampler, usable_workers
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -250,8 +250,11 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _loader(self) -> DataLoader:
         # One loader over all parts: Lightning returns one result dict per test loader, and train.py expects one.
+        # Under DDP each process embeds its share, every image once; the evaluation gathers them.
+        images = ConcatDataset(self.sets)
         return DataLoader(
-            ConcatDataset(self.sets),
+            images,
+            sampler=eval_sampler(self.trainer, images),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

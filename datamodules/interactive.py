@@ -22,7 +22,7 @@ from utils.images import read_rgb
 
 from .errors import DatasetError
 from .files import load_image
-from .loaders import check_loader_options, image_items, usable_workers
+from .loaders import check_loader_options, eval_sampler, image_items, usable_workers
 
 HOW_TO_GET = (
     "RITM's evaluation sets are linked from https://github.com/SamsungLabs/ritm_interactive_segmentation#datasets "
@@ -133,5 +133,9 @@ class InteractiveDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.dataset, self.batch_size, collate_fn=image_items(self.batch_size), num_workers=self.num_workers
+            self.dataset,
+            self.batch_size,
+            collate_fn=image_items(self.batch_size),
+            num_workers=self.num_workers,
+            sampler=eval_sampler(self.trainer, self.dataset),  # every image once under DDP, no padding repeats
         )

@@ -29,7 +29,7 @@ from .coco_checks import MARGIN
 from .data_pickle import load_data_pickle
 from .errors import DatasetError
 from .files import image_size
-from .loaders import check_loader_options, usable_workers
+from .loaders import check_loader_options, eval_sampler, usable_workers
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCES = {
@@ -203,7 +203,11 @@ class RevisitedDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_images
+            self.dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_images,
+            sampler=eval_sampler(self.trainer, self.dataset),  # every image once under DDP, no padding repeats
         )
 
 

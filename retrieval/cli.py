@@ -86,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="images per fp16 shard: the unit of resumption (default: %(default)s)",
     )
-    index.add_argument("--devices", type=positive_int, default=1, help="GPUs to embed with (default: 1)")
+    index.add_argument(
+        "--devices",
+        type=positive_int,
+        default=1,
+        help="GPUs, or CPU processes (--device cpu), to embed with (DDP; default: 1)",
+    )
     add_backbone_args(index, defaults=True)
 
     query = commands.add_parser("query", help="the k nearest indexed images of each query image")

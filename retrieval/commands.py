@@ -157,7 +157,8 @@ def index(args: argparse.Namespace) -> None:
 
 
 def extraction_trainer(device: torch.device, devices: int) -> Any:
-    """The predict trainer: the CPU, one given GPU, or `devices` GPUs (DDP; the ranks split the shards)."""
+    """The predict trainer: one given GPU, or `devices` GPUs or CPU processes (DDP, gloo on the CPU; the ranks split
+    the shards)."""
     import lightning as L
 
     from retrieval.building import EmbeddingWriter
@@ -165,7 +166,7 @@ def extraction_trainer(device: torch.device, devices: int) -> Any:
     cuda = device.type == "cuda"
     return L.Trainer(
         accelerator="gpu" if cuda else "cpu",
-        devices=([device.index] if device.index is not None else devices) if cuda else 1,
+        devices=[device.index] if cuda and device.index is not None else devices,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,

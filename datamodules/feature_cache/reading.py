@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from backbones.features import FeatureSpec
 
-from ..loaders import check_full_batch
+from ..loaders import resumable_loader
 from .store import PATHS_FILE, CacheError, delete_hint, read_manifest
 
 
@@ -110,12 +110,12 @@ class CachedFeatureDataModule(L.LightningDataModule):
             self.train_set = CachedFeatures(self.directory)
 
     def train_dataloader(self) -> DataLoader:
-        check_full_batch(len(self.train_set), self.batch_size)
-        return DataLoader(
+        # the images' loader: the order fixed by the seed and the epoch whatever the number of processes (under DDP
+        # each process its share of the same order), resumable mid-epoch
+        return resumable_loader(
+            self,
             self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
+            self.batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
