@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
@@ -66,7 +66,7 @@ def load_detections(path: Path, image_ids: set[int], max_per_image: int) -> dict
         else:
             unknown.append(det["image_id"])
     if unknown:
-        warnings.warn(
+        rank_zero_warn(  # every process of a DDP run sets up the data: once
             f"{len(unknown)} of {len(detections)} detections in {path} name image ids that are not in the annotations "
             f"(e.g. {sorted(set(unknown))[:5]}); they were skipped. Check that the detections were made on this split.",
             stacklevel=2,

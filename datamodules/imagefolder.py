@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision.datasets.folder import find_classes, make_dataset
 
@@ -198,7 +198,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 f"Class folder {small[0]} has fewer than k_shot + n_queries = {needed} images ({len(small)} such folder(s)). Add images, lower data.k_shot / data.n_queries, or set data.too_few=skip to leave such classes out."
             )
         if small:
-            warnings.warn(
+            rank_zero_warn(  # every process of a DDP run sets up the data: once
                 f"Leaving out {len(small)} class(es) with fewer than k_shot + n_queries = {needed} images: {', '.join(small)}.",
                 stacklevel=2,
             )
