@@ -48,14 +48,12 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     as data only (`utils.checkpoints`).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from utils.checkpoints import PeriodicLastCheckpoint, RandomStates, SafeCheckpointIO
     from utils.distributed import SyncBatchNormEverywhere
 
     dirpath = Path(cfg.paths.output_dir) / "checkpoints"
-    if rank_zero_only.rank == 0:  # the other ranks of a DDP run start while rank 0 may be writing one
-        remove_stale_temps(dirpath)  # the temporary file of a save that a kill interrupted
+    remove_stale_temps(dirpath)  # the temporary file of a save that a kill interrupted
     checkpoint = ModelCheckpoint(
         dirpath=dirpath,
         filename="best-{step}",
@@ -69,7 +67,6 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     if cfg.get("last_every_n_steps"):
         callbacks.append(PeriodicLastCheckpoint(dirpath, cfg.last_every_n_steps))
     loggers = list(instantiate(cfg.get("logger") or {}).values())
-    # trainer.sync_batchnorm (trainer=ddp): torch's SyncBatchNorm on GPUs, and on the CPU, where torch has none, ours
     plugins = [SafeCheckpointIO(), *([SyncBatchNormEverywhere()] if cfg.trainer.get("sync_batchnorm") else [])]
     return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
 
@@ -246,10 +243,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume = resume_checkpoint(cfg.ckpt_path) if cfg.train else None  # a bad file stops the run before it starts
-    # Under DDP every process runs this function; the run's files and lines are rank 0's, written and printed once.
-    rank_zero = rank_zero_only.rank == 0
-    if rank_zero:
-        write_text(output_dir / "config.yaml", config_yaml)
+    say = rank_zero_only(print)  # under DDP every process runs this: the run's files and lines are rank 0's, once
+    rank_zero_only(write_text)(output_dir / "config.yaml", config_yaml)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
     model = build(cfg.head)
@@ -271,19 +266,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
             best = checkpoint.best_model_path if cfg.train and checkpoint.best_model_path else None
             (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
             metrics.update({k: float(v) for k, v in results.items()})
-    if metrics and rank_zero:  # written before predicting: an unreadable image in predict_dir must not lose them
+    if metrics and rank_zero_only.rank == 0:  # before predicting: an unreadable image in predict_dir must not lose them
         random_weights = any(getattr(module, "random_weights", False) for module in model.modules())
         # strict JSON: a metric that could not be computed is null, with the module's reason logged
         record = {**({"random_weights": True, "note": RANDOM_WEIGHTS_NOTE} if random_weights else {}), **metrics}
         write_json(output_dir / "metrics.json", record, getattr(model, "metric_notes", None))
-        print(format_metrics(metrics, random_weights))
+        say(format_metrics(metrics, random_weights))
     if cfg.data.get("predict_dir"):
         with reported_stop(trainer, Path(checkpoint.dirpath)):
             trainer.predict(model, datamodule=datamodule, return_predictions=False)
-        if rank_zero:
-            print(f"Predictions written to {cfg.head.predict_dir_out}")
-    if rank_zero:
-        print(f"Run directory: {output_dir}")
+        say(f"Predictions written to {cfg.head.predict_dir_out}")
+    say(f"Run directory: {output_dir}")
     return metrics
 
 

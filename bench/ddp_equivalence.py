@@ -6,8 +6,12 @@ Each row runs `python train.py ... trainer=ddp trainer.accelerator=cpu trainer.p
 batch is the same), on the tiny fixture backbone (tests/fixtures), a tiny random SAM and generated data, then compares
 the two metrics.json key by key: identical, or within 1e-6 relative (the processes' sums added in another order), or
 different (exit status 1). `retrieval index` compares the indexed descriptors of `python -m retrieval index --device
-cpu --devices 1|2` instead. Each run must print its "Run directory:" line once and both runs must write the same
-files (logs aside). Runs take about a minute each on 2 CPU cores; `--only ROW` runs some rows.
+cpu --devices 1|2` instead. Each run must print its "Run directory:" line once, and both runs must write the same
+files (logs aside) with the same results (JSON and CSV tables within the tolerance, PNG figures byte for byte). Runs
+take about a minute each on 2 CPU cores; `--only ROW` runs some rows.
+
+Longer than 300 lines: the whole matrix is one script (the issue's one command): the rows, their data, the runs and
+the comparisons of metrics, results files and index descriptors.
 """
 
 from __future__ import annotations
