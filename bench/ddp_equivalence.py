@@ -46,8 +46,9 @@ TINY_SAM = (
     "sam.prompt_embed_dim=32",
     "sam.image_size=128",
 )
-SEG = ("data.crop_size=56", "data.short_side=56", "head.stride=28", "data.generate_n_val=6")
-DEPTH = ("data.generate_n_train=8", "data.generate_n_test=4", "data.generate_size=[42,56]", "data.crop_size=[28,42]")
+# Evaluation splits of odd sizes: the 2 processes' shares differ by one (a padding sampler would repeat an item).
+SEG = ("data.crop_size=56", "data.short_side=56", "head.stride=28", "data.generate_n_val=5")
+DEPTH = ("data.generate_n_train=8", "data.generate_n_test=5", "data.generate_size=[42,56]", "data.crop_size=[28,42]")
 FIT = ("trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1")
 CLASSES = ("data=imagefolder", "data.resize_size=28", "data.crop_size=28", "data.batch_size=8")
 SAME_BATCH = ((), ())
@@ -101,15 +102,17 @@ ROWS: dict[str, Row] = {
     "knn": Row(("head=knn", *CLASSES, "data.root={data}/class_splits", "head.ks=[1,5,20]")),
     "linear_probe": Row(("head=linear_probe", *CLASSES, "data.root={data}/class_splits", "head.epochs=3")),
     "sam_box": Row(
-        ("experiment=sam_quickstart", *TINY_SAM, "data.generate_n=6", "head.overlays=2"),
+        ("experiment=sam_quickstart", *TINY_SAM, "data.generate_n=5", "head.overlays=2"),
         note="box and point mIoU: MeanMetric, each process's float32 sum, then added",
     ),
     "sam_points": Row(
-        ("experiment=sam_points_quickstart", *TINY_SAM, "head.clicks=3", "head.noc_clicks=5"),
+        ("experiment=sam_points_quickstart", *TINY_SAM, "data.generate_n=7", "head.clicks=3", "head.noc_clicks=5"),
         note="MeanMetric: each process's float32 sum, then added",
     ),
-    "sam_edges": Row(("experiment=sam_edges_quickstart", *TINY_SAM, "head.points_per_side=4")),
-    "oneshot": Row(("experiment=oneshot_quickstart", *TINY_SAM, "head.image_size=112", "head.overlays=2")),
+    "sam_edges": Row(("experiment=sam_edges_quickstart", *TINY_SAM, "data.generate_n=5", "head.points_per_side=4")),
+    "oneshot": Row(
+        ("experiment=oneshot_quickstart", *TINY_SAM, "data.n_episodes=35", "head.image_size=112", "head.overlays=2")
+    ),
     "retrieval (revisited)": Row(("experiment=retrieval_quickstart", "data.image_size=112")),
 }
 INDEX_ROW = "retrieval index (extraction)"
@@ -337,10 +340,10 @@ def main() -> None:
             names.append(found[0])
     work = args.work or Path(tempfile.mkdtemp(prefix="ddp_equivalence-"))
     work.mkdir(parents=True, exist_ok=True)
-    write_class_folders(work / "data" / "classes", {f"class{c}": 12 for c in range(6)}, seed=0)
     write_released_head(work / "data" / "released_head.pth")
-    for split, n in (("train", 10), ("val", 5)):
-        write_class_folders(work / "data" / "class_splits" / split, {f"class{c}": n for c in range(6)}, seed=n)
+    write_class_folders(work / "data" / "classes", {f"class{c}": 11 for c in range(5)}, seed=0)  # 55 images
+    for split, n in (("train", 9), ("val", 4)):  # 45 + 20 images
+        write_class_folders(work / "data" / "class_splits" / split, {f"class{c}": n for c in range(5)}, seed=n)
     start, results = time.time(), {}
     try:
         for name in names:

@@ -105,6 +105,7 @@ class CachedFeatureDataModule(L.LightningDataModule):
         self.datamodule.prepare_data()
 
     def setup(self, stage: str) -> None:
+        self.datamodule.trainer = self.trainer  # under DDP its evaluation loaders give each process its share
         self.datamodule.setup(stage)
         if stage == "fit":
             self.train_set = CachedFeatures(self.directory)
