@@ -340,6 +340,7 @@ def main() -> None:
             names.append(found[0])
     work = args.work or Path(tempfile.mkdtemp(prefix="ddp_equivalence-"))
     work.mkdir(parents=True, exist_ok=True)
+    (work / "data").mkdir(parents=True, exist_ok=True)
     write_released_head(work / "data" / "released_head.pth")
     write_class_folders(work / "data" / "classes", {f"class{c}": 11 for c in range(5)}, seed=0)  # 55 images
     for split, n in (("train", 9), ("val", 4)):  # 45 + 20 images
