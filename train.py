@@ -48,6 +48,7 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from utils.checkpoints import PeriodicLastCheckpoint, RandomStates, SafeCheckpointIO
+    from utils.distributed import SyncBatchNormEverywhere
     from utils.graceful_stop import GracefulStop
 
     dirpath = Path(cfg.paths.output_dir) / "checkpoints"
@@ -65,7 +66,8 @@ def build_trainer(cfg: DictConfig, monitor: str, mode: str) -> L.Trainer:
     if cfg.get("last_every_n_steps"):
         callbacks.append(PeriodicLastCheckpoint(dirpath, cfg.last_every_n_steps))
     loggers = list(instantiate(cfg.get("logger") or {}).values())
-    return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[SafeCheckpointIO()])
+    plugins = [SafeCheckpointIO(), *([SyncBatchNormEverywhere()] if cfg.trainer.get("sync_batchnorm") else [])]
+    return build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
 
 
 def format_metrics(metrics: dict[str, float], random_weights: bool = False) -> str:
@@ -225,8 +227,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_run_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume = resume_checkpoint(cfg.ckpt_path) if cfg.train else None  # a bad file stops the run before it starts
-    if rank_zero_only.rank == 0:  # the processes of a torchrun or srun launch share rank 0's run folder
-        write_text(output_dir / "config.yaml", config_yaml)
+    say = rank_zero_only(print)  # under DDP every process runs this: the run's files and lines are rank 0's, once
+    rank_zero_only(write_text)(output_dir / "config.yaml", config_yaml)  # torchrun/srun: one shared run folder
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
     model = build(cfg.head)
@@ -259,12 +261,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         record = {**({"random_weights": True, "note": RANDOM_WEIGHTS_NOTE} if random_weights else {}), **metrics}
         if rank_zero_only.rank == 0:
             write_json(output_dir / "metrics.json", record, getattr(model, "metric_notes", None))
-        print(format_metrics(metrics, random_weights))
+        say(format_metrics(metrics, random_weights))
     if cfg.data.get("predict_dir"):
         # the tested weights, named: with no ckpt_path, Lightning under SLURM loads its newest requeue checkpoint
         trainer.predict(model, datamodule=datamodule, return_predictions=False, ckpt_path=best)
-        print(f"Predictions written to {cfg.head.predict_dir_out}")
-    print(f"Run directory: {output_dir}")
+        say(f"Predictions written to {cfg.head.predict_dir_out}")
+    say(f"Run directory: {output_dir}")
     return metrics
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -100,8 +99,10 @@ def load_backbone(
     except WeightsNotFoundError:
         if not random_fallback:
             raise
+        from lightning.fabric.utilities.rank_zero import rank_zero_warn  # here: Lightning is slow to import
+
         real = f"{option('backbone', 'checkpoint', 'PATH')} or {option('backbone', 'download', True)}"
-        warnings.warn(
+        rank_zero_warn(  # once, not once per process of a DDP run
             f"\n{'!' * 78}\nUSING RANDOM WEIGHTS for {name} ({option('backbone', 'random_fallback', True)}): "
             f"features and every result are meaningless. No weights were found ({filename} is not in the "
             f"torch.hub cache); for real ones give {real}.\n{'!' * 78}",

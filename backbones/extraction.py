@@ -25,6 +25,8 @@ class FeatureExtractor(L.LightningModule):
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
         self.spec = spec
+        # the ranks of a DDP extraction split the pending shards: with fewer shards than ranks, some have none
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Features:
         features = read_features(self.backbone, batch["image"], self.spec)

@@ -117,6 +117,29 @@ def resumable_loader(
     )
 
 
+def eval_sampler(
+    trainer: L.Trainer | None, dataset: Dataset, unit: str = "image"
+) -> UnrepeatedDistributedSampler | None:
+    """Under DDP, this process's share of an evaluation split, every item once, in dataset order; None outside DDP.
+    `unit` names the split's items in the message for too small a split ("image", "episode").
+
+    Lightning's default (torch's DistributedSampler) pads the split with repeated items to equal shares, which the
+    metrics would then count twice; Lightning's unrepeated sampler gives shares that differ by one instead
+    (rank r: items r, r + P, r + 2P, ...). A split with fewer items than processes is refused: a process with
+    nothing to evaluate would hold no metric state to synchronise.
+    """
+    if trainer is None or trainer.world_size == 1:
+        return None
+    if len(dataset) < trainer.world_size:  # type: ignore[arg-type]
+        raise DatasetError(
+            f"The evaluation split has {len(dataset)} {unit}(s), fewer than the {trainer.world_size} processes of this "  # type: ignore[arg-type]
+            f"run: evaluate on fewer devices ({option('trainer', 'devices', len(dataset))})."  # type: ignore[arg-type]
+        )
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+    )
+
+
 def check_full_batch(samples: int, batch_size: int, replicas: int = 1) -> None:
     """DatasetError when ``samples`` (one rank's share) make no full training batch: the loader drops the partial
     one, so Lightning would stop with "No training batches" and the run test an untrained head, exit 0."""
@@ -225,25 +248,7 @@ class DenseDataModule(L.LightningDataModule):
         return self._loader(self.predict_set)
 
     def _loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=1, sampler=self._eval_sampler(dataset), **self._loader_options())
-
-    def _eval_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
-        """Under DDP, each process's share of an evaluation split, every image once.
-
-        Lightning's default (torch's DistributedSampler) pads the split with repeated images to equal shares, which
-        the metrics would then count twice; Lightning's unrepeated sampler gives shares that differ by one instead.
-        """
-        trainer = self.trainer
-        if trainer is None or trainer.world_size == 1:
-            return None
-        if len(dataset) < trainer.world_size:  # type: ignore[arg-type]
-            raise DatasetError(
-                f"The evaluation split has {len(dataset)} image(s), fewer than the {trainer.world_size} processes "  # type: ignore[arg-type]
-                f"of this run: evaluate on fewer devices ({option('trainer', 'devices', len(dataset))})."  # type: ignore[arg-type]
-            )
-        return UnrepeatedDistributedSampler(
-            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-        )
+        return DataLoader(dataset, batch_size=1, sampler=eval_sampler(self.trainer, dataset), **self._loader_options())
 
     def _loader_options(self) -> dict[str, Any]:
         return {

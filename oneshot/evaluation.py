@@ -9,18 +9,19 @@ no episode counts as 0, with a warning naming it), FB-IoU the mean of the foregr
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from metrics.oneshot import OneShotIoU
 from oneshot.segmenter import OneShotSegmenter
 from sam.predictor import SamBoxPredictor
+from utils.distributed import gather_to_zero, summed
 from utils.errors import UserError
 from writers.oneshot import oneshot_figure, save_oneshot_figure
 from writers.tables import write_rows
@@ -105,7 +106,8 @@ class OneShotEvaluation(L.LightningModule):
                 "note": result.note or "",
             }
         )
-        if batch_idx < self.hparams.overlays and self.hparams.overlay_dir is not None:
+        # the split's first episodes, whichever process evaluates them (under DDP each episode is one process's)
+        if int(episode["episode"]) < self.hparams.overlays and self.hparams.overlay_dir is not None:
             self.save_overlay(episode, result)
 
     def save_overlay(self, episode: dict[str, Any], result: Any) -> None:
@@ -121,30 +123,31 @@ class OneShotEvaluation(L.LightningModule):
         save_oneshot_figure(Path(self.hparams.overlay_dir) / f"episode_{int(episode['episode']):05d}.png", fig)
 
     def on_test_epoch_end(self) -> None:
-        result = self.iou.compute()
+        result = self.iou.compute()  # the per-class counts summed over the processes
         # float64 tensors: Lightning logs a Python float as float32
         self.log_dict({f"test/{name}": value.double() for name, value in result.items()})
-        if not self.rows:
+        counts = summed({"episodes": len(self.rows), "empty_masks": sum(1 for row in self.rows if row["note"])})
+        if not counts["episodes"]:
             self.metric_notes.update(dict.fromkeys(("test/mIoU", "test/FB-IoU"), "the test split gave no episode"))
         elif not torch.isfinite(result["FB-IoU"]):
             self.metric_notes["test/FB-IoU"] = (
                 "no episode had a foreground pixel in its prediction or ground truth: HSNet's FB-IoU is 0 / 0"
             )
         unseen = self.iou.unseen()
-        if self.rows and unseen:
+        if counts["episodes"] and unseen:
             names = [self.class_names[c] for c in unseen]
-            warnings.warn(
+            rank_zero_warn(
                 f"{len(unseen)} of the {len(self.iou.class_ids)} evaluated classes had no episode and count as IoU 0 "
                 f"in test/mIoU, as in HSNet: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}. More "
-                "episodes (data.n_episodes) give every class one.",
-                stacklevel=1,
+                "episodes (data.n_episodes) give every class one."
             )
-        empty = sum(1 for row in self.rows if row["note"])
-        self.log("test/empty_masks", float(empty))
-        if self.hparams.results_dir is not None and self.trainer.is_global_zero:
+        self.log("test/empty_masks", float(counts["empty_masks"]))
+        per_class = self.iou.class_iou()  # synchronised: every process calls it
+        everyone = gather_to_zero(self.rows)
+        if self.hparams.results_dir is not None and everyone is not None:
             results = Path(self.hparams.results_dir)
-            write_rows(self.rows, results / "oneshot_episodes")
-            per_class = self.iou.class_iou()
+            rows = sorted((row for rows in everyone for row in rows), key=lambda row: row["episode"])
+            write_rows(rows, results / "oneshot_episodes")
             rows = [
                 {"class_id": c, "class": name, "IoU": float(per_class[c])}
                 for c, name in enumerate(self.class_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -168,10 +169,16 @@ class DepthProbe(HeadGridProbe):
         """Bool `(B,)`: the maps with some ground truth; warn about and count the others."""
         valid = (batch["depth"] > 0).flatten(1).any(1)
         skipped = [path for path, ok in zip(batch["path"], valid.tolist()) if not ok]
-        for path in skipped:
-            rank_zero_warn(f"The depth map of {path} has no valid pixel (all 0): skipped.")
+        for path in skipped:  # by the process that read the map (under DDP each map is read by one process)
+            warnings.warn(f"The depth map of {path} has no valid pixel (all 0): skipped.", stacklevel=1)
         self.log(
-            f"{stage}/skipped_maps", float(len(skipped)), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1
+            f"{stage}/skipped_maps",
+            float(len(skipped)),
+            reduce_fx="sum",
+            on_step=False,
+            on_epoch=True,
+            batch_size=1,
+            sync_dist=True,  # summed over the processes, not each process's own count
         )
         return valid
 

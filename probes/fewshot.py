@@ -62,14 +62,14 @@ class FewShotEvaluation(FrozenFeatureEvaluation):
             for name, m in self.methods.items()
         }
 
-    def on_test_epoch_end(self) -> None:
+    def evaluate(self) -> dict[str, float]:
         datamodule = self.trainer.datamodule
         features = self.features(0).select(self.feature_kind)
         base_mean = self.features(1).select(self.feature_kind).mean(0) if self.n_parts() > 1 else None
         spread = feature_spread(features)
         if spread < DEGENERATE_SPREAD:
             rank_zero_warn(collapsed_features_warning(spread, datamodule.n_way))
-        rows = []
+        rows, metrics = [], {}
         for k_shot, episodes in datamodule.episodes().items():
             n_way = episodes[0].n_way
             if self.results_dir is not None:
@@ -95,8 +95,7 @@ class FewShotEvaluation(FrozenFeatureEvaluation):
                         "constant_episodes": constant[method],
                     }
                 )
-                self.log(key, mean)
-                self.log(f"{key}_ci95", ci95)
+                metrics |= {key: mean, f"{key}_ci95": ci95}
         print("\n".join(format_fewshot_row(row) for row in rows))
         if any(row["constant_episodes"] for row in rows):
             rank_zero_warn(
@@ -104,9 +103,14 @@ class FewShotEvaluation(FrozenFeatureEvaluation):
                 f"chance, 1/n_way{'' if spread < DEGENERATE_SPREAD else ': the features barely differ between images'}."
             )
         self.write(rows, "fewshot")
+        return metrics
 
     def on_predict_epoch_end(self) -> None:
-        """Classify the query images with `predict_method`; writes image, prediction, its score and every class's score."""
+        self.on_rank_zero(self.write_predictions)
+
+    def write_predictions(self) -> None:
+        """Classify the query images with `predict_method`; writes image, prediction, its score and every class's
+        score (rank 0, with every process's images)."""
         support, queries = self.features(0), self.features(1)
         names = self.trainer.datamodule.class_names
         method = self.methods[self.predict_method]

@@ -1,7 +1,9 @@
 """Evaluation-only LightningModules for classification on frozen features: few-shot episodes, k-NN, linear probe.
 
 The test (and predict) loop embeds every image once, keeping its features in memory; the evaluation runs on them at
-the epoch's end, so every episode and method reuses the same features. Batches come from
+the epoch's end, so every episode and method reuses the same features. Under DDP each process embeds its share of the
+images (every image once) and rank 0 gathers them all, evaluates once (tables written, lines printed) and sends the
+metrics to the other ranks, which log the same numbers. Batches come from
 `datamodules.classification.imagefolder.ImageFolderDataModule`: {"image": (B, 3, H, W), "label": (B,), "index": (B,), "part": (B,)}.
 """
 
@@ -16,6 +18,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from utils.distributed import from_rank_zero, gather_to_zero
 from utils.errors import UserError
 from writers.tables import write_rows
 
@@ -110,6 +113,25 @@ class FrozenFeatureEvaluation(L.LightningModule):
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._collect(batch)
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.on_rank_zero(self.evaluate).items():
+            self.log(name, value)
+
+    def evaluate(self) -> dict[str, float]:
+        """The evaluation on every image's features (`features`), run on rank 0 only: writes its tables, prints its
+        lines and returns the metrics to log, by name."""
+        raise NotImplementedError
+
+    def on_rank_zero(self, evaluate: Callable[[], Any]) -> Any:
+        """`evaluate()` on rank 0 with the features of every process's images; its result on every rank."""
+        everyone = gather_to_zero(self._batches)
+
+        def with_every_image() -> Any:
+            self._batches = [batch for batches in everyone for batch in batches]
+            return evaluate()
+
+        return from_rank_zero(with_every_image)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._collect(batch)

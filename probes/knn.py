@@ -30,12 +30,12 @@ class KNNEvaluation(FrozenFeatureEvaluation):
         super().__init__(backbone, n_last_blocks=1, results_dir=results_dir)
         self.ks, self.temperature = [int(k) for k in ks], temperature
 
-    def on_test_epoch_end(self) -> None:
+    def evaluate(self) -> dict[str, float]:
         train, val = self.features(0), self.features(1)
         n_classes = len(self.trainer.datamodule.class_names)
         bank, labels = train.select("cls"), train.labels
         similarities, indices = cosine_topk(bank, val.select("cls"), min(max(self.ks), len(bank)))
-        rows = []
+        rows, metrics = [], {}
         for k in self.ks:
             k_used = min(k, len(bank))
             votes = weighted_votes(similarities[:, :k_used], labels[indices[:, :k_used]], n_classes, self.temperature)
@@ -51,6 +51,6 @@ class KNNEvaluation(FrozenFeatureEvaluation):
                     "top5": round(100 * top5, 2),
                 }
             )
-            self.log(f"test/knn_k{k}_top1", top1)
-            self.log(f"test/knn_k{k}_top5", top5)
+            metrics |= {f"test/knn_k{k}_top1": top1, f"test/knn_k{k}_top5": top5}
         self.write(rows, "knn")
+        return metrics

@@ -40,7 +40,7 @@ class LinearProbeEvaluation(FrozenFeatureEvaluation):
         self.grid = probe_grid(n_blocks, avgpool, learning_rates)
         self.epochs, self.batch_size, self.held_out, self.seed = epochs, batch_size, held_out, seed
 
-    def on_test_epoch_end(self) -> None:
+    def evaluate(self) -> dict[str, float]:
         train, val = self.features(0), self.features(1)
         n_classes = len(self.trainer.datamodule.class_names)
         order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))
@@ -72,6 +72,5 @@ class LinearProbeEvaluation(FrozenFeatureEvaluation):
             for i, (c, h, v) in enumerate(zip(self.grid, held_acc, val_acc))
         ]
         print(f"Best on the held-out part of train: {self.grid[best].name}, val top-1 {100 * val_acc[best]:.2f} %")
-        self.log("test/linear_top1", val_acc[best])
-        self.log("test/linear_held_out_top1", held_acc[best])
         self.write(rows, "linear_probe")
+        return {"test/linear_top1": val_acc[best], "test/linear_held_out_top1": held_acc[best]}

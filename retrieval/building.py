@@ -93,6 +93,8 @@ class Embedder(L.LightningModule):
     def __init__(self, backbone: torch.nn.Module, spec: EmbeddingSpec):
         super().__init__()
         self.backbone, self.spec = backbone.eval().requires_grad_(False), spec
+        # the ranks of a DDP extraction split the pending shards: with fewer shards than ranks, some have none
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         ok = batch["ok"].bool()

@@ -105,12 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="images per fp16 shard: the unit of resumption (default: %(default)s)",
     )
-    index.add_argument("--devices", type=positive_int, default=1, help="GPUs to embed with (default: 1)")
+    index.add_argument(
+        "--devices",
+        type=positive_int,
+        default=1,
+        help="GPUs, or CPU processes (--device cpu), to embed with (DDP; default: 1)",
+    )
     index.add_argument(
         "--num-nodes",
         type=positive_int,
         default=1,
-        help="nodes of a torchrun or srun launch, each with --devices GPUs (the CPU: 1 process each) (default: 1)",
+        help="nodes of a torchrun or srun launch, each with --devices processes (default: 1)",
     )
     add_backbone_args(index, defaults=True)
 

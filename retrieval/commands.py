@@ -179,7 +179,7 @@ def extraction_trainer(device: torch.device, devices: int, num_nodes: int, out: 
     cuda = device.type == "cuda"
     return L.Trainer(
         accelerator="gpu" if cuda else "cpu",
-        devices=([device.index] if device.index is not None else devices) if cuda else 1,
+        devices=[device.index] if cuda and device.index is not None else devices,
         num_nodes=num_nodes,
         default_root_dir=out,
         logger=False,

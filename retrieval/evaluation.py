@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from metrics.retrieval import SETTINGS, revisited_map
 from retrieval.embedding import EmbeddingSpec, embed
 from retrieval.faiss_index import build_index, search
+from utils.distributed import all_gather
 from utils.errors import UserError
 from utils.results import write_json
 
@@ -92,12 +93,8 @@ class RetrievalEvaluation(L.LightningModule):
 
     def gathered(self) -> tuple[np.ndarray, np.ndarray]:
         """Database `(N, D)` and query `(Q, D)` descriptors in dataset order, from every process."""
-        rows = self._rows
-        if self.trainer.world_size > 1:
-            everyone: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(everyone, rows)
-            rows = [row for part in everyone for row in part]
-        unique = {(part, index): descriptor for part, index, descriptor in rows}  # a padding sampler repeats some
+        rows = [row for rows in all_gather(self._rows) for row in rows]  # every image once, from one process
+        unique = {(part, index): descriptor for part, index, descriptor in rows}
         truth = self.trainer.datamodule.ground_truth
         sets = []
         for part, count in ((0, len(truth["imlist"])), (1, len(truth["qimlist"]))):
@@ -123,9 +120,11 @@ class RetrievalEvaluation(L.LightningModule):
                 reason = f"no query has a positive in the {SETTINGS[setting]} setting"
                 names = [f"test/mAP_{setting}", *(f"test/mP@{k}_{setting}" for k in self.kappas)]
                 self.metric_notes.update(dict.fromkeys(names, reason))
+        if not self.trainer.is_global_zero:
+            return  # every process computed the same numbers; rank 0 prints and writes them
         name = self.trainer.datamodule.name
         print(f"{name}: mAP " + ", ".join(f"{s}: {100 * r['mAP']:.2f}" for s, r in results.items()) + " (percent)")
-        if self.results_dir is not None and self.trainer.is_global_zero:
+        if self.results_dir is not None:
             self.write_queries(truth, results, scores, rankings)
 
     def write_queries(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from pycocotools import mask as mask_utils
 from scipy.ndimage import distance_transform_edt
 from torch import nn
@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 from metrics.coco import UNDEFINED, mask_ap
 from sam.batched import encode_images
 from sam.predictor import SamBoxPredictor, clip_boxes
+from utils.distributed import from_rank_zero, gather_to_zero, summed
 from utils.errors import UserError, option
 from utils.results import write_json
 from writers.overlays import save_overlay
@@ -102,7 +103,6 @@ class SamBoxEvaluation(L.LightningModule):
         self.results: dict[int, list[dict[str, Any]]] = {}
         """COCO results entries by image id (with `refine`, also `self.results_unrefined`)."""
         self.results_unrefined: dict[int, list[dict[str, Any]]] = {}
-        self.images_seen = 0
         self.metric_notes: dict[str, str] = {}
         """Why a logged metric is NaN (train.py writes it as null with this reason), by metric name."""
 
@@ -146,7 +146,6 @@ class SamBoxEvaluation(L.LightningModule):
     def test_step(self, batch: dict[str, Any] | list[dict[str, Any]], batch_idx: int) -> None:
         for item in self.images_of(batch):
             self.evaluate_image(item, self.prompt(item))
-            self.images_seen += 1
 
     def evaluate_image(self, item: dict[str, Any], out: dict[str, np.ndarray]) -> None:
         """Update the metrics, results and overlays with one image's masks (`prompt`'s output)."""
@@ -161,7 +160,8 @@ class SamBoxEvaluation(L.LightningModule):
             self.box_miou.update(torch.from_numpy(mask_ious(out["masks"], paired)))
         if self.hparams.point_prompts:
             self.point_prompt_step(item["gt_masks"][non_crowd])
-        if self.images_seen < self.hparams.overlays and self.hparams.overlay_dir is not None:
+        # the split's first images, whichever process evaluates them (under DDP each image is one process's)
+        if item["index"] < self.hparams.overlays and self.hparams.overlay_dir is not None:
             path = Path(self.hparams.overlay_dir) / f"{Path(item['path']).stem}.png"
             save_overlay(path, item["image"], out["masks"], out["boxes"], out["scores"])
 
@@ -175,51 +175,48 @@ class SamBoxEvaluation(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.counts.clear()
         self.results, self.results_unrefined = {}, {}
-        self.images_seen = 0
 
     def on_test_epoch_end(self) -> None:
         results, unrefined = self.gathered(self.results), self.gathered(self.results_unrefined)
         # float64 tensors: Lightning logs a Python float as float32, which would round COCOeval's numbers
         metrics = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.coco_metrics(results, unrefined).items()}
-        for name, metric in (("box_mIoU", self.box_miou), ("point_mIoU", self.point_miou)):
-            if metric.update_count:
-                metrics[f"test/{name}"] = metric.compute()
+        means = {"box_mIoU": self.box_miou, "point_mIoU": self.point_miou}
+        updated = summed({name: metric.update_count for name, metric in means.items()})  # by any process
+        for name, metric in means.items():
+            if updated[name]:
+                metrics[f"test/{name}"] = metric.compute()  # synchronised: every process calls it
             metric.reset()
-        metrics |= {f"test/{name}": float(n) for name, n in self.counts.items()}
+        counts = summed(self.counts)  # over every process's images
+        metrics |= {f"test/{name}": float(n) for name, n in counts.items()}
         self.log_dict(metrics)
-        if self.counts["boxes_clipped"] or self.counts["boxes_degenerate"]:
-            warnings.warn(
-                f"Of {self.counts['boxes']} prompt boxes, {self.counts['boxes_clipped']} reached outside their image "
-                f"and were clipped to it, and {self.counts['boxes_degenerate']} had zero width or height (after "
-                "clipping) and were skipped; every other box got a mask.",
-                stacklevel=1,
+        if counts.get("boxes_clipped") or counts.get("boxes_degenerate"):
+            rank_zero_warn(
+                f"Of {counts['boxes']} prompt boxes, {counts['boxes_clipped']} reached outside their image "
+                f"and were clipped to it, and {counts['boxes_degenerate']} had zero width or height (after "
+                "clipping) and were skipped; every other box got a mask."
             )
         if self.hparams.results_file is not None and self.trainer.is_global_zero:
             # strict JSON: detector scores are checked when read (datamodules.sam.coco) and SAM's are finite
             write_json(Path(self.hparams.results_file), results, indent=None)
 
     def gathered(self, by_image: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """The results entries of every process, by image id (a padding sampler repeats some images), on rank 0;
-        an empty list on the other ranks."""
-        if self.trainer.world_size > 1:
-            everyone: list[Any] = [None] * self.trainer.world_size if self.trainer.is_global_zero else None
-            torch.distributed.gather_object(by_image, everyone, dst=0)
-            by_image = {} if everyone is None else {k: v for part in everyone for k, v in part.items()}
-        return [entry for image_id in sorted(by_image) for entry in by_image[image_id]]
+        """The results entries of every process, in image id order, on rank 0; an empty list on the other ranks."""
+        everyone = gather_to_zero(by_image)
+        merged = {} if everyone is None else {k: v for part in everyone for k, v in part.items()}
+        return [entry for image_id in sorted(merged) for entry in merged[image_id]]
 
     def coco_metrics(self, results: list[dict[str, Any]], unrefined: list[dict[str, Any]]) -> dict[str, float]:
         """COCOeval's stats (`metrics.coco.mask_ap`) of the gathered results against every image of the split,
         computed once on rank 0 and sent to the other ranks; NaN stats get their reason in `metric_notes`."""
-        metrics: dict[str, float] = {}
-        if self.trainer.is_global_zero:
+
+        def on_rank_zero() -> dict[str, float]:
             coco = self.trainer.test_dataloaders.dataset.coco
             metrics = {f"test/{name}": value for name, value in mask_ap(coco, results).items()}
             if self.hparams.refine:
                 metrics["test/mask_AP_unrefined"] = mask_ap(coco, unrefined)["mask_AP"]
-        if self.trainer.world_size > 1:
-            sent = [metrics]
-            torch.distributed.broadcast_object_list(sent, src=0)
-            metrics = sent[0]
+            return metrics
+
+        metrics = from_rank_zero(on_rank_zero)
         self.metric_notes.update({name: UNDEFINED for name, value in metrics.items() if math.isnan(value)})
         return metrics
 

@@ -10,7 +10,6 @@ to N clicks (the mIoU@1..@N curve), and on up to 20 clicks (`noc_clicks`) while 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from sam.batched import ImageEmbedding, encode_images
 from sam.clicks import NOC_MAX_CLICKS, Click, clicks_to_reach, first_click, mask_iou, next_click
 from sam.predictor import SamBoxPredictor
+from utils.distributed import summed
 from utils.errors import UserError, option
 from utils.results import write_json
 
@@ -223,14 +224,14 @@ class SamPointsEvaluation(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         values = {}
+        updated = summed({name: metric.update_count for name, metric in self.metrics.items()})  # by any process
         for name, metric in self.metrics.items():
-            if metric.update_count:
-                values[f"test/{name}"] = metric.compute()
+            if updated[name]:
+                values[f"test/{name}"] = metric.compute()  # synchronised: every process calls it
             metric.reset()
         if not values:
-            warnings.warn(
-                "No object was evaluated (every mask was empty or crowd): there is no mIoU or NoC to report.",
-                stacklevel=1,
+            rank_zero_warn(
+                "No object was evaluated (every mask was empty or crowd): there is no mIoU or NoC to report."
             )
         for name, count in self.counts.items():
             values[f"test/{name}"] = count.compute()

@@ -145,7 +145,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_after_saving_last_ckpt(
 
 
 def test_a_bad_image_only_rank_1_reads_stops_both_ranks_with_one_paragraph_and_exit_2(tmp_path: Path) -> None:
-    from datamodules.synthetic import write_ade20k_like
+    from datamodules.synthetic.ade20k import write_ade20k_like
 
     images = write_ade20k_like(tmp_path / "ade", 32, 8) / "images" / "validation"
     bad = sorted(images.glob("*.jpg"))[1]  # the evaluation sampler gives rank 1 the odd images, unshuffled

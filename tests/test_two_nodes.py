@@ -193,7 +193,7 @@ def test_srun_tasks_requeue_on_slurms_signal_and_resume(shared: Path, tmp_path: 
 
 
 def test_two_separately_launched_extractions_of_one_key_wait_and_share(tmp_path: Path) -> None:
-    from datamodules.synthetic import write_ade20k_like
+    from datamodules.synthetic.ade20k import write_ade20k_like
 
     ade = tmp_path / "ade"
     write_ade20k_like(ade, n_train=5, n_val=2, size_range=((40, 60), (50, 70)))
@@ -239,7 +239,7 @@ def test_slurms_signal_during_an_extraction_requeues_without_a_checkpoint(
     """Lightning's own requeue would save the extractor (a whole backbone) as hpc_ckpt_1.ckpt and load it into the
     next run's trainer; the extraction requeues without saving, and its shards stay for the requeued job."""
     from datamodules.feature_cache.extraction import _OpenShard
-    from datamodules.synthetic import write_ade20k_like
+    from datamodules.synthetic.ade20k import write_ade20k_like
 
     monkeypatch.chdir(tmp_path)  # where Lightning's own requeue would save its checkpoint (default_root_dir)
     write_ade20k_like(tmp_path / "ade", n_train=5, n_val=2, size_range=((40, 60), (50, 70)))

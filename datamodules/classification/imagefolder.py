@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,13 +10,14 @@ import lightning as L
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from datamodules.classification.episodes import Episode, check_protocol, load_episodes, sample_episodes, save_episodes
 from datamodules.errors import DatasetError
 from datamodules.files import IMAGE_SUFFIXES, list_images, load_image, predict_folder
-from datamodules.loaders import check_loader_options, usable_workers
+from datamodules.loaders import check_loader_options, eval_sampler, usable_workers
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.errors import option
 
@@ -197,7 +197,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 f"Class folder {small[0]} has fewer than k_shot + n_queries = {needed} images ({len(small)} such folder(s)). Add images, lower data.k_shot / data.n_queries, or set data.too_few=skip to leave such classes out."
             )
         if small:
-            warnings.warn(
+            rank_zero_warn(  # every process of a DDP run sets up the data: once
                 f"Leaving out {len(small)} class(es) with fewer than k_shot + n_queries = {needed} images: {', '.join(small)}.",
                 stacklevel=2,
             )
@@ -249,8 +249,11 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _loader(self) -> DataLoader:
         # One loader over all parts: Lightning returns one result dict per test loader, and train.py expects one.
+        # Under DDP each process embeds its share, every image once; the evaluation gathers them.
+        images = ConcatDataset(self.sets)
         return DataLoader(
-            ConcatDataset(self.sets),
+            images,
+            sampler=eval_sampler(self.trainer, images),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

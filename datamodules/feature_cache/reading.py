@@ -105,12 +105,14 @@ class CachedFeatureDataModule(L.LightningDataModule):
         self.datamodule.prepare_data()
 
     def setup(self, stage: str) -> None:
+        self.datamodule.trainer = self.trainer  # under DDP its evaluation loaders give each process its share
         self.datamodule.setup(stage)
         if stage == "fit":
             self.train_set = CachedFeatures(self.directory)
 
     def train_dataloader(self) -> DataLoader:
-        # the order of an epoch is fixed by (seed, epoch), and a resumed epoch skips the batches already trained on
+        # the images' loader: the order fixed by the seed and the epoch whatever the number of processes (under DDP
+        # each process its share of the same order), resumable mid-epoch
         return resumable_loader(
             self,
             self.train_set,

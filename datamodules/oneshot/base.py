@@ -15,11 +15,10 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import DatasetError
-from datamodules.loaders import check_loader_options, usable_workers
+from datamodules.loaders import check_loader_options, eval_sampler, usable_workers
 from utils.errors import option
 
 PROTOCOLS = ("random", "every_query", "reference")
@@ -204,14 +203,9 @@ class OneShotDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.dataset, batch_size=1, collate_fn=single, num_workers=self.num_workers, sampler=self._sampler()
-        )
-
-    def _sampler(self) -> UnrepeatedDistributedSampler | None:
-        """Under DDP each process its own episodes, every episode once (no padding repeats for the metric)."""
-        trainer = self.trainer
-        if trainer is None or trainer.world_size == 1:
-            return None
-        return UnrepeatedDistributedSampler(
-            self.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            self.dataset,
+            batch_size=1,
+            collate_fn=single,
+            num_workers=self.num_workers,
+            sampler=eval_sampler(self.trainer, self.dataset, "episode"),  # under DDP every episode once
         )

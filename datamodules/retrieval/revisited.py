@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.data_pickle import load_data_pickle
 from datamodules.errors import DatasetError
 from datamodules.files import image_size
-from datamodules.loaders import check_loader_options, usable_workers
+from datamodules.loaders import check_loader_options, eval_sampler, usable_workers
 from datamodules.sam.coco_checks import MARGIN
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.atomic import atomic_folder
@@ -202,7 +202,11 @@ class RevisitedDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_images
+            self.dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_images,
+            sampler=eval_sampler(self.trainer, self.dataset),  # every image once under DDP, no padding repeats
         )
 
 

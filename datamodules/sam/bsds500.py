@@ -15,13 +15,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import scipy.io
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image, ImageDraw
 from scipy.io.matlab import MatReadError
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import DatasetError
-from datamodules.loaders import check_loader_options, image_items, usable_workers
+from datamodules.loaders import check_loader_options, eval_sampler, image_items, usable_workers
 from utils.atomic import atomic_folder
 from utils.errors import option
 from utils.images import read_rgb
@@ -206,12 +205,7 @@ class BSDS500DataModule(L.LightningDataModule):
         self.dataset = BSDS500Images(self.pairs())
 
     def test_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:  # every image once under DDP, no padding repeats
-            sampler = UnrepeatedDistributedSampler(
-                self.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
+        sampler = eval_sampler(self.trainer, self.dataset)  # every image once under DDP, no padding repeats
         collate = image_items(self.batch_size)
         return DataLoader(
             self.dataset, self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler

@@ -5,19 +5,19 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import DatasetError
 from datamodules.files import load_image
-from datamodules.loaders import check_loader_options, image_items, usable_workers
+from datamodules.loaders import check_loader_options, eval_sampler, image_items, usable_workers
 from datamodules.sam.coco_checks import check_detection, check_instances
 from datamodules.synthetic.coco import write_coco_like
 
@@ -66,7 +66,7 @@ def load_detections(path: Path, image_ids: set[int], max_per_image: int) -> dict
         else:
             unknown.append(det["image_id"])
     if unknown:
-        warnings.warn(
+        rank_zero_warn(  # every process of a DDP run sets up the data: once
             f"{len(unknown)} of {len(detections)} detections in {path} name image ids that are not in the annotations "
             f"(e.g. {sorted(set(unknown))[:5]}); they were skipped. Check that the detections were made on this split.",
             stacklevel=2,
@@ -78,7 +78,7 @@ class CocoInstances(Dataset):
     """One image per item with its instances and its box prompts.
 
     Items (numpy, M instances, K prompts):
-        image `(H, W, 3)` uint8 RGB, image_id int, path str,
+        image `(H, W, 3)` uint8 RGB, image_id int, path str, index int (the item's position in the split),
         gt_masks `(M, H, W)` bool, gt_boxes `(M, 4)` xyxy, gt_labels `(M,)`, gt_iscrowd `(M,)`, gt_areas `(M,)`,
         prompt_boxes `(K, 4)` xyxy, prompt_labels `(K,)`, prompt_scores `(K,)` detector scores, or None for
         ground-truth boxes (every non-crowd instance).
@@ -106,6 +106,7 @@ class CocoInstances(Dataset):
         item = {
             "image": image,
             "image_id": image_id,
+            "index": index,
             "path": str(path),
             "gt_masks": np.stack([self.coco.annToMask(a).astype(bool) for a in anns])
             if anns
@@ -209,4 +210,7 @@ class CocoDataModule(L.LightningDataModule):
 
     def _loader(self) -> DataLoader:
         collate = image_items(self.batch_size)
-        return DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers)
+        sampler = eval_sampler(self.trainer, self.dataset)  # every image once under DDP, no padding repeats
+        return DataLoader(
+            self.dataset, self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler
+        )

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import DatasetError
 from datamodules.files import load_image
-from datamodules.loaders import check_loader_options, image_items, usable_workers
+from datamodules.loaders import check_loader_options, eval_sampler, image_items, usable_workers
 from utils.images import read_rgb
 
 HOW_TO_GET = (
@@ -132,5 +132,9 @@ class InteractiveDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.dataset, self.batch_size, collate_fn=image_items(self.batch_size), num_workers=self.num_workers
+            self.dataset,
+            self.batch_size,
+            collate_fn=image_items(self.batch_size),
+            num_workers=self.num_workers,
+            sampler=eval_sampler(self.trainer, self.dataset),  # every image once under DDP, no padding repeats
         )
