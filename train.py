@@ -12,7 +12,7 @@ import re
 import sys
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.utils import instantiate
@@ -234,13 +234,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = build(cfg.head)
     if cfg.train and cfg.get("feature_cache"):
         # the extraction runs on the training run's devices, without its loggers and checkpoints
-        def extraction_trainer(callbacks: list) -> L.Trainer:
+        def extraction_trainer(callbacks: list, **options: Any) -> L.Trainer:
             return instantiate(
                 cfg.trainer,
                 logger=False,
                 enable_checkpointing=False,
                 use_distributed_sampler=False,
                 callbacks=[*callbacks, GracefulStop()],
+                **options,
             )
 
         datamodule = instantiate(cfg.feature_cache).prepare(datamodule, model, extraction_trainer)
