@@ -1,5 +1,5 @@
 """Every loop under 1 and under 2 processes (Lightning DDP on the CPU, gloo): the same numbers? `python
-bench/ddp_equivalence.py` runs the whole matrix and prints a Markdown table (docs/multi_process.md holds its output).
+bench/ddp_equivalence.py` runs the whole matrix and prints a Markdown table.
 
 Each row runs `python train.py ... trainer=ddp trainer.accelerator=cpu trainer.precision=32-true` twice, with
 `trainer.devices=1` and with `trainer.devices=2` (rows that train: the per-process batch halved, so that the global

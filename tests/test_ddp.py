@@ -2,7 +2,7 @@
 
 Each test runs `python train.py ... trainer=ddp trainer.accelerator=cpu trainer.devices=2` in a subprocess (Lightning
 starts the second process itself) and the same run in this process on one CPU. bench/ddp_equivalence.py runs the whole
-matrix of loops (docs/multi_process.md); these are two of its rows.
+matrix of loops (bench/ddp_equivalence.py); these are two of its rows.
 """
 
 from __future__ import annotations

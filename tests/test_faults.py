@@ -1,10 +1,11 @@
-"""Faults across processes, with real processes and real signals (docs/faults.md).
+"""Faults across processes, with real processes and real signals (utils/faults.py).
 
 Each case starts `python train.py`, `python -m retrieval index` or `python -m reproduce` in a session of its own and
 sends a real signal: from outside, as a scheduler or `timeout` does, or from a callback at a given step
 (`tests.fault_helpers`). It checks the exit code, that the run said what happened in one paragraph (no traceback),
 what was kept, that every process of the run ended (no hang: each wait has a limit), and that the same command goes
-on from where it stopped. DDP runs are two gloo processes on the CPU.
+on from where it stopped. DDP runs are two gloo processes on the CPU. Longer than 300 lines: one case per fault of
+the issue, each a few lines of process handling.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Stopping a long command on a signal or a fault, on every process of a run at once.
 
 `exit_on_fault(body, style, resume)` is the front end of the long commands (train.py, `python -m retrieval`,
-`python -m reproduce`): `utils.errors.exit_on_user_error` plus the following.
+`python -m reproduce`): `utils.errors.exit_on_user_error` plus the following. Longer than 300 lines: signals, the
+DDP watcher and the one-paragraph reports share state (who stopped first, why) that splitting would scatter.
 
 - **Signals.** SIGTERM (a scheduler's time limit or preemption, `timeout`, Kubernetes) and SIGINT (Ctrl-C) are
   caught while ``body`` runs. Inside a Lightning loop with a `utils.graceful_stop.GracefulStop` callback the stop

@@ -32,7 +32,7 @@ def silence_unactionable_noise() -> None:
     # A resumed run continues in its own run directory, whose checkpoints folder is not empty by design.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Under DDP every epoch-level test/ and val/ value is computed from synchronised metric states or from every
-    # process's gathered results (docs/multi_process.md), so the processes log the same number; Lightning still advises
+    # process's gathered results, so the processes log the same number; Lightning still advises
     # sync_dist=True for each key.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(test|val)/")
     # faiss logs at INFO which of its builds it loads, once per process: nothing to act on
