@@ -212,5 +212,5 @@ class CocoDataModule(L.LightningDataModule):
         collate = image_items(self.batch_size)
         sampler = eval_sampler(self.trainer, self.dataset)  # every image once under DDP, no padding repeats
         return DataLoader(
-            self.dataset, self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler
+            self.dataset, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler
         )
