@@ -106,7 +106,6 @@ def load_backbone(
             f"\n{'!' * 78}\nUSING RANDOM WEIGHTS for {name} ({option('backbone', 'random_fallback', True)}): "
             f"features and every result are meaningless. No weights were found ({filename} is not in the "
             f"torch.hub cache); for real ones give {real}.\n{'!' * 78}",
-            stacklevel=2,
         )
         backbone = _random_backbone(build, name, random_seed, overrides)
         backbone.random_weights = True

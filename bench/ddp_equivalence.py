@@ -55,12 +55,10 @@ SAME_BATCH = ((), ())
 HALF_BATCH = (("data.batch_size=4",), ("data.batch_size=2",))  # 1 process x 4 = 2 processes x 2
 DEPTH_HEAD = ROOT / "tests/fixtures/dinov2/tiny_vit14_depth_linear4_head.pth"  # the released heads' format
 SIGLOSS = (
-    "not comparable: the depth loss (SigLoss, sqrt of the log errors' variance + 0.15 mean^2) is a non-linear function "
-    "of a whole batch, computed on each process's batch, as the official multi-GPU training does"
+    "not comparable: the depth loss (SigLoss) is a non-linear function of a whole batch, computed on each process's "
+    "batch, as the official multi-GPU training does"
 )
-TRAIN_NOTE = (
-    "train: gradients averaged and BatchNorm statistics summed over the processes (float sums in another order)"
-)
+TRAIN_NOTE = "gradients and BatchNorm statistics summed in another order"
 
 
 @dataclass(frozen=True)

@@ -88,9 +88,9 @@ class ProcessSyncBatchNorm(_BatchNorm):
 
     torch's SyncBatchNorm runs on GPUs only (DDP refuses it on the CPU: "SyncBatchNorm layers only work with GPU
     modules"), so `trainer=ddp` on the CPU (gloo) uses this one: the per-channel sums are all-reduced (with autograd),
-    the mean first and then the squared deviations from it (the
-    two-pass variance, in float64), so that B images split over P processes are normalised as one batch of B.
-    Outside training, or in one process, it is the plain BatchNorm. Parameter and buffer names are BatchNorm's.
+    first for the mean, then the squared deviations from it (the two-pass variance, in float64), so that B images
+    split over P processes are normalised as one batch of B. Outside training, or in one process, it is the plain
+    BatchNorm. Parameter and buffer names are BatchNorm's. Input `(N, C, ...)`, output the same shape and dtype.
     """
 
     def _check_input_dim(self, input: Tensor) -> None:

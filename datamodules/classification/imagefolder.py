@@ -199,7 +199,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         if small:
             rank_zero_warn(  # every process of a DDP run sets up the data: once
                 f"Leaving out {len(small)} class(es) with fewer than k_shot + n_queries = {needed} images: {', '.join(small)}.",
-                stacklevel=2,
             )
         kept = [c for c in range(len(names)) if counts[c] >= needed]
         if len(kept) < self.n_way and self.episodes_file is None:

@@ -208,5 +208,5 @@ class BSDS500DataModule(L.LightningDataModule):
         sampler = eval_sampler(self.trainer, self.dataset)  # every image once under DDP, no padding repeats
         collate = image_items(self.batch_size)
         return DataLoader(
-            self.dataset, self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler
+            self.dataset, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler
         )

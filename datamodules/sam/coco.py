@@ -69,7 +69,6 @@ def load_detections(path: Path, image_ids: set[int], max_per_image: int) -> dict
         rank_zero_warn(  # every process of a DDP run sets up the data: once
             f"{len(unknown)} of {len(detections)} detections in {path} name image ids that are not in the annotations "
             f"(e.g. {sorted(set(unknown))[:5]}); they were skipped. Check that the detections were made on this split.",
-            stacklevel=2,
         )
     return {k: sorted(v, key=lambda d: -d["score"])[:max_per_image] for k, v in by_image.items()}
 
@@ -212,5 +211,5 @@ class CocoDataModule(L.LightningDataModule):
         collate = image_items(self.batch_size)
         sampler = eval_sampler(self.trainer, self.dataset)  # every image once under DDP, no padding repeats
         return DataLoader(
-            self.dataset, self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler
+            self.dataset, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers, sampler=sampler
         )

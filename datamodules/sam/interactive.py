@@ -133,7 +133,7 @@ class InteractiveDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(
             self.dataset,
-            self.batch_size,
+            batch_size=self.batch_size,
             collate_fn=image_items(self.batch_size),
             num_workers=self.num_workers,
             sampler=eval_sampler(self.trainer, self.dataset),  # every image once under DDP, no padding repeats
