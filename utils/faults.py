@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from utils import ranks
-from utils.errors import OptionStyle, exit_on_user_error, python_style
+from utils.errors import OptionStyle, exit_on_user_error, find_user_error, python_style
 from utils.ranks import Quiet
 
 T = TypeVar("T")
@@ -87,6 +87,10 @@ def _caught(signum: int, frame: object) -> None:
     _state.signum = signum
     if not _deferring():
         raise Stopped(signum)
+    # `timeout` and SLURM signal every process, the loader's workers too, and torch's workers obey a SIGTERM from anyone
+    # but the loader: torch's SIGCHLD handler would raise their deaths in the middle of this batch. The batch has its
+    # data; the stop comes at its end (a batch still to be fetched from them fails, and stops the command there).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def take_signals() -> None:
@@ -132,9 +136,7 @@ def attach(trainer: Any) -> None:
 
 
 def _worker_killed(err: BaseException) -> bool:
-    """Whether ``err`` is the loader's error for a worker process killed by a signal. A SIGTERM sent to the whole
-    process group (`timeout`, SLURM) ends the workers too: torch's worker handler obeys one from anyone but the
-    loader; then the main process stops where it is, without waiting for the batch end."""
+    """Whether ``err`` is the loader's error for a worker process that a signal ended."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
@@ -150,8 +152,10 @@ def _reporting(body: Callable[[], T]) -> T:
         return body()
     except BaseException as caught:
         err = caught
-        if _state.signum is not None and not isinstance(caught, SystemExit) and _worker_killed(caught):
-            err = Stopped(_state.signum)  # the loader's workers got the same SIGTERM
+        if _state.signum is not None and not isinstance(caught, SystemExit) and find_user_error(caught) is None:
+            # what the signal did to other processes: `timeout` and SLURM signal the loader's workers too, which
+            # die; fetching from them fails (EOFError, ConnectionResetError, "DataLoader worker ... exited")
+            err = Stopped(_state.signum)
         plain_exit = isinstance(err, SystemExit) and not isinstance(err, (Stopped, Quiet))
         if ranks.state.world > 1 and not plain_exit:
             err = ranks.end(err)
