@@ -5,6 +5,7 @@ sent to the process itself, a stall. The runs import the callbacks by name, henc
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import signal as signal_module
@@ -91,11 +92,15 @@ class Command:
         return [pid, *started]
 
     def when(self, pattern: str, timeout: float = 180) -> None:
-        """Wait for a file matching ``pattern``; fail if the command ends or the time runs out first."""
+        """Wait for a file matching ``pattern``; fail (ending every process of the command) if the command ends or
+        the time runs out first."""
         deadline = time.monotonic() + timeout
         while not glob.glob(pattern):
-            assert self.process.poll() is None, f"the command ended before {pattern} appeared"
-            assert time.monotonic() < deadline, f"no {pattern} after {timeout} s"
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal_module.SIGKILL)
+                _, err = self.process.communicate()
+                raise AssertionError(f"no {pattern} (exit code {self.process.returncode}):\n{err[-3000:]}")
             time.sleep(0.02)
 
     def send(self, signum: int, to: str = "group") -> None:

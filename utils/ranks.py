@@ -58,14 +58,8 @@ state = _Ranks()
 
 def reset(resume: Callable[[], str]) -> None:
     """A command starts (one process runs one, tests several): a single process until `attach` learns otherwise."""
-    state.rank, state.world, state.store, state.store_lost, state.ending, state.resume = (
-        0,
-        1,
-        None,
-        False,
-        False,
-        resume,
-    )
+    state.rank, state.world, state.store, state.resume = 0, 1, None, resume
+    state.store_lost = state.ending = False
 
 
 def attach(trainer: Any, watch: bool) -> None:
