@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from utils import faults
+from utils import faults, ranks
 
 
 class GracefulStop(Callback):
@@ -40,7 +40,7 @@ class GracefulStop(Callback):
     on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _take_signals
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        faults.mark_ending()
+        ranks.mark_ending()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         signum = faults.signal_received() or 0
@@ -65,9 +65,9 @@ class GracefulStop(Callback):
     def _stop_unsynced(trainer: L.Trainer, where: str) -> None:
         signum = faults.signal_received()
         if signum is not None:
-            faults.publish(128 + signum)
+            ranks.publish(128 + signum)
             raise faults.Stopped(signum, where)
-        faults.peer_stop()  # another rank's stop or fault
+        ranks.peer_stop()  # another rank's stop or fault
 
     @staticmethod
     def _save_last(trainer: L.Trainer) -> bool:
