@@ -139,7 +139,7 @@ def slurm_job_port_free() -> str:
 def tiny_extraction(root: Path, ade: Path) -> Path:
     """The folder of the feature cache of the ADE20k-like set ``ade`` under ``root``, through the tiny backbone."""
     from backbones import load_backbone
-    from datamodules import ADE20kDataModule
+    from datamodules.segmentation import ADE20kDataModule
     from tests.conftest import TINY
     from tests.helpers import CacheFor, extraction_trainer
 

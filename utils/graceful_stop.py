@@ -10,7 +10,10 @@ So once a loop starts (after Lightning has put its handler in place) the command
 (`utils.faults.take_signals`), which only notes the signal, and this callback decides at each batch end:
 - training steps, where the ranks are in step: one all-reduce (max) of the signal, so every rank stops at the same
   step; last.ckpt is saved there first unless a validation is due at that step (a checkpoint written before a
-  validation makes a resumed run skip it; the rule of `utils.checkpoints.PeriodicLastCheckpoint`);
+  validation makes a resumed run skip it; the rule of `utils.checkpoints.PeriodicLastCheckpoint`). The stop itself
+  is raised at the next hook (the next batch's start, the validation's start, the epoch's or the fit's end): Lightning
+  hands the step's logged values to the loggers after `on_train_batch_end`, so a stop raised there lost that step's
+  loss from the logs while the checkpoint resumed after it;
 - validation, test and prediction batches, whose ranks may run different numbers of batches (no collective may be
   added there): the rank that caught the signal records the stop in the process group's store and stops; the others
   find the record at their next batch end.
@@ -31,13 +34,28 @@ from utils import faults, ranks
 class GracefulStop(Callback):
     """Stop at the next batch end after SIGTERM or Ctrl-C, on every rank; `utils.faults.Stopped` says where."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: faults.Stopped | None = None  # a training stop decided at a batch end, raised at the next hook
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         faults.attach(trainer)
 
     def _take_signals(self, *args: Any) -> None:
         faults.take_signals()
 
-    on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _take_signals
+    on_sanity_check_start = on_train_start = on_test_start = on_predict_start = _take_signals
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._raise_pending()
+        faults.take_signals()
+
+    def _raise_pending(self, *args: Any) -> None:
+        stop, self._pending = self._pending, None
+        if stop is not None:
+            raise stop
+
+    on_train_batch_start = on_train_epoch_end = on_train_end = _raise_pending
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         ranks.mark_ending()
@@ -50,7 +68,9 @@ class GracefulStop(Callback):
             signum = int(flag.item())
         if signum:
             saved = self._save_last(trainer)
-            raise faults.Stopped(signum, f"at step {trainer.global_step}{' (last.ckpt saved)' if saved else ''}")
+            self._pending = faults.Stopped(
+                signum, f"at step {trainer.global_step}{' (last.ckpt saved)' if saved else ''}"
+            )
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._stop_unsynced(trainer, f"in the validation at step {trainer.global_step}")
