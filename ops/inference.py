@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,19 +87,23 @@ def multiscale_flip_probs(
     `aug_test`: each view's slide logits are resized to `out_size`, softmaxed, flipped back,
     and the probabilities averaged.
     """
-    height, width = image.shape[-2:]
     probs = image.new_zeros(image.shape[0], num_classes, *out_size)
-    flips = (False, True) if flip else (False,)
+    for view, flipped in views_of(image, scales, flip):
+        logits = slide_logits(predict_fn, view, num_classes, crop_size, stride)
+        view_probs = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False).softmax(1)
+        probs += view_probs.flip(-1) if flipped else view_probs
+    return probs / (len(scales) * (2 if flip else 1))
+
+
+def views_of(image: Tensor, scales: Sequence[float], flip: bool) -> Iterator[tuple[Tensor, bool]]:
+    """The test-time views of images `(B, 3, H, W)`: resized bilinearly by each scale (mmcv's rescale rounds half
+    up), each also flipped horizontally when `flip`; with whether the view is flipped."""
+    height, width = image.shape[-2:]
     for scale in scales:
-        # mmcv's rescale rounds half up
         size = (int(height * scale + 0.5), int(width * scale + 0.5))
         scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        for flipped in flips:
-            view = scaled.flip(-1) if flipped else scaled
-            logits = slide_logits(predict_fn, view, num_classes, crop_size, stride)
-            view_probs = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False).softmax(1)
-            probs += view_probs.flip(-1) if flipped else view_probs
-    return probs / (len(scales) * len(flips))
+        for flipped in (False, True) if flip else (False,):
+            yield (scaled.flip(-1) if flipped else scaled), flipped
 
 
 def multiscale_flip_labels(
@@ -128,14 +132,11 @@ def multiscale_flip_labels(
     if batch * num_classes * pixels <= max_elements:
         probs = multiscale_flip_probs(predict_fn, image, num_classes, out_size, scales, flip, crop_size, stride)
         return probs.argmax(1)
-    height, width = image.shape[-2:]
-    views = []  # each view's logits at its own size, and whether it is flipped
-    for scale in scales:
-        size = (int(height * scale + 0.5), int(width * scale + 0.5))  # as multiscale_flip_probs
-        scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        for flipped in (False, True) if flip else (False,):
-            view = scaled.flip(-1) if flipped else scaled
-            views.append((slide_logits(predict_fn, view, num_classes, crop_size, stride), flipped))
+    # each view's logits at its own size, and whether it is flipped
+    views = [
+        (slide_logits(predict_fn, view, num_classes, crop_size, stride), flipped)
+        for view, flipped in views_of(image, scales, flip)
+    ]
     step = max(1, max_elements // (batch * pixels))
     chunks = [slice(start, start + step) for start in range(0, num_classes, step)]
 
