@@ -185,6 +185,15 @@ def build(node: DictConfig, **kwargs: object) -> object:
         unknown = (
             re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
         )
+        if (missing := re.search(r"Error locating target '([\w.]+)'", str(err))) and key:
+            # a user's own config written for an older layout (datamodules moved into task folders), or a typo
+            group, target = key.group(1).split(".")[0], missing.group(1)
+            raise UserError(
+                f"{key.group(1)}._target_ is {target}, which cannot be imported. Fix: name a class that exists, as the "
+                f"configs in configs/{group}/ do (datamodules are grouped by task: "
+                f'datamodules.segmentation.ade20k.ADE20kDataModule); `python -c "import {target.rpartition(".")[0]}"` '
+                "shows why it fails."
+            ) from err
         if unknown and key:
             # an option the object does not take: Hydra's own hint for a key not in the config is `+key=value`
             owner, name = key.group(1), unknown.group(1)

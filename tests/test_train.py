@@ -102,3 +102,11 @@ def test_cli_missing_dataset_is_one_clear_message(tmp_path: Path) -> None:
 def test_cli_unknown_option_is_refused(tmp_path: Path) -> None:
     result = run_cli("backbone.embeddim=64", f"paths.log_dir={tmp_path}")
     assert result.returncode != 0 and "embeddim" in result.stderr
+
+
+def test_cli_target_of_the_old_layout_is_one_clear_message(tmp_path: Path) -> None:
+    """A user's config written before datamodules/ was grouped by task names a module that no longer exists."""
+    result = run_cli("data._target_=datamodules.ade20k.ADE20kDataModule", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr
+    assert "data._target_ is datamodules.ade20k.ADE20kDataModule" in result.stderr
+    assert "datamodules.segmentation.ade20k.ADE20kDataModule" in result.stderr and "Traceback" not in result.stderr
