@@ -184,5 +184,9 @@ def read_index(path: str | os.PathLike) -> faiss.Index:
             found = "is missing" if size is None else f"holds {size} bytes"
             raise RuntimeError(f"the lists file {data} {found}, the index needs {lists.totsize}")
         lists.filename, lists.read_only = str(data), True
+        # FAISS's 32 prefetch threads go on reading the map after a search returns; if the file shrank meanwhile
+        # (another job rebuilding the index) that read kills the process with SIGBUS. The search's own threads read
+        # the lists they need.
+        lists.prefetch_nthread = 0
         lists.do_mmap()
     return index
