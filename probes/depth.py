@@ -20,6 +20,7 @@ from metrics.depth import depth_metrics, empty_split_reason
 from ops.depth_losses import gradient_loss, sig_loss
 from probes.base import HeadGridProbe
 from probes.grid import block_choice, lr_choices, make_grid, to_plain
+from utils.distributed import sum_over_processes, world_size
 from writers.depth_png import save_depth_color, save_depth_png
 
 
@@ -184,8 +185,14 @@ class DepthProbe(HeadGridProbe):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         valid = self._keep_valid(batch, "train")
+        # Under DDP the losses are those of every process's batch together (the same numbers as one process with
+        # the whole batch), so every process takes part in each step, even one whose maps are all without ground
+        # truth (they add no pixel to the losses' sums).
+        total = sum_over_processes if world_size() > 1 else None
         if not valid.any():
-            return None
+            if total is None:
+                return None
+            valid = torch.ones_like(valid)
         depth = batch["depth"][valid]
         features = self.features(batch, valid)
         warm_up = self.global_step < self.hparams.sigloss_warmup_steps
@@ -194,10 +201,10 @@ class DepthProbe(HeadGridProbe):
             pred = F.interpolate(
                 self._decode(index, features), size=depth.shape[-2:], mode="bilinear", align_corners=False
             )
-            loss = sig_loss(pred, depth, warm_up=warm_up)
+            loss = sig_loss(pred, depth, warm_up=warm_up, total=total)
             self.log(self.head_key("train/sigloss", index), loss, batch_size=len(depth))
             if self.hparams.gradient_loss_weight:
-                grad = gradient_loss(pred, depth)
+                grad = gradient_loss(pred, depth, total=total)
                 self.log(self.head_key("train/gradient_loss", index), grad, batch_size=len(depth))
                 loss = loss + self.hparams.gradient_loss_weight * grad
             if len(self.grid) > 1:

@@ -19,12 +19,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import train
+from ops.depth_losses import gradient_loss, sig_loss
 from tests.conftest import TINY
 from tests.fixture_paths import TINY_CHECKPOINT
 from tests.helpers import compose_train
 from tests.test_fewshot_cli import make_class_folders
 from tests.test_train import write_released_head
-from utils.distributed import ProcessSyncBatchNorm
+from utils.distributed import ProcessSyncBatchNorm, sum_over_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = [f"backbone.checkpoint={TINY_CHECKPOINT}", *(f"backbone.{key}={value}" for key, value in TINY.items())]
@@ -117,3 +118,40 @@ def test_batchnorm_synchronised_over_two_cpu_processes_is_one_batch(tmp_path: Pa
         torch.testing.assert_close(out[rank][1], bn.running_mean)
         torch.testing.assert_close(out[rank][2], bn.running_var)
     torch.testing.assert_close(grad, whole.grad)
+
+
+def depth_losses(pred: torch.Tensor, target: torch.Tensor, warm_up: bool, total=None) -> torch.Tensor:
+    """The linear depth heads' training loss: SigLoss + 0.5 x the gradient loss."""
+    return sig_loss(pred, target, warm_up, total=total) + 0.5 * gradient_loss(pred, target, total=total)
+
+
+def split_depth_losses(rank: int, rendezvous: str, pred: torch.Tensor, target: torch.Tensor, out: dict) -> None:
+    """One of 2 processes: the depth losses of this rank's half of the batch, summed over both; loss and gradient."""
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    for warm_up in (False, True):
+        half = pred.chunk(2)[rank].clone().requires_grad_(True)
+        loss = depth_losses(half, target.chunk(2)[rank], warm_up, sum_over_processes)
+        loss.backward()
+        out[rank, warm_up] = (loss.detach(), half.grad)
+    dist.destroy_process_group()
+
+
+def test_depth_losses_over_two_processes_are_the_whole_batch_loss(tmp_path: Path) -> None:
+    """SigLoss and the gradient loss are non-linear in the batch: each process's sums are added, so that 2 x 2 maps
+    give the loss of the 4 and (once DDP averages the 2 processes' gradients) its gradient."""
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(4, 1, 12, 16, generator=g) * 5 + 0.5
+    target = torch.rand(4, 1, 12, 16, generator=g) * 8 + 0.1
+    target[2:, :, :, 5:] = 0  # the second process's maps have fewer valid pixels
+    out = mp.Manager().dict()
+    mp.spawn(split_depth_losses, args=(f"file://{tmp_path / 'rendezvous'}", pred, target, out), nprocs=2)
+    for warm_up in (False, True):
+        whole = pred.clone().requires_grad_(True)
+        expected = depth_losses(whole, target, warm_up)
+        expected.backward()
+        per_process = [depth_losses(p, t, warm_up) for p, t in zip(pred.chunk(2), target.chunk(2))]
+        assert not torch.isclose(sum(per_process) / 2, expected, rtol=1e-3)  # what each process alone would train
+        for rank in (0, 1):
+            torch.testing.assert_close(out[rank, warm_up][0], expected.detach(), rtol=1e-6, atol=0)
+        averaged = torch.cat([out[0, warm_up][1], out[1, warm_up][1]]) / 2  # DDP's mean of the processes' gradients
+        torch.testing.assert_close(averaged, whole.grad, rtol=1e-5, atol=1e-9)

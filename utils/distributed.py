@@ -83,6 +83,12 @@ class _SumOverProcesses(torch.autograd.Function):
         return total
 
 
+def sum_over_processes(tensor: Tensor) -> Tensor:
+    """`tensor` summed over the processes, with autograd (each process's gradient is the sum of every process's);
+    `tensor` itself in one process."""
+    return _SumOverProcesses.apply(tensor) if world_size() > 1 else tensor
+
+
 class ProcessSyncBatchNorm(_BatchNorm):
     """BatchNorm whose training statistics are those of the whole batch over every process, on any device.
 
@@ -100,7 +106,7 @@ class ProcessSyncBatchNorm(_BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and world_size() > 1):
             return super().forward(x)
-        all_reduce = _SumOverProcesses.apply
+        all_reduce = sum_over_processes
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         wide = x.double()
