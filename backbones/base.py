@@ -28,7 +28,8 @@ class FrozenBackbone(nn.Module):
 
     Subclasses set ``embed_dim``, ``patch_size``, ``num_register_tokens``, ``n_blocks`` and ``norm``
     and implement ``block_tokens``. ``configure_speed`` picks the weight dtype, fused attention and
-    ``torch.compile``; outputs are float32 whatever the options.
+    ``torch.compile``; outputs are float32 whatever the options (float64 once the module is made double, as
+    Lightning's ``trainer.precision=64-true`` does).
     """
 
     embed_dim: int
@@ -47,6 +48,11 @@ class FrozenBackbone(nn.Module):
         """No gradients, eval mode for good (``train()`` keeps it there)."""
         self.requires_grad_(False)
         self.eval()
+
+    @property
+    def output_dtype(self) -> torch.dtype:
+        """The dtype of the inputs it computes in and of its outputs: float32, or float64 after ``.double()``."""
+        return torch.float64 if self.norm.weight.dtype == torch.float64 else torch.float32
 
     def train(self, mode: bool = True) -> FrozenBackbone:
         """The backbone is frozen: it stays in eval mode whatever the caller asks."""
@@ -136,17 +142,17 @@ class FrozenBackbone(nn.Module):
     @torch.no_grad()
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """Normed class token ``(B, C)``, registers ``(B, R, C)``, patches ``(B, h*w, C)``; pre-norm tokens ``(B, 1+R+h*w, C)``."""
-        x = check_images(x)
+        x = check_images(x).to(self.output_dtype)
         last = self.n_blocks - 1
         with self._autocast(x):
             raw, normed, _ = self._run(x, [last], norm=True)
         tokens, normed = raw[last], normed[last]
         r = 1 + self.num_register_tokens
         return {
-            "x_norm_clstoken": normed[:, 0].float(),
-            "x_norm_regtokens": normed[:, 1:r].float(),
-            "x_norm_patchtokens": normed[:, r:].float(),
-            "x_prenorm": tokens.float(),
+            "x_norm_clstoken": normed[:, 0].to(self.output_dtype),
+            "x_norm_regtokens": normed[:, 1:r].to(self.output_dtype),
+            "x_norm_patchtokens": normed[:, r:].to(self.output_dtype),
+            "x_prenorm": tokens.to(self.output_dtype),
         }
 
     @torch.no_grad()
@@ -168,13 +174,13 @@ class FrozenBackbone(nn.Module):
             norm: apply the final norm to every output.
         """
         indices = parse_blocks(n, self.n_blocks, "n")
-        x = check_images(x)
+        x = check_images(x).to(self.output_dtype)
         with self._autocast(x):
             raw, normed, (h, w) = self._run(x, indices, norm)
         outputs = [(normed if norm else raw)[i] for i in indices]
         r = 1 + self.num_register_tokens
-        class_tokens = [out[:, 0].float() for out in outputs]
-        patches = [out[:, r:].float() for out in outputs]
+        class_tokens = [out[:, 0].to(self.output_dtype) for out in outputs]
+        patches = [out[:, r:].to(self.output_dtype) for out in outputs]
         if reshape:
             patches = [p.reshape(p.shape[0], h, w, p.shape[-1]).permute(0, 3, 1, 2).contiguous() for p in patches]
         if return_class_token:

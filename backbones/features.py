@@ -99,7 +99,8 @@ def read_features(backbone: nn.Module, images: Tensor, spec: FeatureSpec) -> Fea
 
 
 def batch_features(batch: Mapping[str, Any], spec: FeatureSpec, owner: str) -> Features:
-    """A cached batch's features for ``spec``, float32: its ``tokens`` and ``class_tokens`` dicts.
+    """A cached batch's features for ``spec``, float32 (float64 under ``64-true``): its ``tokens`` and
+    ``class_tokens`` dicts.
 
     Raises:
         ValueError: the batch lacks a block (or a class token) that ``spec`` reads; names it and the fix.
@@ -115,6 +116,11 @@ def batch_features(batch: Mapping[str, Any], spec: FeatureSpec, owner: str) -> F
             f"{missing[0]}. Fix: rebuild the feature cache for this head ({spec.describe()}), or train on images."
         )
     return {
-        "tokens": {b: tokens[b].float() for b in spec.blocks},
-        "class_tokens": {b: classes[b].float() for b in spec.blocks} if spec.class_tokens else {},
+        "tokens": {b: widened(tokens[b]) for b in spec.blocks},
+        "class_tokens": {b: widened(classes[b]) for b in spec.blocks} if spec.class_tokens else {},
     }
+
+
+def widened(features: Tensor) -> Tensor:
+    """Cached (float16) features as float32; float32 and float64 (`trainer.precision=64-true`) ones as they are."""
+    return features.float() if features.dtype in (torch.float16, torch.bfloat16) else features

@@ -191,3 +191,15 @@ def test_all_invalid_depth_maps_are_skipped_and_counted(tmp_path: Path, tiny_che
     with pytest.warns(UserWarning, match=r"test_01/rgb_00000\.jpg has no valid pixel"):
         metrics = train.run(cfg)
     assert metrics["test/skipped_maps"] == 1 and metrics["test/RMSE"] > 0
+
+
+@pytest.mark.parametrize("experiment", ["depth_quickstart", "cached_depth_quickstart"])
+def test_trains_in_float64(tmp_path: Path, tiny_checkpoint: Path, experiment: str) -> None:
+    """`trainer.precision=64-true` (how bench/ddp_equivalence.py keeps rounding out of its training rows): the
+    backbone computes and answers in float64, cached float16 features are widened to the head's float64."""
+    cache = [f"feature_cache.root={tmp_path / 'cache'}"] if experiment.startswith("cached") else []
+    cfg = tiny_depth_run(tmp_path, tiny_checkpoint, "trainer.precision=64-true", *cache, experiment=experiment)
+    metrics = train.run(cfg)
+    assert metrics["test/RMSE"] > 0 and 0 <= metrics["test/d1"] <= 1
+    saved = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert {tensor.dtype for tensor in saved.values() if tensor.is_floating_point()} == {torch.float64}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from backbones.features import FeatureSpec
+from backbones.features import FeatureSpec, widened
 
 from ..loaders import resumable_loader
 from .store import PATHS_FILE, CacheError, delete_hint, read_manifest
@@ -134,5 +134,5 @@ class CachedFeatureDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         for kind in ("tokens", "class_tokens"):
             if isinstance(batch, dict) and kind in batch:
-                batch[kind] = {block: t.float() for block, t in batch[kind].items()}
+                batch[kind] = {block: widened(t) for block, t in batch[kind].items()}
         return batch
